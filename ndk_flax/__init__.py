@@ -1,0 +1,14 @@
+"""ndk_flax: Neural Dynamical Kernels (Avidan, Li & Sompolinsky, arXiv:2309.04522) for JAX.
+
+Modules:
+  * :mod:`ndk_flax.stax`: drop-in superset of ``neural_tangents.stax`` whose layers expose ``ndk_fn``.
+  * :mod:`ndk_flax.predict`: mean / covariance of the network output along Langevin learning.
+  * :mod:`ndk_flax.optax`: the Langevin optimizer with prior-driven weight decay.
+  * :mod:`ndk_flax.nn`: Flax NNX modules in the raw parameterisation.
+"""
+import os as _os
+
+# Neural Tangents imports TensorFlow; keep its C++ start-up chatter out of the user's terminal.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+__version__ = "0.1.0"
