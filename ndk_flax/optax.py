@@ -1,0 +1,245 @@
+"""Langevin gradient descent with a Gaussian prior, as Optax gradient transformations.
+
+THEORY.md §1. One step of the discretised dynamics with step η_k (the learning rate at step k):
+
+    θ ← θ − η_k (∇E(θ) + λ_θ θ) + √(2 η_k T) ξ,      λ_θ = T / σ_θ²,   ξ ~ N(0, I).
+
+Its stationary law (as η → 0) is the Bayesian posterior ∝ exp(−E/T) N(θ; 0, σ²); T = 0 is plain gradient descent.
+
+:func:`langevin` is ``optax.chain`` of three composable pieces (Optax adds the final update to the parameters):
+
+* :func:`add_prior_decay`: g ↦ g + λ_θ θ  (prior-driven weight decay, λ = T/σ² per parameter);
+* ``optax.scale_by_learning_rate``: u ↦ −η_k u  (a float or an Optax schedule);
+* :func:`add_langevin_noise`: u ↦ u + √(2 η_k T) ξ, with ξ drawn from the PRNG key held in the state.
+
+The noise uses the same schedule value η_k as the gradient step: both transformations count updates from 0.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import optax.tree_utils as otu
+
+__all__ = [
+    "LangevinNoiseState",
+    "PriorStd",
+    "add_langevin_noise",
+    "add_prior_decay",
+    "langevin",
+    "resolve_prior_std",
+]
+
+# A float, a pytree of floats / arrays matching the parameters, or ``f(path, param) -> std``.
+PriorStd = Union[float, Any, Callable[[tuple, jax.Array], Any]]
+
+
+class LangevinNoiseState(NamedTuple):
+    """State of :func:`add_langevin_noise`: ``count`` (int32 step k) and ``key`` (raw uint32 PRNG key data)."""
+
+    count: jax.Array
+    key: jax.Array
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_temperature(temperature: Any) -> None:
+    """T must be a real scalar ≥ 0 (checked when concrete; a traced T is accepted as is)."""
+    if isinstance(temperature, bool) or callable(temperature):
+        raise TypeError(f"temperature must be a real scalar >= 0, got {temperature!r}")
+    if not _is_concrete(temperature):
+        return
+    t = np.asarray(temperature)
+    if t.ndim != 0 or not np.issubdtype(t.dtype, np.number) or np.iscomplexobj(t):
+        raise TypeError(f"temperature must be a real scalar >= 0, got {temperature!r}")
+    if not np.isfinite(t) or t < 0:
+        raise ValueError(f"temperature must be finite and >= 0 (T = 0 is plain gradient descent), got {float(t)}")
+
+
+def _check_learning_rate(learning_rate: Any) -> None:
+    """η must be a positive finite scalar or a schedule ``count -> η``."""
+    if callable(learning_rate):
+        return
+    if isinstance(learning_rate, bool):
+        raise TypeError(f"learning_rate must be a positive scalar or an optax schedule, got {learning_rate!r}")
+    if not _is_concrete(learning_rate):
+        return
+    lr = np.asarray(learning_rate)
+    if lr.ndim != 0 or not np.issubdtype(lr.dtype, np.number) or np.iscomplexobj(lr):
+        raise TypeError(f"learning_rate must be a positive scalar or an optax schedule, got {learning_rate!r}")
+    if not np.isfinite(lr) or lr <= 0:
+        raise ValueError(f"learning_rate must be finite and > 0, got {float(lr)}")
+
+
+def _key_data(key: Any) -> jax.Array:
+    """An int seed, a typed PRNG key or raw uint32 key data -> raw uint32 key data (may be traced)."""
+    if isinstance(key, bool):
+        raise TypeError(f"key must be an int seed or a single PRNG key, got {key!r}")
+    if isinstance(key, numbers.Integral):
+        return jax.random.PRNGKey(int(key))
+    if not hasattr(key, "dtype") or not hasattr(key, "shape"):
+        raise TypeError(f"key must be an int seed or a single PRNG key, got {type(key).__name__}")
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(
+                f"key must be a single PRNG key (shape ()), got a batch of shape {key.shape}; "
+                "use jax.vmap over the keys to build several members")
+        return jax.random.key_data(key)
+    if key.dtype == jnp.uint32 and key.ndim == 1:
+        return jnp.asarray(key)
+    if key.shape == () and jnp.issubdtype(key.dtype, jnp.integer):
+        return jax.random.PRNGKey(key)
+    raise TypeError(
+        f"key must be an int seed, a typed PRNG key (jax.random.key) or raw uint32 key data "
+        f"(jax.random.PRNGKey); got dtype {key.dtype} and shape {key.shape}")
+
+
+def resolve_prior_std(prior_std: PriorStd, params: Any) -> Any:
+    """The prior standard deviation σ_θ for every parameter leaf, as a pytree matching ``params``.
+
+    Args:
+      prior_std: a positive float (the same σ for every parameter), a pytree with the structure of ``params`` whose
+        leaves are positive scalars or arrays broadcastable to the parameter, or a callable ``f(path, param) -> σ``
+        called on every leaf with its ``jax.tree_util`` key path.
+      params: the parameter pytree.
+
+    Returns:
+      A pytree with the structure of ``params`` of σ values.
+
+    Raises:
+      ValueError: if the tree structure differs from ``params``, a σ does not broadcast to its parameter, or a
+        (concrete) σ is not finite and positive.
+    """
+    if callable(prior_std):
+        tree = jax.tree_util.tree_map_with_path(prior_std, params)
+    elif jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(prior_std)) and np.ndim(prior_std) == 0:
+        tree = jax.tree.map(lambda _: prior_std, params)
+    else:
+        tree = prior_std
+    p_def, s_def = jax.tree_util.tree_structure(params), jax.tree_util.tree_structure(tree)
+    if p_def != s_def:
+        raise ValueError(
+            "prior_std must be a float, a callable (path, param) -> std, or a pytree with the same structure as the "
+            f"parameters; parameters have structure\n  {p_def}\nbut prior_std has structure\n  {s_def}")
+
+    def check(path, std, param):
+        where = jax.tree_util.keystr(path) or "<root>"
+        if isinstance(std, bool) or std is None:
+            raise TypeError(f"prior_std at {where} must be a positive number, got {std!r}")
+        shape = np.shape(std)
+        try:
+            np.broadcast_shapes(shape, np.shape(param))
+        except ValueError:
+            raise ValueError(
+                f"prior_std at {where} has shape {shape}, which does not broadcast to the parameter shape "
+                f"{np.shape(param)}") from None
+        if np.broadcast_shapes(shape, np.shape(param)) != np.shape(param):
+            raise ValueError(f"prior_std at {where} has shape {shape}, larger than the parameter shape "
+                             f"{np.shape(param)}")
+        if _is_concrete(std):
+            s = np.asarray(std)
+            if not np.issubdtype(s.dtype, np.number) or np.iscomplexobj(s):
+                raise TypeError(f"prior_std at {where} must be real, got dtype {s.dtype}")
+            if not np.all(np.isfinite(s)) or np.any(s <= 0):
+                raise ValueError(f"prior_std at {where} must be finite and > 0, got {s if s.ndim else float(s)}")
+        return std
+
+    return jax.tree_util.tree_map_with_path(check, tree, params)
+
+
+def add_prior_decay(temperature: float, prior_std: PriorStd) -> optax.GradientTransformation:
+    """Gradient transformation g ↦ g + λ_θ θ with λ_θ = T / σ_θ² (gradient of −T log N(θ; 0, σ²)).
+
+    Args:
+      temperature: T ≥ 0 (T = 0: no decay).
+      prior_std: σ_θ, see :func:`resolve_prior_std`.
+
+    The parameters must be passed to ``update``. The prior tree is checked against the parameters in ``init``.
+    """
+    _check_temperature(temperature)
+    if not callable(prior_std):  # catch a non-positive float before any parameters exist
+        for leaf in jax.tree.leaves(prior_std):
+            if _is_concrete(leaf) and (np.any(np.asarray(leaf) <= 0) or not np.all(np.isfinite(leaf))):
+                raise ValueError(f"prior_std must be finite and > 0, got {leaf!r}")
+
+    def init_fn(params):
+        resolve_prior_std(prior_std, params)
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("add_prior_decay needs the parameters: call update(grads, state, params)")
+        stds = resolve_prior_std(prior_std, params)
+        updates = jax.tree.map(
+            lambda g, p, s: g + (temperature / jnp.square(jnp.asarray(s, p.dtype))).astype(p.dtype) * p,
+            updates, params, stds)
+        return updates, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def add_langevin_noise(learning_rate: optax.ScalarOrSchedule, temperature: float,
+                       key: Any) -> optax.GradientTransformation:
+    """Gradient transformation u ↦ u + √(2 η_k T) ξ_k, ξ_k ~ N(0, I) (Optax update space: added to θ).
+
+    Args:
+      learning_rate: η (float) or an Optax schedule k ↦ η_k; evaluated at the same step count k as
+        ``optax.scale_by_learning_rate`` so that the noise matches the gradient step.
+      temperature: T ≥ 0.
+      key: an int seed, a typed PRNG key or raw key data; it may be a tracer (e.g. ``jax.vmap`` over keys of a
+        function that builds the transformation and calls ``init``), so that every member gets its own stream.
+
+    The state is :class:`LangevinNoiseState`; ``update`` draws ξ_k only from its key and returns the split key.
+    """
+    _check_learning_rate(learning_rate)
+    _check_temperature(temperature)
+    key = _key_data(key)
+
+    def init_fn(params):
+        del params
+        return LangevinNoiseState(count=jnp.zeros([], jnp.int32), key=key)
+
+    def update_fn(updates, state, params=None):
+        del params
+        count = optax.safe_int32_increment(state.count)
+        if _is_concrete(temperature) and temperature == 0:  # plain gradient descent: nothing to draw
+            return updates, LangevinNoiseState(count=count, key=state.key)
+        eta = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        next_key, noise_key = jax.random.split(state.key)
+        noise = otu.tree_random_like(noise_key, updates)
+        updates = jax.tree.map(
+            lambda u, xi: u + jnp.sqrt(2 * jnp.asarray(eta, u.dtype) * jnp.asarray(temperature, u.dtype)) * xi,
+            updates, noise)
+        return updates, LangevinNoiseState(count=count, key=next_key)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def langevin(learning_rate: optax.ScalarOrSchedule, temperature: float, prior_std: PriorStd, *,
+             key: Any) -> optax.GradientTransformation:
+    """Langevin gradient descent: θ ← θ − η_k (∇E + (T/σ²) θ) + √(2 η_k T) ξ (THEORY.md §1).
+
+    Args:
+      learning_rate: η > 0 or an Optax schedule k ↦ η_k (continuous time t = Σ_k η_k).
+      temperature: T ≥ 0; T = 0 is plain gradient descent (no decay, no noise).
+      prior_std: σ_θ: a float, a pytree matching the parameters, or ``f(path, param) -> σ``
+        (``ndk_flax.nn.prior_std_tree(model)`` gives the tree for a model built by ``ndk_flax.nn``).
+      key: int seed or PRNG key (may be traced: ``jax.vmap`` of the construction + ``init`` over keys builds
+        independent ensemble members).
+
+    Returns:
+      ``optax.chain(add_prior_decay, optax.scale_by_learning_rate, add_langevin_noise)``. Pass the parameters to
+      ``update``: ``updates, state = tx.update(grads, state, params)``; then ``optax.apply_updates(params, updates)``.
+    """
+    _check_learning_rate(learning_rate)
+    return optax.chain(
+        add_prior_decay(temperature, prior_std),
+        optax.scale_by_learning_rate(learning_rate),
+        add_langevin_noise(learning_rate, temperature, key),
+    )
