@@ -33,7 +33,8 @@ from ndk_flax._two_time import ParamGroup
 # Re-exported unchanged: enums, helpers and decorators that are not layers.
 from neural_tangents.stax import (  # noqa: F401
     AggregateImplementation, AttentionMechanism, Bool, Diagonal, MaskedArray, Padding, PositionalEmbedding,
-    layer, requires, supports_masking, unmask_fn)
+    requires, supports_masking, unmask_fn)
+from neural_tangents.stax import layer  # noqa: F401  (NT's layer decorator)
 
 Rule = Callable[[Any, Any, Any, Any], Any]
 """A two-time rule: (kernel tree, t1, t2, temperature) -> kernel tree."""
@@ -423,11 +424,11 @@ def parallel(*layers: Sequence[Callable]) -> NDKLayer:
                   sum((l.groups for l in layers), ()))
 
 
-def repeat(layer_: Sequence[Callable], n: int) -> NDKLayer:
-  """`layer_` composed `n` times with independent weights (as `neural_tangents.stax.repeat`)."""
+def repeat(layer: Sequence[Callable], n: int) -> NDKLayer:  # noqa: F811 (NT's argument name)
+  """`layer` composed `n` times with independent weights (as `neural_tangents.stax.repeat`)."""
   if not isinstance(n, (int, np.integer)) or n < 1:
     raise ValueError(f'`n` must be a positive integer, got {n!r}.')
-  return serial(*([as_ndk_layer(layer_)] * int(n)))
+  return serial(*([as_ndk_layer(layer)] * int(n)))
 
 
 __all__ = sorted([

@@ -1,0 +1,378 @@
+"""Two-time kernels of `ndk_flax.stax` against Neural Tangents, an independent recursion and THEORY.md identities."""
+import jax
+import jax.numpy as jnp
+import neural_tangents as nt
+import numpy as np
+import pytest
+from neural_tangents import stax as nt_stax
+
+from ndk_flax import stax
+from tests import reference_kernels as ref
+
+KEY = jax.random.PRNGKey(0)
+X1 = jax.random.normal(KEY, (4, 5))
+X2 = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
+IMG = jax.random.normal(jax.random.PRNGKey(2), (3, 6, 6, 2))
+IMG2 = jax.random.normal(jax.random.PRNGKey(3), (2, 6, 6, 2))
+
+ACTIVATIONS = {
+    'erf': (stax.Erf, nt_stax.Erf, {}),
+    'relu': (stax.Relu, nt_stax.Relu, {}),
+    'gelu': (stax.Gelu, nt_stax.Gelu, {'approximate': False}),
+    'sin': (stax.Sin, nt_stax.Sin, {}),
+    'abrelu': (stax.ABRelu, nt_stax.ABRelu, {'a': -0.4, 'b': 1.3}),
+}
+
+
+def mlp(lib, act, w_std, b_std=None, depth=2, **prior):
+  layers = []
+  for _ in range(depth):
+    layers += [lib.Dense(16, W_std=w_std, b_std=b_std, **prior), act()]
+  return lib.serial(*layers, lib.Dense(1, W_std=w_std, b_std=b_std, **prior))
+
+
+def assert_close(a, b, rtol=1e-10, atol=1e-12):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# T = 0: Neural Tangents' NNGP, and its NTK / σ0² (raw parameterisation, equal σ0, no bias), for any (t1, t2).
+
+def _architectures(lib):
+  return {
+      'cnn': (lambda: lib.serial(lib.Conv(8, (3, 3), W_std=1.4, padding='SAME'), lib.Relu(),
+                                 lib.AvgPool((2, 2)), lib.Conv(8, (2, 2), W_std=1.4), lib.Relu(),
+                                 lib.Flatten(), lib.Dense(1, W_std=1.4)), IMG, IMG2, 1.4),
+      'cnn_global_pool': (lambda: lib.serial(lib.Conv(8, (3, 3), W_std=1.2), lib.Erf(), lib.GlobalAvgPool(),
+                                             lib.Dense(1, W_std=1.2)), IMG, IMG2, 1.2),
+      'residual': (lambda: lib.serial(
+          lib.Dense(16, W_std=1.3), lib.FanOut(2),
+          lib.parallel(lib.serial(lib.Relu(), lib.Dense(16, W_std=1.3)), lib.Identity()),
+          lib.FanInSum(), lib.Relu(), lib.Dense(1, W_std=1.3)), X1, X2, 1.3),
+      'layernorm': (lambda: lib.serial(lib.Dense(16, W_std=1.1), lib.LayerNorm(), lib.Gelu(),
+                                       lib.Dense(1, W_std=1.1)), X1, X2, 1.1),
+  }
+
+
+@pytest.mark.parametrize('name', list(ACTIVATIONS))
+@pytest.mark.parametrize('times', [(0., 0.), (2.0, 0.7)])  # t1 >= t2 (R is causal)
+def test_zero_temperature_mlp_matches_neural_tangents(name, times):
+  ours, theirs, kw = ACTIVATIONS[name]
+  w_std = 1.3
+  net = mlp(stax, lambda: ours(**kw), w_std)
+  nt_net = mlp(nt_stax, lambda: theirs(**kw), w_std)
+  expected = nt_net[2](X1, X2, ('nngp', 'ntk'))
+  k = net.ndk_fn(X1, X2, *times, temperature=0.)
+  assert_close(k.nngp, expected.nngp)
+  assert_close(k.ndk, expected.ntk / w_std**2)
+
+
+@pytest.mark.parametrize('arch', ['cnn', 'cnn_global_pool', 'residual', 'layernorm'])
+def test_zero_temperature_architectures_match_neural_tangents(arch):
+  build, x1, x2, w_std = _architectures(stax)[arch]
+  nt_build = _architectures(nt_stax)[arch][0]
+  expected = nt_build()[2](x1, x2, ('nngp', 'ntk'))
+  for times in [(0., 0.), (1.5, 0.3)]:
+    k = build().ndk_fn(x1, x2, *times, temperature=0.)
+    assert_close(k.nngp, expected.nngp)
+    assert_close(k.ndk, expected.ntk / w_std**2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Biases, mixed stds, T > 0: against the independent NumPy recursion of tests/reference_kernels.py.
+
+REFERENCE_EXPECTATIONS = {
+    'erf': (stax.Erf, ref.erf_expectations, 1e-10),
+    'relu': (stax.Relu, ref.relu_expectations, 1e-10),
+    'abrelu': (lambda: stax.ABRelu(-0.4, 1.3), lambda q1, q2, c: ref.abrelu_expectations(q1, q2, c, -0.4, 1.3),
+               1e-10),
+    'gelu': (lambda: stax.Gelu(approximate=False), ref.quadrature_expectations(ref.gelu, ref.dgelu), 1e-7),
+    'sin': (stax.Sin, ref.quadrature_expectations(np.sin, np.cos), 1e-7),
+}
+# (σ0_W, σ_W, σ0_b, σ_b) per layer: different init and prior stds, biases on and off.
+MIXED_LAYERS = [(1.5, 0.8, 0.3, 0.6), (0.9, 1.4, None, None), (1.2, 1.0, 0.5, 0.2)]
+
+
+def _mixed_net(act):
+  layers = []
+  for i, (w0, w, b0, b) in enumerate(MIXED_LAYERS):
+    layers.append(stax.Dense(16 if i < len(MIXED_LAYERS) - 1 else 1, W_std=w0, b_std=b0,
+                             W_prior_std=w, b_prior_std=b))
+    if i < len(MIXED_LAYERS) - 1:
+      layers.append(act())
+  return stax.serial(*layers)
+
+
+@pytest.mark.parametrize('name', list(REFERENCE_EXPECTATIONS))
+@pytest.mark.parametrize('temperature,times', [(0., (0., 0.)), (0., (3., 1.)), (0.3, (0., 0.)),
+                                               (0.3, (2.0, 0.5)), (0.3, (0.5, 2.0)), (0.7, (4.0, 4.0))])
+def test_two_time_kernels_match_independent_recursion(name, temperature, times):
+  act, expectations, rtol = REFERENCE_EXPECTATIONS[name]
+  k = _mixed_net(act).ndk_fn(X1, X2, *times, temperature=temperature)
+  nngp, resp = ref.mlp_two_time(np.asarray(X1), np.asarray(X2), *times, temperature, MIXED_LAYERS, expectations)
+  assert_close(k.nngp, nngp, rtol=rtol, atol=rtol)
+  assert_close(k.ndk, resp, rtol=rtol, atol=rtol)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Equilibrium: t1 = t2 → ∞ gives Neural Tangents' NNGP built with the prior stds.
+
+@pytest.mark.parametrize('name', ['erf', 'relu', 'gelu'])
+def test_equilibrium_is_nngp_with_prior_stds(name):
+  ours, theirs, kw = ACTIVATIONS[name]
+  net = _mixed_net(lambda: ours(**kw))
+  nt_layers = []
+  for i, (_, w, _, b) in enumerate(MIXED_LAYERS):
+    nt_layers.append(nt_stax.Dense(16, W_std=w, b_std=b))
+    if i < len(MIXED_LAYERS) - 1:
+      nt_layers.append(theirs(**kw))
+  expected = nt_stax.serial(*nt_layers)[2](X1, X2, 'nngp')
+  temperature = 0.5
+  slowest = min(net.relaxation_rates(temperature))
+  k_inf = net.ndk_fn(X1, X2, jnp.inf, jnp.inf, temperature=temperature)
+  k_late = net.ndk_fn(X1, X2, 80 / slowest, 80 / slowest, temperature=temperature)
+  assert_close(k_inf.nngp, expected)
+  assert_close(k_late.nngp, expected, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fluctuation–dissipation: R(t, s) = (1/T) ∂_s C(t, s) for t > s.
+
+def _fdt_gap(net, x1, x2, t, s, temperature):
+  dc_ds = jax.jacfwd(lambda s_: net.ndk_fn(x1, x2, t, s_, temperature=temperature).nngp)(s)
+  resp = net.ndk_fn(x1, x2, t, s, temperature=temperature).ndk
+  return np.max(np.abs(np.asarray(resp - dc_ds / temperature))), np.max(np.abs(np.asarray(resp)))
+
+
+@pytest.mark.parametrize('name', ['erf', 'relu', 'sin'])
+def test_fluctuation_dissipation_at_all_times_when_prior_equals_init(name):
+  ours, _, kw = ACTIVATIONS[name]
+  net = stax.serial(stax.Dense(16, W_std=1.3, b_std=0.4), ours(**kw), stax.Dense(16, W_std=0.8, b_std=0.2),
+                    ours(**kw), stax.Dense(1, W_std=1.1, b_std=0.3))
+  for t, s in [(0.3, 0.1), (2.0, 0.5), (5.0, 4.9)]:
+    gap, scale = _fdt_gap(net, X1, X2, t, s, temperature=0.4)
+    assert gap < 1e-10 * scale
+
+
+def test_fluctuation_dissipation_at_late_times_when_prior_differs():
+  net = _mixed_net(stax.Erf)
+  temperature = 0.5
+  slowest = min(net.relaxation_rates(temperature))
+  early_gap, scale = _fdt_gap(net, X1, X2, 0.6, 0.3, temperature)
+  late_gap, late_scale = _fdt_gap(net, X1, X2, 60 / slowest + 1., 60 / slowest, temperature)
+  assert late_gap < 1e-9 * late_scale
+  assert early_gap > 1e-3 * scale  # the identity genuinely needs equilibrium when σ0 ≠ σ
+
+
+def test_fluctuation_dissipation_cnn():
+  net = stax.serial(stax.Conv(4, (3, 3), W_std=1.2, b_std=0.3, padding='SAME'), stax.Erf(), stax.Flatten(),
+                    stax.Dense(1, W_std=1.1))
+  gap, scale = _fdt_gap(net, IMG, IMG2, 1.3, 0.4, temperature=0.6)
+  assert gap < 1e-10 * scale
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Symmetry, causality, and t ≠ s pairs of equal inputs are not "identical inputs".
+
+def test_symmetry_causality_and_correlation_below_one():
+  net = _mixed_net(stax.Relu)
+  temperature = 0.5
+  t, s = 1.7, 0.4
+  k_ts = net.ndk_fn(X1, X2, t, s, temperature=temperature)
+  k_st = net.ndk_fn(X2, X1, s, t, temperature=temperature)
+  assert_close(k_ts.nngp, k_st.nngp.T)
+  assert np.all(np.asarray(k_st.ndk) == 0)
+  assert np.all(np.asarray(k_ts.ndk) > 0)
+  k_same = net.ndk_fn(X1, None, t, s, temperature=temperature)
+  diag = np.diag(np.asarray(k_same.nngp))
+  bound = np.sqrt(np.asarray(k_same.cov1) * np.asarray(k_same.cov2))
+  assert np.all(diag < bound * (1 - 1e-3))
+  k_equal = net.ndk_fn(X1, None, t, t, temperature=temperature)
+  assert_close(np.diag(np.asarray(k_equal.nngp)), k_equal.cov1)
+
+
+def test_time_grid_matches_pointwise_evaluation():
+  build, x1, x2, _ = _architectures(stax)['cnn']
+  net = build()
+  t1 = jnp.array([0., 0.5, 2.0])
+  t2 = jnp.array([0.3, 2.0])
+  grid = net.ndk_fn(x1, x2, t1, t2, temperature=0.3)
+  assert grid.nngp.shape == (3, 2, 3, 2) and grid.cov1.shape == (3, 3) and grid.cov2.shape == (2, 2)
+  for i, a in enumerate(t1):
+    for j, b in enumerate(t2):
+      k = net.ndk_fn(x1, x2, float(a), float(b), temperature=0.3)
+      assert_close(grid.nngp[i, j], k.nngp)
+      assert_close(grid.ndk[i, j], k.ndk)
+      assert_close(grid.cov1[i], k.cov1)
+      assert_close(grid.cov2[j], k.cov2)
+  row = net.ndk_fn(x1, x2, 0.5, t2, temperature=0.3)
+  assert row.nngp.shape == (2, 3, 2)
+  assert_close(row.nngp, grid.nngp[1])
+
+
+def test_float32_inputs_give_finite_kernels():
+  net = mlp(stax, stax.Erf, 1.2)
+  k = net.ndk_fn(X1.astype(jnp.float32), None, jnp.array([0., 1.]), jnp.array([0., 1.]), temperature=0.1)
+  assert np.all(np.isfinite(np.asarray(k.ndk)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Drop-in behaviour and input validation.
+
+def test_layers_unpack_as_neural_tangents_triples():
+  init_fn, apply_fn, kernel_fn = stax.serial(stax.Dense(8, W_std=1.5, b_std=0.1), stax.Relu(), stax.Dense(2))
+  _, params = init_fn(KEY, X1.shape)
+  assert apply_fn(params, X1).shape == (4, 2)
+  expected = nt_stax.serial(nt_stax.Dense(8, W_std=1.5, b_std=0.1), nt_stax.Relu(), nt_stax.Dense(2))[2]
+  assert_close(kernel_fn(X1, X2, 'ntk'), expected(X1, X2, 'ntk'))
+  # Our layers also work inside Neural Tangents' own combinators and predictors.
+  nt_net = nt_stax.serial(stax.Dense(8), stax.Erf(), stax.Dense(1))
+  predict = nt.predict.gradient_descent_mse_ensemble(nt_net[2], X1, jnp.ones((4, 1)))
+  assert predict(1.0, X2, 'ntk').shape == (3, 1)
+
+
+def test_plain_neural_tangents_parameter_free_layer_is_accepted():
+  net = stax.serial(stax.Dense(8), nt_stax.serial(nt_stax.Relu(), nt_stax.Identity()), stax.Dense(8),
+                    nt_stax.Erf(), stax.Dense(1))
+  expected = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(8), stax.Erf(), stax.Dense(1)).ndk_fn(
+      X1, None, 1., 0., temperature=0.2)
+  k = net.ndk_fn(X1, None, 1., 0., temperature=0.2)
+  assert_close(k.ndk, expected.ndk)
+
+
+def test_plain_neural_tangents_parametric_layers_are_rejected_with_replacement_named():
+  with pytest.raises(TypeError, match='ndk_flax.stax.Dense'):
+    stax.serial(stax.Erf(), nt_stax.Dense(3))
+  hidden = stax.serial(stax.Dense(4), nt_stax.serial(nt_stax.Relu(), nt_stax.Dense(3)))
+  with pytest.raises(TypeError, match='trainable parameters'):
+    hidden.ndk_fn(X1, None, 0., 0., temperature=0.1)
+
+
+def test_self_attention_fails_clearly():
+  attn = stax.serial(stax.GlobalSelfAttention(4, 4, 4, 1), stax.Flatten(), stax.Dense(1))
+  assert attn[2](jnp.ones((2, 3, 4)), None, 'nngp').shape == (2, 2)
+  with pytest.raises(NotImplementedError, match='GlobalSelfAttention'):
+    attn.ndk_fn(jnp.ones((2, 3, 4)), None, 0., 0., temperature=0.)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(temperature=-0.1), 'temperature'),
+    (dict(temperature=float('nan')), 'temperature'),
+    (dict(temperature=0.1, t1=-1.), 't1'),
+    (dict(temperature=0.1, t2=float('nan')), 't2'),
+    (dict(temperature=0.1, t1=np.zeros((2, 2))), 't1'),
+    (dict(temperature=0.1, x2=jnp.ones((3, 4))), 'x1.*x2'),
+    (dict(temperature=0.1, x1=jnp.ones(5)), 'x1'),
+    (dict(temperature=0.1, x1=jnp.full((2, 5), jnp.nan)), 'x1'),
+])
+def test_ndk_fn_rejects_bad_input(kwargs, match):
+  net = mlp(stax, stax.Erf, 1.)
+  args = dict(x1=X1, x2=None, t1=0., t2=0.)
+  args.update(kwargs)
+  temperature = args.pop('temperature')
+  with pytest.raises((ValueError, TypeError), match=match):
+    net.ndk_fn(args['x1'], args['x2'], args['t1'], args['t2'], temperature=temperature)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(W_std=-1.), 'W_std'),
+    (dict(W_prior_std=0.), 'W_prior_std'),
+    (dict(b_std=0.1, b_prior_std=-2.), 'b_prior_std'),
+    (dict(b_prior_std=1.), 'b_std'),
+    (dict(W_std=0.), 'W_prior_std'),
+    (dict(parameterization='standard'), 'parameterization'),
+    (dict(W_std='big'), 'W_std'),
+])
+def test_parametric_layers_reject_bad_stds(kwargs, match):
+  with pytest.raises((ValueError, TypeError), match=match):
+    stax.Dense(3, **kwargs)
+
+
+def test_every_neural_tangents_layer_is_importable_with_same_signature():
+  import inspect
+  for name in nt_stax.__dict__:
+    if name.startswith('_') or not callable(getattr(nt_stax, name)):
+      continue
+    ours = getattr(stax, name)
+    theirs = getattr(nt_stax, name)
+    ours_params = list(inspect.signature(ours).parameters)
+    theirs_params = list(inspect.signature(theirs).parameters)
+    assert ours_params[:len(theirs_params)] == theirs_params, name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Monte Carlo: finite networks with weights drawn from the exact free OU process at times t and s.
+
+def _ou_pair_draw(key, shape, group_init, group_prior, temperature, t, s):
+  lam = temperature / group_prior**2
+  ctt = ref.ou_c(t, t, group_init**2, group_prior**2, lam)
+  css = ref.ou_c(s, s, group_init**2, group_prior**2, lam)
+  cts = ref.ou_c(t, s, group_init**2, group_prior**2, lam)
+  k1, k2 = jax.random.split(key)
+  z1 = jax.random.normal(k1, shape)
+  z2 = jax.random.normal(k2, shape)
+  a = np.sqrt(css)
+  theta_s = a * z1
+  theta_t = cts / a * z1 + np.sqrt(ctt - cts**2 / css) * z2
+  return theta_t, theta_s, ref.ou_r(t, s, lam)
+
+
+@pytest.mark.slow
+def test_monte_carlo_finite_width_matches_two_time_kernels():
+  """Width-1024 erf network, two hidden layers with biases, σ0 ≠ σ, weights at times t and s.
+
+  C: per network, average f(x,t) f(x',s) over 64 output units (independent given the hidden layers); the
+  standard error comes from the spread across 96 networks. R: the gradient inner products, weighted by the
+  response r_g(t,s) of each parameter group, self-average at width N (fluctuation O(1/√N)). Tolerances: 4
+  standard errors plus a finite-width bias allowance 3/N relative (the 1/N correction of a 2-hidden-layer net).
+  """
+  width, n_out, n_nets, temperature, t, s = 1024, 64, 96, 0.5, 1.5, 0.5
+  spec = [(1.5, 0.8, 0.3, 0.6), (0.9, 1.4, None, None), (1.2, 1.0, 0.5, 0.2)]
+  net = _mixed_net(stax.Erf)
+  theory = net.ndk_fn(X1, X2, t, s, temperature=temperature)
+  dims = [X1.shape[1], width, width, n_out]
+
+  def forward(params, x):
+    h = x
+    for i, (w, b) in enumerate(params):
+      h = h @ w / np.sqrt(w.shape[0]) + (0. if b is None else b)
+      if i < len(params) - 1:
+        h = jax.scipy.special.erf(h)
+    return h
+
+  @jax.jit
+  def one_network(key):
+    params_t, params_s, resp = [], [], []
+    for i, (w0, w, b0, b) in enumerate(spec):
+      key, kw, kb = jax.random.split(key, 3)
+      wt, ws, rw = _ou_pair_draw(kw, (dims[i], dims[i + 1]), w0, w, temperature, t, s)
+      if b0 is None:
+        bt = bs = None
+        rb = 0.
+      else:
+        bt, bs, rb = _ou_pair_draw(kb, (dims[i + 1],), b0, b, temperature, t, s)
+      params_t.append((wt, bt))
+      params_s.append((ws, bs))
+      resp.append((rw, rb))
+    ft = forward(params_t, X1)
+    fs = forward(params_s, X2)
+    c_emp = ft.T.reshape(n_out, -1, 1) * fs.T.reshape(n_out, 1, -1)
+    # Gradient of the first output unit, weighted by each group's response r_g(t, s).
+    jt = jax.jacrev(lambda p: forward(p, X1)[:, 0])(params_t)
+    js = jax.jacrev(lambda p: forward(p, X2)[:, 0])(params_s)
+    r_emp = 0.
+    for (gw_t, gb_t), (gw_s, gb_s), (rw, rb) in zip(jt, js, resp):
+      r_emp += rw * jnp.einsum('a...,b...->ab', gw_t, gw_s)
+      if gb_t is not None:
+        r_emp += rb * jnp.einsum('a...,b...->ab', gb_t, gb_s)
+    return c_emp.mean(0), r_emp
+
+  keys = jax.random.split(jax.random.PRNGKey(7), n_nets)
+  c_all, r_all = jax.lax.map(one_network, keys)
+  c_all, r_all = np.asarray(c_all), np.asarray(r_all)
+  scale = np.max(np.abs(np.asarray(theory.nngp)))
+  c_se = c_all.std(0, ddof=1) / np.sqrt(n_nets)
+  assert np.all(np.abs(c_all.mean(0) - np.asarray(theory.nngp)) < 4 * c_se + 3 / width * scale)
+  r_se = r_all.std(0, ddof=1) / np.sqrt(n_nets)
+  r_scale = np.max(np.abs(np.asarray(theory.ndk)))
+  assert np.all(np.abs(r_all.mean(0) - np.asarray(theory.ndk)) < 4 * r_se + 3 / width * r_scale)
