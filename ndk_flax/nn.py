@@ -1,0 +1,351 @@
+"""Flax NNX modules in the raw parameterisation of THEORY.md §1, and the Flax model of an ``ndk_flax.stax`` network.
+
+Parametric layers compute h = W a/√N + b with N the fan-in (Dense: input features; Conv: input channels × filter
+size) and train W and b themselves: W ~ N(0, σ0_W²), b ~ N(0, σ0_b²) at initialisation. Every ``nnx.Param``
+carries its initialisation std (metadata ``init_std`` = σ0) and its prior std (metadata ``prior_std`` = σ, the
+Gaussian prior N(0, σ²) of Langevin learning); :func:`prior_std_tree` collects the latter for
+``ndk_flax.optax.langevin``.
+
+:func:`from_stax` builds the Flax model of an ``ndk_flax.stax`` architecture from its ``layer.spec``, with the same
+variances, so that theory (``layer.ndk_fn``) and simulation describe the same network.
+"""
+from __future__ import annotations
+
+import math
+import string
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+__all__ = ["Conv", "Dense", "Free", "Parallel", "Serial", "StaxModel", "from_stax", "prior_std_tree"]
+
+Hidden = Optional[list]
+
+
+def _check_std(name: str, value: Any, *, allow_none: bool = False) -> Optional[float]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            hasattr(value, "shape") and getattr(value, "shape") == ()):
+        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
+
+
+def _check_size(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _raw_param(rngs: nnx.Rngs, shape: tuple, init_std: float, prior_std: Optional[float], dtype) -> nnx.Param:
+    """θ ~ N(0, σ0²) of the given shape, tagged with σ0 (``init_std``) and σ (``prior_std``, default σ0)."""
+    value = init_std * jax.random.normal(rngs.params(), shape, dtype or jnp.result_type(float))
+    return nnx.Param(value, init_std=init_std, prior_std=init_std if prior_std is None else prior_std)
+
+
+def _parametric_stds(W_std, b_std, W_prior_std, b_prior_std):
+    W_std = _check_std("W_std", W_std)
+    W_prior_std = _check_std("W_prior_std", W_prior_std, allow_none=True)
+    b_std = _check_std("b_std", b_std, allow_none=True)
+    b_prior_std = _check_std("b_prior_std", b_prior_std, allow_none=True)
+    if b_std is None and b_prior_std is not None:
+        raise ValueError("b_prior_std is given but b_std is None (the layer has no bias); pass b_std to add one")
+    return W_std, b_std, W_prior_std, b_prior_std
+
+
+class Dense(nnx.Module):
+    """Dense layer h = W a/√N + b along ``channel_axis`` (N = in_features), W: (in, out), b: (out,).
+
+    W ~ N(0, W_std²), b ~ N(0, b_std²) (no bias if ``b_std`` is None); prior stds default to the init stds.
+    Same forward map as ``neural_tangents.stax.Dense(out, W_std, b_std, parameterization='ntk')`` with its
+    unit-variance parameters scaled by W_std, b_std.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, W_std: float = 1.0, b_std: Optional[float] = None,
+                 W_prior_std: Optional[float] = None, b_prior_std: Optional[float] = None, channel_axis: int = -1,
+                 record_input: bool = False, dtype=None, rngs: nnx.Rngs):
+        self.in_features = _check_size("in_features", in_features)
+        self.out_features = _check_size("out_features", out_features)
+        W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
+        self.channel_axis = channel_axis
+        self.record_input = record_input
+        self.W = _raw_param(rngs, (in_features, out_features), W_std, W_prior_std, dtype)
+        self.b = None if b_std is None else _raw_param(rngs, (out_features,), b_std, b_prior_std, dtype)
+
+    def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
+        if hidden is not None and self.record_input:
+            hidden.append(x)
+        axis = self.channel_axis % x.ndim
+        if x.shape[axis] != self.in_features:
+            raise ValueError(f"Dense expects {self.in_features} features on axis {self.channel_axis}, "
+                             f"got input shape {x.shape}")
+        h = jnp.moveaxis(jnp.tensordot(x, self.W.value, (axis, 0)), -1, axis) / math.sqrt(self.in_features)
+        if self.b is not None:
+            h = h + self.b.value.reshape([-1 if i == axis else 1 for i in range(x.ndim)])
+        return h
+
+
+def _default_dimension_numbers(n_spatial: int) -> tuple[str, str, str]:
+    """Neural Tangents' default: channels last, spatial axes named by letters other than N, C, I, O."""
+    spatial = "".join(c for c in string.ascii_uppercase if c not in "NCIO")[:n_spatial]
+    return "N" + spatial + "C", spatial + "IO", "N" + spatial + "C"
+
+
+class Conv(nnx.Module):
+    """Convolution h = W ⋆ a/√N + b with N = in_channels × ∏ filter_shape (raw parameterisation).
+
+    Padding 'VALID', 'SAME' or 'CIRCULAR' (periodic, SAME-sized), ``dimension_numbers`` as in ``jax.lax``
+    (default: channels last, as Neural Tangents). W ~ N(0, W_std²) with the shape given by the kernel spec,
+    b: (out_channels,) ~ N(0, b_std²). Same forward map as ``neural_tangents.stax.Conv(..., parameterization='ntk')``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, filter_shape: Sequence[int],
+                 strides: Optional[Sequence[int]] = None, padding: str = "VALID", *, W_std: float = 1.0,
+                 b_std: Optional[float] = None, W_prior_std: Optional[float] = None,
+                 b_prior_std: Optional[float] = None, dimension_numbers: Optional[tuple[str, str, str]] = None,
+                 record_input: bool = False, dtype=None, rngs: nnx.Rngs):
+        self.in_channels = _check_size("in_channels", in_channels)
+        self.out_channels = _check_size("out_channels", out_channels)
+        self.filter_shape = tuple(_check_size("filter_shape entries", int(f)) for f in filter_shape)
+        n = len(self.filter_shape)
+        self.strides = (1,) * n if strides is None else tuple(int(s) for s in strides)
+        if len(self.strides) != n:
+            raise ValueError(f"strides must have {n} entries (one per filter dimension), got {strides!r}")
+        padding = str(getattr(padding, "name", padding)).upper()
+        if padding not in ("VALID", "SAME", "CIRCULAR"):
+            raise ValueError(f"padding must be 'VALID', 'SAME' or 'CIRCULAR', got {padding!r}")
+        self.padding = padding
+        self.dimension_numbers = tuple(dimension_numbers or _default_dimension_numbers(n))
+        W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
+        self.record_input = record_input
+        lhs, rhs, _ = self.dimension_numbers
+        spatial = iter(self.filter_shape)
+        w_shape = tuple(out_channels if c == "O" else in_channels if c == "I" else next(spatial) for c in rhs)
+        self.W = _raw_param(rngs, w_shape, W_std, W_prior_std, dtype)
+        self.b = None if b_std is None else _raw_param(rngs, (out_channels,), b_std, b_prior_std, dtype)
+
+    def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
+        if hidden is not None and self.record_input:
+            hidden.append(x)
+        lhs, rhs, out = self.dimension_numbers
+        if x.shape[lhs.index("C")] != self.in_channels:
+            raise ValueError(f"Conv expects {self.in_channels} channels on axis {lhs.index('C')}, "
+                             f"got input shape {x.shape}")
+        padding = self.padding
+        if padding == "CIRCULAR":
+            spatial_axes = [lhs.index(c) for c in rhs if c not in "IO"]
+            pads = [(0, 0)] * x.ndim
+            for ax, f, s in zip(spatial_axes, self.filter_shape, self.strides):
+                total = max((-(-x.shape[ax] // s) - 1) * s + f - x.shape[ax], 0)
+                pads[ax] = (total // 2, total - total // 2)
+            x, padding = jnp.pad(x, pads, mode="wrap"), "VALID"
+        fan_in = self.in_channels * math.prod(self.filter_shape)
+        dtype = jnp.result_type(x, self.W.value)
+        h = jax.lax.conv_general_dilated(x.astype(dtype), self.W.value.astype(dtype), self.strides, padding,
+                                         dimension_numbers=self.dimension_numbers) / math.sqrt(fan_in)
+        if self.b is not None:
+            h = h + self.b.value.reshape([-1 if c == "C" else 1 for c in out])
+        return h
+
+
+class Free(nnx.Module):
+    """A parameter-free Neural Tangents layer (nonlinearity, pooling, Flatten, FanOut, ...): its own apply_fn."""
+
+    def __init__(self, name: str, apply_fn: Callable, nt_params: Any = ()):
+        self.name = name
+        self.apply_fn = apply_fn
+        self.nt_params = nt_params
+
+    def __call__(self, x, hidden: Hidden = None):
+        return self.apply_fn(self.nt_params, x)
+
+
+class Serial(nnx.Module):
+    """Composition layers[-1] ∘ … ∘ layers[0]."""
+
+    def __init__(self, layers: Sequence[nnx.Module]):
+        self.layers = list(layers)
+
+    def __call__(self, x, hidden: Hidden = None):
+        for layer in self.layers:
+            x = layer(x, hidden)
+        return x
+
+
+class Parallel(nnx.Module):
+    """Applies layers[i] to the i-th entry of a list of inputs (as ``stax.parallel``)."""
+
+    def __init__(self, layers: Sequence[nnx.Module]):
+        self.layers = list(layers)
+
+    def __call__(self, xs, hidden: Hidden = None):
+        if not isinstance(xs, (list, tuple)) or len(xs) != len(self.layers):
+            raise ValueError(f"Parallel of {len(self.layers)} layers needs a list of {len(self.layers)} inputs")
+        return [layer(x, hidden) for layer, x in zip(self.layers, xs)]
+
+
+class StaxModel(nnx.Module):
+    """The Flax model built by :func:`from_stax`.
+
+    ``model(x)`` is the network output; ``model(x, return_hidden=True)`` returns ``(output, hidden)`` with
+    ``hidden`` the tuple of inputs of every parametric layer that lies downstream of another parametric layer (the
+    hidden representations a^l = φ(h^l) of THEORY.md §6, in forward order; the input of the first layer is data).
+    """
+
+    def __init__(self, root: nnx.Module, input_shape: tuple, output_shape: Any):
+        self.root = root
+        self.input_shape = tuple(input_shape)
+        self.output_shape = output_shape
+
+    def __call__(self, x: jax.Array, *, return_hidden: bool = False):
+        if not return_hidden:
+            return self.root(x)
+        hidden: list = []
+        out = self.root(x, hidden)
+        return out, tuple(hidden)
+
+
+_PARAMETRIC_KINDS = ("Dense", "Conv")
+
+
+def _parametric_specs(spec) -> list:
+    if spec.kind in _PARAMETRIC_KINDS:
+        return [spec]
+    return [s for child in spec.children for s in _parametric_specs(child)]
+
+
+def _unbatched(shape) -> bool:
+    return isinstance(shape, (list,)) or (isinstance(shape, tuple) and len(shape) > 0
+                                          and isinstance(shape[0], (tuple, list)))
+
+
+class _Builder:
+    """Walks a ``LayerSpec`` tree, propagating shapes with each layer's own init rule."""
+
+    def __init__(self, width: Optional[int], readout, rngs: nnx.Rngs, dtype):
+        self.width, self.readout, self.rngs, self.dtype = width, readout, rngs, dtype
+
+    def build(self, spec, shape, downstream):
+        """Returns (module, output shape, whether the output lies downstream of a parametric layer)."""
+        kind = spec.kind
+        if kind == "serial":
+            layers = []
+            for child in spec.children:
+                module, shape, downstream = self.build(child, shape, downstream)
+                layers.append(module)
+            return Serial(layers), shape, downstream
+        if kind == "parallel":
+            if not _unbatched(shape) or len(shape) != len(spec.children):
+                raise ValueError(f"parallel of {len(spec.children)} layers needs as many inputs, got shape {shape}")
+            built = [self.build(child, s, downstream) for child, s in zip(spec.children, shape)]
+            return (Parallel([b[0] for b in built]), [b[1] for b in built],
+                    downstream or any(b[2] for b in built))
+        if kind == "free":
+            init_fn, apply_fn, _ = spec.params["layer"]
+            out_shape, nt_params = init_fn(jax.random.PRNGKey(0), shape)
+            if jax.tree.leaves(nt_params):
+                raise TypeError(f"layer {spec.params['name']!r} has parameters; only parameter-free layers may be "
+                                "'free' (build parametric layers with ndk_flax.stax)")
+            return Free(spec.params["name"], apply_fn, nt_params), out_shape, downstream
+        if kind == "Dense":
+            return self._dense(spec, shape, downstream)
+        if kind == "Conv":
+            return self._conv(spec, shape, downstream)
+        raise NotImplementedError(f"ndk_flax.nn.from_stax does not support {kind!r} layers yet "
+                                  f"(supported: {', '.join(_PARAMETRIC_KINDS)}, serial, parallel, "
+                                  "parameter-free layers)")
+
+    def _out(self, spec, key):
+        return spec.params[key] if self.width is None or spec is self.readout else self.width
+
+    def _stds(self, spec):
+        p = spec.params
+        return dict(W_std=p["W_std"], b_std=p["b_std"], W_prior_std=p["W_prior_std"],
+                    b_prior_std=p["b_prior_std"])
+
+    def _dense(self, spec, shape, downstream):
+        axis = spec.params.get("channel_axis", -1)
+        out = self._out(spec, "out_dim")
+        module = Dense(shape[axis], out, channel_axis=axis, record_input=downstream, dtype=self.dtype,
+                       rngs=self.rngs, **self._stds(spec))
+        out_shape = list(shape)
+        out_shape[axis] = out
+        return module, tuple(out_shape), True
+
+    def _conv(self, spec, shape, downstream):
+        p = spec.params
+        n = len(p["filter_shape"])
+        dimension_numbers = p.get("dimension_numbers") or _default_dimension_numbers(n)
+        lhs = dimension_numbers[0]
+        module = Conv(shape[lhs.index("C")], self._out(spec, "out_chan"), p["filter_shape"], p.get("strides"),
+                      p.get("padding", "VALID"), dimension_numbers=dimension_numbers, record_input=downstream,
+                      dtype=self.dtype, rngs=self.rngs, **self._stds(spec))
+        dummy = jax.ShapeDtypeStruct(tuple(1 if s in (-1, None) else s for s in shape), module.W.value.dtype)
+        out_shape = jax.eval_shape(lambda z: module(z), dummy).shape
+        out_shape = tuple(shape[0] if i == dimension_numbers[2].index("N") else s for i, s in enumerate(out_shape))
+        return module, out_shape, True
+
+
+def from_stax(layer, width: Optional[int] = None, *, input_shape: Sequence[int], rngs: nnx.Rngs,
+              dtype=None) -> StaxModel:
+    """The Flax NNX model of an ``ndk_flax.stax`` network (raw parameterisation, same σ0 and σ per layer).
+
+    Args:
+      layer: an ``ndk_flax.stax`` layer (anything with a ``spec`` :class:`ndk_flax.stax.LayerSpec`).
+      width: if given, the output size (``out_dim`` / ``out_chan``) of every parametric layer except the readout,
+        i.e. the last parametric layer in forward order, which keeps its own; None keeps every layer's own size.
+        (All hidden layers get the same width, so residual branches stay compatible.)
+      input_shape: shape of an input batch, batch axis first as in Neural Tangents (e.g. ``x_train.shape`` or
+        ``(-1, d)``); parameter shapes follow from it.
+      rngs: ``nnx.Rngs`` for the initial parameters θ(0) ~ N(0, σ0²).
+      dtype: parameter dtype (default: JAX's default float).
+
+    Returns:
+      :class:`StaxModel`. Parameter-free layers run their Neural Tangents ``apply_fn``; Dense and Conv are the
+      modules of this file. Supported parametric kinds: Dense, Conv.
+    """
+    spec = getattr(layer, "spec", None)
+    if spec is None or not hasattr(spec, "kind"):
+        raise TypeError(f"layer must be an ndk_flax.stax layer (with a .spec), got {type(layer).__name__}")
+    if width is not None:
+        _check_size("width", width)
+    if not isinstance(rngs, nnx.Rngs):
+        raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
+    try:
+        input_shape = tuple(int(s) for s in input_shape)
+    except TypeError:
+        raise TypeError(f"input_shape must be a sequence of ints (batch axis first), got {input_shape!r}") from None
+    if len(input_shape) < 2:
+        raise ValueError(f"input_shape must include the batch axis and features, got {input_shape}")
+    parametric = _parametric_specs(spec)
+    if not parametric:
+        raise ValueError("the network has no parametric layer (Dense or Conv): nothing to train")
+    builder = _Builder(width, parametric[-1], rngs, dtype)
+    root, out_shape, _ = builder.build(spec, input_shape, False)
+    return StaxModel(root, input_shape, out_shape)
+
+
+def prior_std_tree(model: nnx.Module) -> nnx.State:
+    """The prior std σ of every parameter, as an ``nnx.State`` with the structure of ``nnx.state(model, nnx.Param)``.
+
+    Pass it as ``prior_std`` to ``ndk_flax.optax.langevin`` together with parameters ``nnx.state(model, nnx.Param)``
+    (e.g. through ``nnx.Optimizer`` or ``nnx.split(model, nnx.Param, ...)``).
+    """
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}")
+    state = nnx.state(model, nnx.Param)
+    is_var = lambda x: isinstance(x, nnx.VariableState)  # noqa: E731
+
+    def std(v):
+        sigma = getattr(v, "prior_std", None)
+        if sigma is None:
+            raise ValueError(f"parameter of type {v.type.__name__} has no prior_std metadata; build the model with "
+                             "ndk_flax.nn layers or pass prior_std to the optimizer directly")
+        return v.replace(value=sigma)
+
+    return jax.tree.map(std, state, is_leaf=is_var)
