@@ -78,6 +78,19 @@ def test_zero_temperature_architectures_match_neural_tangents(arch):
     assert_close(k.ndk, expected.ntk / w_std**2)
 
 
+@pytest.mark.parametrize('conv', ['ConvTranspose', 'ConvLocal'])
+def test_other_conv_layers_with_bias_match_nngp_and_fluctuation_dissipation(conv):
+  """ConvLocal's bias is not shared across positions: with GlobalAvgPool (full spatial covariances) its bias
+  pattern is not all-ones, which exercises the NT-derived pattern B of the shared rule."""
+  def build(lib, **prior):
+    return lib.serial(getattr(lib, conv)(4, (2, 2), W_std=1.3, b_std=0.4, **prior), lib.Relu(),
+                      lib.GlobalAvgPool(), lib.Dense(1, W_std=1.2, b_std=0.2, **prior))
+  expected = build(nt_stax)[2](IMG, IMG2, 'nngp')
+  assert_close(build(stax).ndk_fn(IMG, IMG2, 0.4, 1.1, temperature=0.).nngp, expected)
+  gap, scale = _fdt_gap(build(stax), IMG, IMG2, 1.2, 0.3, temperature=0.5)
+  assert gap < 1e-10 * scale
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Biases, mixed stds, T > 0: against the independent NumPy recursion of tests/reference_kernels.py.
 
