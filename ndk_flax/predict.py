@@ -111,6 +111,13 @@ def _bisect(grid: np.ndarray) -> np.ndarray:
   return fine
 
 
+def _interior_weights(grid: jax.Array) -> jax.Array:
+  """Composite trapezoid weights (t_{j+1} − t_{j−1})/2 of the nodes t_j < t (t_{−1} := t_0) for a row t on the grid."""
+  n = grid.shape[0]
+  j = jnp.arange(n)
+  return 0.5 * (grid[jnp.minimum(j + 1, n - 1)] - grid[jnp.maximum(j - 1, 0)])
+
+
 def _trapezoid_row(grid: jax.Array, k: jax.Array, t_star: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Product-trapezoid weights of ∫_0^{t*} g(s) ds on the nodes t_0 … t_k (t_k < t* ≤ t_{k+1}) and t* itself.
 
@@ -118,9 +125,8 @@ def _trapezoid_row(grid: jax.Array, k: jax.Array, t_star: jax.Array) -> tuple[ja
   On grid nodes (t* = t_{k+1}) these are the usual composite trapezoid weights; off the grid the last interval is
   [t_k, t*] (Nyström interpolation, consistent with the second-order scheme).
   """
-  n = grid.shape[0]
-  j = jnp.arange(n)
-  interior = 0.5 * (grid[jnp.minimum(j + 1, n - 1)] - grid[jnp.maximum(j - 1, 0)])
+  j = jnp.arange(grid.shape[0])
+  interior = _interior_weights(grid)
   kc = jnp.maximum(k, 0)
   t_k = grid[kc]
   half_last = 0.5 * (t_star - t_k)
@@ -215,18 +221,35 @@ def _available_memory() -> int:
 # The predictor.
 
 
-class _MeanSolution(NamedTuple):
-  """g = Y − f̄(X, ·) on the nodes of a grid, from the trapezoid solver."""
-  grid: jax.Array  # (n,)
-  g: jax.Array     # (n, P, out)
+_RING = 12
+"""Lattice rows a solver row at time t can touch: [⌊t/h⌋ − 4, ⌊t/h⌋ + 7] (cubic stencils, ±1 rounding)."""
 
 
-def _pad(grid: jax.Array, g: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
-  """Pad (grid, g) to a whole number of chunks: last time repeated, zeros in g (their weights are zero)."""
-  extra = -grid.shape[0] % chunk
-  grid = jnp.concatenate([grid, jnp.full((extra,), grid[-1], grid.dtype)])
-  g = jnp.concatenate([g, jnp.zeros((extra,) + g.shape[1:], g.dtype)])
-  return grid, g
+def _cubic_stencil(x, h):
+  """First lattice index i0 and the 4 cubic Lagrange weights at nodes i0 … i0 + 3 interpolating at x ≥ 0 on the
+  lattice {i·h} (centred, i0 = ⌊x/h⌋ − 1, one-sided near 0). Works on NumPy and JAX arrays."""
+  xp = jnp if isinstance(x, jax.Array) else np
+  z = x / h
+  i0 = xp.maximum(xp.floor(z) - 1, 0)
+  return i0.astype(xp.int32), _lagrange4(z - i0)
+
+
+def _lagrange4(r):
+  """Cubic Lagrange weights of the nodes 0, 1, 2, 3 at position r (…, 4)."""
+  xp = jnp if isinstance(r, jax.Array) else np
+  return xp.stack([-(r - 1) * (r - 2) * (r - 3) / 6, r * (r - 2) * (r - 3) / 2,
+                   -r * (r - 1) * (r - 3) / 2, r * (r - 1) * (r - 2) / 6], axis=-1)
+
+
+class _Lattice(NamedTuple):
+  """Kernel lattice: R(a·h, b·h, ·, X) for 0 ≤ b ≤ a < size."""
+  h: float
+  size: int
+
+
+def _pad(grid: jax.Array, chunk: int) -> jax.Array:
+  """Pad a grid to a whole number of chunks by repeating its last time."""
+  return jnp.concatenate([grid, jnp.full((-grid.shape[0] % chunk,), grid[-1], grid.dtype)])
 
 
 class LangevinPredictor:
@@ -263,10 +286,11 @@ class LangevinPredictor:
     self._lam_max = lam_max
     self._first_step = DEFAULT_FIRST_STEP / lam_max if first_step is None else first_step
     self._max_step = self._kernel_drift_time() if temperature > 0 else math.inf
-    self._mean: Optional[tuple[_MeanSolution, _MeanSolution]] = None
+    self._mean: Optional[tuple[_Lattice, dict, dict]] = None
     self.error_estimate: Optional[float] = None
-    self._solve_grid = jax.jit(self._solve_grid_impl)
-    self._rows = jax.jit(self._rows_impl)
+    self._ring_row = jax.jit(self._ring_row_impl, donate_argnums=2)
+    self._solve_block = jax.jit(self._solve_block_impl, static_argnums=8, donate_argnums=4)
+    self._request_block = jax.jit(self._request_block_impl)
     self._assemble = jax.jit(self._assemble_impl)
     self._cov_rows = jax.jit(self._cov_rows_impl)
 
@@ -427,93 +451,241 @@ class LangevinPredictor:
     return mean[None], (0.5 * (cov + cov.T))[None]
 
   # --- T > 0, finite t: the mean ------------------------------------------------------------------------------
+  #
+  # The dynamics need a fine time grid (stiff NTK eigenvalues early, the diffusive scale late), but the kernels only
+  # drift on the weights' time scale ~1/λ. So R is evaluated on a uniform lattice R(a·h, b·h) (b ≤ a) resolving
+  # that drift and interpolated (cubic Lagrange in u = t − s and s, whose stencils stay in the causal region s ≤ t)
+  # at the grid pairs: O((t_max/h)² P²) kernel work instead of O(n_t² P²). A solver row at time t only touches
+  # lattice rows a ∈ [⌊t/h⌋ − 4, ⌊t/h⌋ + 7], kept in a ring buffer while sweeping t upwards: O(t_max/h · P²) memory.
 
-  def _row(self, x, y, t_star, grid, g, n, x1, chunk):
-    """One Nyström row of the trapezoid scheme at time t*: returns g(t*) = Y − f̄(X, t*) and f̄(x1[P:], t*).
-
-    (I + w_* R(t*, t*, X, X)) g(t*) = Y − Σ_{t_j < t*} w_j R(t*, t_j, X, X) g_j, and
-    f̄(x, t*) = Σ_{t_j < t*} w_j R(t*, t_j, x, X) g_j + w_* R(t*, t*, x, X) g(t*). ``grid``/``g`` are padded to
-    whole chunks (``n`` real nodes); kernel rows are evaluated ``chunk`` columns a call, only up to t* (causal).
-    """
-    dtype = y.dtype
-    k = jnp.searchsorted(grid[:n], t_star, side='left') - 1
-    w, w_star = _trapezoid_row(grid, k, t_star)
-
-    def add_chunk(c, acc):
-      start = c * chunk
-      ts = lax.dynamic_slice_in_dim(grid, start, chunk)
-      _, ndk = self._kernel(x1, x, t_star[None], ts)
-      return acc + jnp.einsum('c,cmp,cpo->mo', lax.dynamic_slice_in_dim(w, start, chunk), ndk[0],
-                              lax.dynamic_slice_in_dim(g, start, chunk))
-
-    history = lax.fori_loop(0, (k + chunk) // chunk, add_chunk,
-                            jnp.zeros((x1.shape[0], y.shape[1]), dtype))
-    r_star = self._kernel(x1, x, t_star[None], t_star[None])[1][0, 0]
-    a = jnp.eye(self._p, dtype=dtype) + w_star * r_star[:self._p]
-    g_star = jnp.linalg.solve(a, y - history[:self._p])
-    return g_star, history[self._p:] + w_star * r_star[self._p:] @ g_star
-
-  def _solve_grid_impl(self, x, y, grid: jax.Array) -> jax.Array:
-    """g_i = Y − f̄(X, t_i) on every node of ``grid``, row by row (O(n·P·out) state, kernel rows in chunks)."""
-    n = grid.shape[0]
-    chunk = self._chunk(self._p, n)
-    g0 = jnp.zeros((n,) + y.shape, y.dtype).at[0].set(y)
-    grid_p, g_p = _pad(grid, g0, chunk)
-
-    def step(i, g):
-      g_i, _ = self._row(x, y, grid_p[i], grid_p, g, n, x, chunk)
-      return g.at[i].set(g_i)
-
-    return lax.fori_loop(1, n, step, g_p)[:n]
-
-  def _rows_impl(self, x, y, sol: _MeanSolution, times: jax.Array, x_test):
-    """(g(t*), f̄(x_test, t*)) at every requested time by Nyström rows on the solved grid."""
-    x1 = x if x_test is None else jnp.concatenate([x, x_test])
-    n = sol.grid.shape[0]
-    chunk = self._chunk(x1.shape[0], n)
-    grid_p, g_p = _pad(sol.grid, sol.g, chunk)
-    return lax.map(lambda t: self._row(x, y, t, grid_p, g_p, n, x1, chunk), times)
-
-  def _mean_solution(self, t_max: float) -> tuple[_MeanSolution, _MeanSolution]:
-    """Coarse and fine (bisected) grid solutions up to t_max, refined until the step-doubling estimate
-    max|g_fine − g_coarse|/3 of the fine solution's error is ≤ rtol · max|Y|."""
-    if self._mean is not None and float(self._mean[1].grid[-1]) >= t_max:
-      return self._mean
+  def _lattice(self, t_max: float) -> _Lattice:
+    """Lattice spacing: the kernel drift time (≈ growth/λ), halved until the interpolated R on (up to 8 of) the
+    training points matches ``ndk_fn`` within rtol/10 of max|R(0, 0)| at probe pairs (edges s = 0, s = t and
+    random ones)."""
+    xs = self._x[:8]
     dtype = self._y.dtype
-    coarse = time_grid(t_max, first_step=self._first_step, growth=self._growth, max_step=self._max_step)
-    sol_c = _MeanSolution(jnp.asarray(coarse, dtype), self._solve_grid(self._x, self._y, jnp.asarray(coarse, dtype)))
-    target = self._rtol * max(float(jnp.max(jnp.abs(self._y))), np.finfo(np.dtype(dtype)).tiny)
-    for refinement in itertools.count():
-      fine = _bisect(coarse)
-      sol_f = _MeanSolution(jnp.asarray(fine, dtype), self._solve_grid(self._x, self._y, jnp.asarray(fine, dtype)))
-      err = float(jnp.max(jnp.abs(sol_f.g[::2] - sol_c.g))) / 3
-      if err <= target or refinement == self._max_refinements:
+    scale = float(jnp.max(jnp.abs(self._theta0[:8, :8])))
+    rng = np.random.default_rng(0)
+    t = t_max * np.concatenate([[1., 1., 1.], rng.uniform(size=29)])
+    s = t * np.concatenate([[0., 1., 0.5], rng.uniform(size=29)])
+    exact = [self._kernel(xs, xs, jnp.asarray([ti], dtype), jnp.asarray([si], dtype))[1][0, 0]
+             for ti, si in zip(t, s)]
+    h = min(8 * self._max_step, t_max / 4)
+    for _ in range(12):
+      err = 0.
+      for ti, si, ex in zip(t, s, exact):
+        a0, la = _cubic_stencil(np.float64(ti - si), h)
+        b0, lb = _cubic_stencil(np.float64(si), h)
+        rows = jnp.asarray(h * (a0 + b0 + np.arange(7)), dtype)
+        cols = jnp.asarray(h * (b0 + np.arange(4)), dtype)
+        nodes = self._kernel(xs, xs, rows, cols)[1]
+        q = np.arange(4)
+        interp = jnp.einsum('p,q,pqmn->mn', jnp.asarray(la, dtype), jnp.asarray(lb, dtype),
+                            nodes[q[:, None] + q[None, :], q[None, :]])
+        err = max(err, float(jnp.max(jnp.abs(interp - ex))) / scale)
+      if err <= self._rtol / 10:
         break
-      coarse, sol_c = fine, sol_f
-    if err > target:
-      warnings.warn(f'The mean solver reached max_refinements={self._max_refinements} with an estimated error '
-                    f'{err:.3g} > rtol·max|Y| = {target:.3g} ({len(fine)} grid times up to t = {t_max:g}); '
-                    f'raise `max_refinements` or lower `first_step`.', RuntimeWarning, stacklevel=3)
-    self.error_estimate = err
-    self._mean = (sol_c, sol_f)
-    return self._mean
+      h /= 2
+    else:
+      warnings.warn(f'The kernel lattice did not reach interpolation error rtol/10 = {self._rtol / 10:.2g} '
+                    f'(got {err:.2g} at spacing {h:.3g}).', RuntimeWarning, stacklevel=4)
+    return _Lattice(h, math.floor(t_max / h) + 9)
+
+  def _ring_row_impl(self, x, x1, ring, a, h):
+    """Store lattice row a, R(a·h, b·h, x1, X) for b ≤ a (zero beyond), in ring slot a mod _RING."""
+    size = ring.shape[2]
+    chunk = self._chunk(x1.shape[0], size)
+    width = -(-size // chunk) * chunk
+
+    def add(c, row):
+      ts = (c * chunk + jnp.arange(chunk)) * h
+      return lax.dynamic_update_slice_in_dim(row, self._kernel(x1, x, (a * h)[None], ts)[1][0], c * chunk, 0)
+
+    row = lax.fori_loop(0, a // chunk + 1, add, jnp.zeros((width, x1.shape[0], self._p), ring.dtype))
+    return ring.at[:, a % _RING].set(jnp.swapaxes(row[:size], 0, 1))
+
+  @staticmethod
+  def _window_nodes(ring, w):
+    """The 16 lattice nodes N[:, p, q] = R((β0 + p + q)h, (β0 + q)h) of the cubic stencils of pairs (t, s) with
+    ⌊s/h⌋ = w and 0 ≤ t − s < h (β0 = max(w − 1, 0)); returns (β0, N of shape (n1, 4, 4, P))."""
+    four = jnp.arange(4)
+    b0 = jnp.maximum(w - 1, 0)
+    cols = b0 + four[None, :]
+    return b0, ring[:, (cols + four[:, None]) % _RING, cols]
+
+  @staticmethod
+  def _old_history(ring, h, grid, g, t_rows, w_rows):
+    """Σ_j w_rows[r, j] R̃(t_rows[r], t_j, x1, X) g_j for a block of rows, R̃ the interpolated kernel: the weights
+    are scattered onto the lattice nodes of the cubic stencils (a = α + β, b = β, held by ring slot a mod _RING;
+    all in the ring's window) and contracted with the ring once for the whole block. Returns (B, n1, out)."""
+    four = jnp.arange(4)
+    size = ring.shape[2]
+    a0, la = _cubic_stencil(jnp.maximum(t_rows[:, None] - grid[None, :], 0), h)
+    b0, lb = _cubic_stencil(grid, h)
+    coef = w_rows[:, :, None, None] * la[:, :, :, None] * lb[None, :, None, :]
+    beta = b0[None, :, None, None] + four
+    slot = (a0[:, :, None, None] + four[:, None] + beta) % _RING
+    rows = jnp.arange(t_rows.shape[0])[:, None, None, None]
+    cols = jnp.arange(grid.shape[0])[None, :, None, None]
+    weights = jnp.zeros((t_rows.shape[0], _RING, size, grid.shape[0]), g.dtype).at[rows, slot, beta, cols].add(
+        coef, mode='drop')
+    return jnp.einsum('msbp,rsbpo->rmo', ring, jnp.einsum('rsbj,jpo->rsbpo', weights, g))
+
+  def _solve_block_impl(self, y, ring, h, grid, g, w, r0, r1, block):
+    """Grid rows r0 … r1 − 1 (< r0 + block, all in lattice window w) of the trapezoid scheme,
+    (I + w_ii R̃(t_i, t_i)) g_i = Y − Σ_{j<i} w_j R̃(t_i, t_j) g_j, g = Y − f̄(X, ·): the part j < r0 for the whole
+    block at once, then j ∈ [r0, i) row by row with the window's 16 stencil nodes (such pairs have ⌊t_j/h⌋ = w,
+    0 ≤ t_i − t_j < h)."""
+    p, n = self._p, grid.shape[0]
+    interior = _interior_weights(grid)
+    rows = r0 + jnp.arange(block)
+    t_rows = grid[jnp.minimum(rows, n - 1)]
+    ring = ring[:p]
+    old = self._old_history(ring, h, grid, g[:n], t_rows,
+                            jnp.broadcast_to(jnp.where(jnp.arange(n) < r0, interior, 0), (block, n)))
+    b0, nodes = self._window_nodes(ring, w)
+    l_s = _lagrange4(t_rows / h - b0)
+    w_new = interior[jnp.minimum(rows, n - 1)]
+
+    def step(r, g_block):
+      t_i = t_rows[r]
+      l_u = _lagrange4((t_i - t_rows) / h)
+      c = jnp.einsum('j,jp,jq,jko->pqko', jnp.where(jnp.arange(block) < r, w_new, 0), l_u, l_s, g_block)
+      history = old[r] + jnp.einsum('mpqk,pqko->mo', nodes, c)
+      r_star = jnp.einsum('q,mqk->mk', l_s[r], nodes[:, 0])
+      a = jnp.eye(p, dtype=y.dtype) + 0.5 * (t_i - grid[r0 + r - 1]) * r_star
+      return g_block.at[r].set(jnp.linalg.solve(a, y - history))
+
+    g_block = lax.fori_loop(0, r1 - r0, step, lax.dynamic_slice_in_dim(g, r0, block))
+    return lax.dynamic_update_slice_in_dim(g, g_block, r0, 0)
+
+  def _request_block_impl(self, y, ring, h, grid, g, w, times):
+    """Nyström rows at a block of requested times (all in lattice window w) on a solved grid:
+    (I + w_* R̃(t*, t*, X, X)) g(t*) = Y − Σ_{t_j < t*} w_j R̃(t*, t_j, X, X) g_j and
+    f̄(x, t*) = Σ_j w_j R̃(t*, t_j, x, X) g_j + w_* R̃(t*, t*, x, X) g(t*) for the rows x1[P:]."""
+    p = self._p
+    k = jnp.searchsorted(grid, times, side='left') - 1
+    weights, w_star = jax.vmap(_trapezoid_row, (None, 0, 0))(grid, k, times)
+    history = self._old_history(ring, h, grid, g, times, weights)
+    b0, nodes = self._window_nodes(ring, w)
+    r_star = jnp.einsum('rq,mqk->rmk', _lagrange4(times / h - b0), nodes[:, 0]) * w_star[:, None, None]
+    g_star = jnp.linalg.solve(jnp.eye(p, dtype=y.dtype) + r_star[:, :p], y - history[:, :p])
+    return g_star, history[:, p:] + r_star[:, p:] @ g_star
+
+  def _block_size(self, lattice: _Lattice, n: int, rows: int) -> int:
+    """Rows per block for ``rows`` rows of one window: a power of 4 (few compiled shapes), at most 64 and with the
+    block's lattice weights and scattered history (block × _RING × size × max(n, P·out) values) within
+    4 × ``max_kernel_elements``; the ring is read once per block."""
+    per_row = _RING * lattice.size * max(n, self._p * self._y.shape[1])
+    cap = max(1, min(64, 4 * self._max_elements // per_row))
+    return int(min(4**math.ceil(math.log(rows, 4)), 4**math.floor(math.log(cap, 4))))
+
+  def _sweep(self, x1: jax.Array, lattice: _Lattice, jobs: list) -> None:
+    """Sweep t upwards through the lattice windows, keeping the ring of lattice rows for x1 and running, in each
+    window w and in list order, the rows of every job whose times t have ⌊t/h⌋ = w. A job is
+    (sorted times, run(ring, w, lo, hi)) with [lo, hi) the indices of its times in window w."""
+    dtype = self._y.dtype
+    ring_bytes = _RING * lattice.size * x1.shape[0] * self._p * np.dtype(dtype).itemsize
+    available = _available_memory() if self._memory_limit is None else self._memory_limit
+    if ring_bytes > available:
+      raise MemoryError(f'The mean solver needs about {ring_bytes / 2**30:.2f} GiB for {_RING} kernel lattice rows '
+                        f'of {lattice.size} times × {x1.shape[0]} × {self._p} points, but only '
+                        f'{available / 2**30:.2f} GiB are available: request fewer test points at once, an '
+                        f'earlier last time (t = inf gives equilibrium in closed form), or a larger `rtol`.')
+    ring = jnp.zeros((x1.shape[0], _RING, lattice.size, self._p), dtype)
+    h = jnp.asarray(lattice.h, dtype)
+    windows = [np.floor(times / lattice.h).astype(np.int64) for times, _ in jobs]
+    for a in range(min(8, lattice.size)):
+      ring = self._ring_row(self._x, x1, ring, a, h)
+    for w in range(int(max(ws[-1] for ws in windows)) + 1):
+      if w > 0 and w + 7 < lattice.size:
+        ring = self._ring_row(self._x, x1, ring, w + 7, h)
+      for (_, run), ws in zip(jobs, windows):
+        lo, hi = np.searchsorted(ws, w, 'left'), np.searchsorted(ws, w, 'right')
+        if hi > lo:
+          run(ring, w, int(lo), int(hi))
+
+  def _solve_job(self, lattice: _Lattice, grid: np.ndarray, state: dict):
+    """Sweep job solving the trapezoid scheme on ``grid`` into ``state['g']`` (g = Y − f̄(X, ·) on the nodes)."""
+    dtype = self._y.dtype
+    h = jnp.asarray(lattice.h, dtype)
+    pad = self._block_size(lattice, len(grid), 64)
+    grid_j = jnp.asarray(grid, dtype)
+    g = jnp.zeros((len(grid) + pad,) + self._y.shape, dtype).at[0].set(self._y)
+    state.update(grid=grid_j, g=g[:len(grid)])
+
+    def run(ring, w, lo, hi):
+      nonlocal g
+      lo = max(lo, 1)
+      block = self._block_size(lattice, len(grid), hi - lo) if hi > lo else 1
+      for r0 in range(lo, hi, block):
+        g = self._solve_block(self._y, ring, h, grid_j, g, w, r0, min(r0 + block, hi), block)
+      state['g'] = g[:len(grid)]
+
+    return grid, run
+
+  def _request_job(self, lattice: _Lattice, state: dict, times: np.ndarray, test: bool, out: list):
+    """Sweep job appending f̄ at ``times`` (Nyström rows on the solution in ``state``, train or test rows) to out."""
+    dtype = self._y.dtype
+    h = jnp.asarray(lattice.h, dtype)
+    n = len(state['grid'])
+    padded = jnp.asarray(np.concatenate([times, np.full(64, times[-1])]), dtype)
+
+    def run(ring, w, lo, hi):
+      block = self._block_size(lattice, n, hi - lo)
+      for r0 in range(lo, hi, block):
+        g, f = self._request_block(self._y, ring, h, state['grid'], state['g'], w, padded[r0:r0 + block])
+        out.append((f if test else self._y[None] - g)[:min(block, hi - r0)])
+
+    return times, run
 
   def _mean_at(self, times: np.ndarray, x_test) -> jax.Array:
-    """Richardson-extrapolated mean (f_fine + (f_fine − f_coarse)/3) at finite times, (n_t, n, out)."""
-    sols = self._mean_solution(float(times[-1]))
-    t = jnp.asarray(times, self._y.dtype)
-    means = []
-    for sol in sols:
-      g, f_test = self._rows(self._x, self._y, sol, t, x_test)
-      means.append(self._y[None] - g if x_test is None else f_test)
-    coarse, fine = means
+    """Mean at finite times, (n_t, n, out): the Richardson extrapolation f_fine + (f_fine − f_coarse)/3 of the
+    solutions on a grid and its bisection. The grid solutions are cached; a request beyond the cached time
+    solves again, bisecting until the step-doubling estimate max|g_fine − g_coarse|/3 of the fine solution's
+    error is ≤ rtol · max|Y|. Grid rows and requested rows share one sweep (x1 = X ∪ x_test)."""
+    t_max = float(times[-1])
+    x1 = self._x if x_test is None else jnp.concatenate([self._x, x_test])
+    test = x_test is not None
+    if self._mean is not None and float(self._mean[2]['grid'][-1]) >= t_max:
+      lattice, *states = self._mean
+      outs = [[], []]
+      self._sweep(x1, lattice, [self._request_job(lattice, s, times, test, o) for s, o in zip(states, outs)])
+    else:
+      lattice = self._lattice(t_max)
+      coarse = time_grid(t_max, first_step=self._first_step, growth=self._growth, max_step=self._max_step)
+      states = [{}, {}]
+      jobs = [self._solve_job(lattice, coarse, states[0])]
+      target = self._rtol * max(float(jnp.max(jnp.abs(self._y))), np.finfo(np.dtype(self._y.dtype)).tiny)
+      for refinement in itertools.count():
+        jobs.append(self._solve_job(lattice, _bisect(np.asarray(states[0]['grid'], np.float64)), states[1]))
+        outs = [[], []]
+        self._sweep(x1, lattice, jobs + [self._request_job(lattice, s, times, test, o)
+                                         for s, o in zip(states, outs)])
+        err = float(jnp.max(jnp.abs(states[1]['g'][::2] - states[0]['g']))) / 3
+        if err <= target or refinement == self._max_refinements:
+          break
+        states, jobs = [states[1], {}], []
+      if err > target:
+        warnings.warn(f'The mean solver reached max_refinements={self._max_refinements} with an estimated error '
+                      f'{err:.3g} > rtol·max|Y| = {target:.3g} ({len(states[1]["grid"])} grid times up to '
+                      f't = {t_max:g}); raise `max_refinements` or lower `first_step`.', RuntimeWarning, stacklevel=3)
+      self.error_estimate = err
+      self._mean = (lattice, *states)
+    coarse, fine = (jnp.concatenate(out) for out in outs)
     return fine + (fine - coarse) / 3
 
   # --- T > 0, finite t: the covariance ------------------------------------------------------------------------
 
+  def _default_cov_grid(self, t_max: float) -> np.ndarray:
+    """The mean solver's final fine grid (solving the mean up to t_max if it is not cached)."""
+    if self._mean is None or float(self._mean[2]['grid'][-1]) < t_max:
+      self._mean_at(np.array([t_max]), None)
+    return np.asarray(self._mean[2]['grid'], np.float64)
+
   def _covariance_grid(self, t_max: float) -> np.ndarray:
     """Nodes of ``cov_grid`` (default: the mean solver's fine grid) below t_max, starting at 0."""
-    base = np.asarray(self._mean_solution(t_max)[1].grid, np.float64) if self._cov_grid is None else self._cov_grid
+    base = self._default_cov_grid(t_max) if self._cov_grid is None else self._cov_grid
     if base[-1] < t_max:
       raise ValueError(f'`cov_grid` must reach the last requested time {t_max:g}, but it ends at {base[-1]:g}.')
     return np.union1d(base[base < t_max], [0.])
@@ -551,7 +723,7 @@ class LangevinPredictor:
     w_diag = jnp.concatenate([jnp.zeros((1,), dtype), 0.5 * jnp.diff(grid)])
     d_inv = jnp.linalg.inv(eye + w_diag[:, None, None] * r_diag)
     chunk = self._chunk(p, n_c)
-    grid_p, _ = _pad(grid, grid, chunk)
+    grid_p = _pad(grid, chunk)
     cols = jnp.arange(n_c)
 
     def block_row(i):
@@ -577,7 +749,7 @@ class LangevinPredictor:
     m1 = x1.shape[0]
     out = slice(0, p) if x_test is None else slice(p, m1)
     chunk = self._chunk(m1, n_c)
-    grid_p, _ = _pad(grid, grid, chunk)
+    grid_p = _pad(grid, chunk)
     select_x = jnp.eye(m1, p, dtype=dtype).T
 
     def one(t_star):
