@@ -238,8 +238,31 @@ def langevin(learning_rate: optax.ScalarOrSchedule, temperature: float, prior_st
       ``update``: ``updates, state = tx.update(grads, state, params)``; then ``optax.apply_updates(params, updates)``.
     """
     _check_learning_rate(learning_rate)
-    return optax.chain(
+    chain = optax.chain(
         add_prior_decay(temperature, prior_std),
         optax.scale_by_learning_rate(learning_rate),
         add_langevin_noise(learning_rate, temperature, key),
     )
+
+    def init_fn(params):
+        state = chain.init(params)
+        if not callable(learning_rate) and _is_concrete(learning_rate) and _is_concrete(temperature):
+            _check_decay_stability(float(learning_rate), float(temperature), resolve_prior_std(prior_std, params))
+        return state
+
+    return optax.GradientTransformation(init_fn, chain.update)
+
+
+def _check_decay_stability(learning_rate: float, temperature: float, stds: Any) -> None:
+    """The prior decay alone maps θ ↦ (1 − ηλ)θ: it diverges for ηλ ≥ 2 (λ = T/σ²)."""
+    concrete = [np.asarray(s) for s in jax.tree.leaves(stds) if _is_concrete(s)]
+    if not concrete:
+        return
+    sigma_min = min(float(np.min(s)) for s in concrete)
+    rate = learning_rate * temperature / sigma_min**2
+    if rate >= 2:
+        raise ValueError(
+            f"learning_rate {learning_rate:g} is unstable for the prior decay: η T/σ² = {rate:.3g} >= 2 for the "
+            f"smallest prior std σ = {sigma_min:g} at T = {temperature:g} (θ ↦ (1 − ηT/σ²)θ diverges). Use "
+            f"learning_rate < {2 * sigma_min**2 / temperature:.3g}, ideally much smaller so that the discrete chain "
+            "follows the continuous dynamics.")

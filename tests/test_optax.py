@@ -227,6 +227,13 @@ def test_prior_tree_must_match_params(prior):
         langevin(0.1, 0.1, prior, key=0).init(PARAMS)
 
 
+def test_unstable_prior_decay_is_rejected():
+    """η T/σ² ≥ 2 makes θ ↦ (1 − ηT/σ²)θ diverge: init refuses it, naming the learning rate."""
+    with pytest.raises(ValueError, match="learning_rate .* unstable"):
+        langevin(0.5, 1.0, {"w": 1.0, "layer": {"b": 0.5}}, key=0).init(PARAMS)  # 0.5 · 1/0.25 = 2
+    langevin(0.49, 1.0, {"w": 1.0, "layer": {"b": 0.5}}, key=0).init(PARAMS)
+
+
 def test_prior_decay_needs_params():
     tx = langevin(0.1, 0.1, 1.0, key=0)
     with pytest.raises(ValueError, match="parameters"):
