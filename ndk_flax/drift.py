@@ -1,0 +1,406 @@
+"""Representational drift under Langevin learning (THEORY.md §6).
+
+A network is given as the list of its layers, ``layers``, so that ``stax.serial(*layers)`` is the whole network and
+hidden layer l (1-based) is the sub-network ``stax.serial(*layers[:k])`` that ends just before the (l + 1)-th
+parametric layer, i.e. after the activation of the l-th one (:func:`hidden_network`). Its two-time kernel is
+
+    C^l(t, s, x, x') = lim_{N→∞} (1/N) Σ_i φ(h^l_i(x, t)) φ(h^l_i(x', s))     (:func:`hidden_kernel`)
+
+(the same two-time recursion as the output, stopped at layer l; at infinite width the data do not change it). Its
+normalised autocorrelation ρ^l(t, s, x) = C^l(t, s, x, x)/√(C^l(t, t, x, x) C^l(s, s, x, x)) decays on the time scale
+σ²/T towards the floor ⟨φ(x)⟩²/C^l(∞, ∞, x, x), with ⟨φ(x)⟩ = E[φ(h)], h ~ N(0, q^l(x)), q^l the equilibrium
+variance of the layer's pre-activation (:func:`mean_activation`; ReLU: √(q/2π), erf: 0).
+
+Frozen readout: after equilibration the readout (a, b) is frozen at t0 and the hidden weights keep drifting under
+noise and decay only (free Ornstein–Uhlenbeck processes). The mean predictor is then (:func:`frozen_readout_mean`)
+
+    f̄(x, t0 + Δ) = [σ_a² A^L(t0 + Δ, t0, x, X) + σ_b²] [K + T I]⁻¹ Y,
+
+A^L the stationary two-time kernel of the last hidden layer, K the equilibrium NNGP of the network, σ_a², σ_b² the
+readout's prior variances. Δ = 0 is the NNGP posterior mean; Δ → ∞ leaves [σ_a² ⟨φ(x)⟩⟨φ(X)⟩ᵀ + σ_b²][K + T I]⁻¹ Y,
+what the mean activation carries (an architectural bias: ReLU keeps ‖x‖, erf nothing).
+
+Finite networks: :func:`empirical_autocorrelation` measures ρ^l on hidden activations recorded by
+``ndk_flax.ensemble.train_ensemble(..., record_hidden=True)``; :func:`frozen_readout_ensemble` trains members with
+Langevin dynamics up to t0, freezes their readout and lets the hidden weights drift (sampled exactly).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ndk_flax import nn
+from ndk_flax import stax
+from ndk_flax.optax import langevin
+
+__all__ = ['AutocorrelationEstimate', 'FrozenReadoutRecord', 'empirical_autocorrelation', 'frozen_readout_ensemble',
+           'frozen_readout_mean', 'hidden_kernel', 'hidden_network', 'linear_readout_accuracy', 'mean_activation',
+           'normalised_autocorrelation', 'autocorrelation_floor']
+
+_STATIONARY_DECAYS = 40.
+"""t0 = 40/λ_min: the initialisation's weight e^{−λ(t+s)} ≤ e^{−80} is below float64 resolution (stationary kernels)."""
+_QUADRATURE_NODES = 96
+_QUADRATURE_CUTOFF = 12.
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Architecture helpers.
+
+
+def _check_layers(layers) -> tuple:
+  if isinstance(layers, stax.NDKLayer) or not isinstance(layers, (list, tuple)):
+    raise TypeError('`layers` must be the list of layers of the network (stax.serial(*layers) is the network), '
+                    f'got {type(layers).__name__}.')
+  if not layers:
+    raise ValueError('`layers` must not be empty.')
+  return tuple(stax.as_ndk_layer(l) for l in layers)
+
+
+def _parametric_positions(layers: tuple) -> list[int]:
+  return [i for i, l in enumerate(layers) if l.groups]
+
+
+def _hidden_slice(layers: tuple, layer_index: int) -> tuple[int, int]:
+  """(position of the l-th parametric layer, position of the (l + 1)-th) in ``layers``."""
+  positions = _parametric_positions(layers)
+  n_hidden = len(positions) - 1
+  if isinstance(layer_index, bool) or not isinstance(layer_index, (int, np.integer)) or not (
+      1 <= layer_index <= n_hidden):
+    raise ValueError(f'`layer_index` must be an int in [1, {n_hidden}] (the network has {len(positions)} parametric '
+                     f'layers, so {n_hidden} hidden layers), got {layer_index!r}.')
+  return positions[layer_index - 1], positions[layer_index]
+
+
+def hidden_network(layers: Sequence, layer_index: int) -> stax.NDKLayer:
+  """The sub-network up to and including the activation of hidden layer l: ``stax.serial(*layers[:k])`` with k the
+  position of the (l + 1)-th parametric layer (l is 1-based; the readout is not a hidden layer)."""
+  layers = _check_layers(layers)
+  _, end = _hidden_slice(layers, layer_index)
+  return stax.serial(*layers[:end])
+
+
+def hidden_kernel(layers: Sequence, layer_index: int, x1, x2=None, t1=0., t2=0., *,
+                  temperature: float) -> stax.TwoTimeKernel:
+  """Two-time kernels of hidden layer l: ``nngp`` = C^l(t1, t2, x1, x2) = lim (1/N) Σ_i φ_i(x1, t1) φ_i(x2, t2),
+  ``cov1`` = C^l(t1, t1, x1, x1), ``cov2`` = C^l(t2, t2, x2, x2) (shapes as ``NDKLayer.ndk_fn``)."""
+  return hidden_network(layers, layer_index).ndk_fn(x1, x2, t1, t2, temperature=temperature)
+
+
+def normalised_autocorrelation(layers: Sequence, layer_index: int, x, t, s, *, temperature: float) -> jax.Array:
+  """ρ^l(t, s, x) = C^l(t, s, x, x)/√(C^l(t, t, x, x) C^l(s, s, x, x)) of shape (len(t), len(s), n) (scalar times
+  drop their axis)."""
+  k = hidden_kernel(layers, layer_index, x, x, jnp.atleast_1d(t), jnp.atleast_1d(s), temperature=temperature)
+  rho = jnp.diagonal(k.nngp, axis1=-2, axis2=-1) / jnp.sqrt(k.cov1[:, None, :] * k.cov2[None, :, :])
+  return rho[tuple(0 if jnp.ndim(v) == 0 else slice(None) for v in (t, s))]
+
+
+_ELEMENTWISE = frozenset(('ABRelu', 'Abs', 'Cos', 'Elementwise', 'ElementwiseNumerical', 'Erf', 'Exp', 'Gabor',
+                          'Gaussian', 'Gelu', 'Hermite', 'Identity', 'LeakyRelu', 'Monomial', 'Polynomial',
+                          'RectifiedMonomial', 'Relu', 'Sigmoid_like', 'Sign', 'Sin'))
+"""Parameter-free ``stax`` layers acting unit by unit (their mean activation is a one-dimensional Gaussian mean)."""
+
+
+def _activation(layers: tuple, layer_index: int) -> stax.NDKLayer:
+  start, end = _hidden_slice(layers, layer_index)
+  free = layers[start + 1:end]
+  for layer in free:
+    name = layer.spec.params.get('name')
+    if name not in _ELEMENTWISE:
+      raise ValueError(f'The layers between hidden layer {layer_index} and the next parametric layer must be '
+                       f'elementwise activations (one of {sorted(_ELEMENTWISE)}) for the mean activation; got '
+                       f'{name!r}.')
+  return stax.serial(*free) if free else stax.Identity()
+
+
+def _pre_activation_variance(layers: tuple, layer_index: int, x) -> jax.Array:
+  """q^l(x) = C(∞, ∞, x, x) of the pre-activation of hidden layer l (prior variances σ²; any T > 0)."""
+  start, _ = _hidden_slice(layers, layer_index)
+  return stax.serial(*layers[:start + 1]).ndk_fn(x, x, jnp.inf, jnp.inf, temperature=1.).cov1
+
+
+def gaussian_mean(activation, variance) -> jax.Array:
+  """E[φ(h)] for h ~ N(0, q), elementwise over ``variance`` (q ≥ 0), φ = ``activation``'s forward pass (a
+  parameter-free elementwise stax layer). Gauss–Legendre quadrature on [−12, 0] and [0, 12] standard deviations
+  (exact enough for activations that are smooth on each half-line, e.g. ReLU, erf, sign)."""
+  layer = stax.as_ndk_layer(activation)
+  q = jnp.asarray(variance)
+  if bool(jnp.any(q < 0)) or not bool(jnp.all(jnp.isfinite(q))):
+    raise ValueError(f'`variance` must be finite and >= 0, got {variance!r}.')
+  z, w = np.polynomial.legendre.leggauss(_QUADRATURE_NODES)
+  z = np.concatenate([(z - 1) / 2, (z + 1) / 2]) * _QUADRATURE_CUTOFF
+  w = np.concatenate([w, w]) * _QUADRATURE_CUTOFF / 2 * np.exp(-z**2 / 2) / math.sqrt(2 * math.pi)
+  z, w = jnp.asarray(z, q.dtype), jnp.asarray(w, q.dtype)
+  points = jnp.sqrt(q).reshape(-1, 1) * z[None, :]
+  _, params = layer.init_fn(jax.random.PRNGKey(0), points.shape)
+  values = layer.apply_fn(params, points)
+  if values.shape != points.shape:
+    raise ValueError(f'`activation` must act elementwise, but it maps shape {points.shape} to {values.shape}.')
+  return (values @ w).reshape(q.shape)
+
+
+def mean_activation(layers: Sequence, layer_index: int, x) -> jax.Array:
+  """⟨φ(x)⟩ = E[φ(h)], h ~ N(0, q^l(x)) with q^l(x) the equilibrium variance of the pre-activation of hidden layer l
+  (prior variances σ²); shape (n,). ReLU: √(q/2π); odd activations (erf): 0. MLPs (elementwise activations)."""
+  layers = _check_layers(layers)
+  return gaussian_mean(_activation(layers, layer_index), _pre_activation_variance(layers, layer_index, x))
+
+
+def autocorrelation_floor(layers: Sequence, layer_index: int, x) -> jax.Array:
+  """lim_{t−s→∞} ρ^l(t, s, x) at equilibrium = ⟨φ(x)⟩²/C^l(∞, ∞, x, x), shape (n,)."""
+  second = hidden_kernel(layers, layer_index, x, x, jnp.inf, jnp.inf, temperature=1.).cov1
+  return mean_activation(layers, layer_index, x)**2 / second
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Frozen readout (theory).
+
+
+def _positive(name: str, value) -> float:
+  try:
+    out = float(value)
+  except (TypeError, ValueError):
+    raise TypeError(f'`{name}` must be a real number, got {value!r}.') from None
+  if not math.isfinite(out) or out <= 0:
+    raise ValueError(f'`{name}` must be finite and > 0, got {value!r}.')
+  return out
+
+
+def _check_data(x_train, y_train, x_test):
+  x = jnp.asarray(x_train)
+  y = jnp.asarray(y_train)
+  for name, a in (('x_train', x), ('y_train', y)):
+    if a.ndim != 2 or not bool(jnp.all(jnp.isfinite(a))):
+      raise ValueError(f'`{name}` must be a finite 2-D array (points, features), got shape {a.shape}.')
+  if y.shape[0] != x.shape[0]:
+    raise ValueError(f'`y_train` must have one row per training point ({x.shape[0]}), got {y.shape}.')
+  x = x.astype(jnp.result_type(float))
+  if x_test is None:
+    return x, y.astype(x.dtype), x
+  xt = jnp.asarray(x_test, x.dtype)
+  if xt.ndim != 2 or xt.shape[1] != x.shape[1] or not bool(jnp.all(jnp.isfinite(xt))):
+    raise ValueError(f'`x_test` must be a finite (n, {x.shape[1]}) array, got shape {xt.shape}.')
+  return x, y.astype(x.dtype), xt
+
+
+def _readout_variances(layers: tuple) -> tuple[float, float]:
+  spec = layers[-1].spec
+  if spec.kind != 'Dense':
+    raise ValueError(f'The last layer must be the Dense readout for a frozen readout, got {spec.kind!r}.')
+  b = spec.params['b_prior_std']
+  return spec.params['W_prior_std']**2, 0. if b is None else b**2
+
+
+def _check_drift_times(drift_times) -> np.ndarray:
+  d = np.atleast_1d(np.asarray(drift_times, dtype=np.float64))
+  if d.ndim != 1 or d.size == 0 or np.any(np.isnan(d)) or np.any(d < 0):
+    raise ValueError(f'`drift_times` must be a non-empty 1-D array of times >= 0 (inf allowed), got {drift_times!r}.')
+  return d
+
+
+def frozen_readout_mean(layers: Sequence, x_train, y_train, *, temperature: float, drift_times,
+                        x_test=None) -> jax.Array:
+  """f̄(x, t0 + Δ) = [σ_a² A^L(t0 + Δ, t0, x, X) + σ_b²] [K + T I]⁻¹ Y for every drift time Δ (``inf``: the
+  mean-activation limit [σ_a² ⟨φ(x)⟩⟨φ(X)⟩ᵀ + σ_b²][K + T I]⁻¹ Y), shape (len(Δ), n, out).
+
+  The readout is frozen at t0 after equilibration; the hidden weights drift as free Ornstein–Uhlenbeck processes
+  (stationary two-time kernel A^L of the last hidden layer L). K is the equilibrium NNGP of ``stax.serial(*layers)``.
+  ``x_test=None`` evaluates on the training inputs.
+  """
+  layers = _check_layers(layers)
+  temperature = _positive('temperature', temperature)
+  drift = _check_drift_times(drift_times)
+  x, y, xt = _check_data(x_train, y_train, x_test)
+  var_a, var_b = _readout_variances(layers)
+  n_hidden = len(_parametric_positions(layers)) - 1
+  if n_hidden < 1:
+    raise ValueError('The network needs at least one hidden layer (two parametric layers) for a frozen readout.')
+  network = stax.serial(*layers)
+  k_xx = network.ndk_fn(x, x, jnp.inf, jnp.inf, temperature=temperature).nngp
+  alpha = jnp.linalg.solve(k_xx + temperature * jnp.eye(x.shape[0], dtype=x.dtype), y)
+  hidden = hidden_network(layers, n_hidden)
+  out = []
+  finite = drift[np.isfinite(drift)]
+  if finite.size:
+    t0 = _STATIONARY_DECAYS / min(hidden.relaxation_rates(temperature))
+    overlap = hidden.ndk_fn(xt, x, t0 + finite, t0, temperature=temperature).nngp   # (n_Δ, n, P)
+    out.append((var_a * overlap + var_b) @ alpha)
+  if finite.size < drift.size:
+    m_x = mean_activation(layers, n_hidden, x)
+    m_t = m_x if x_test is None else mean_activation(layers, n_hidden, xt)
+    out.append(((var_a * m_t[:, None] * m_x[None, :] + var_b) @ alpha)[None])
+  return jnp.concatenate(out)
+
+
+def linear_readout_accuracy(f_train, y_train, f_test, y_test) -> np.ndarray:
+  """Accuracy on the test set of a separately fitted affine readout sign(α f + β) of a scalar predictor.
+
+  (α, β) are the least-squares fit of the ±1 labels ``y_train`` on the training predictions (minimum norm when
+  the predictions are constant: then the readout predicts the majority sign). Shapes: f_train (..., P) or
+  (..., P, 1), f_test (..., n) or (..., n, 1), labels (P,)/(P, 1) and (n,)/(n, 1) with signs as classes; leading
+  axes (e.g. time) give one accuracy each.
+  """
+  def squeeze(name, a, n):
+    a = np.asarray(a, dtype=np.float64)
+    if a.shape[-1:] == (1,) and a.ndim >= 2 and a.shape[-2] == n:
+      a = a[..., 0]
+    if a.shape[-1:] != (n,) or not np.all(np.isfinite(a)):
+      raise ValueError(f'`{name}` must be finite with a trailing axis of {n} points (optionally then 1), '
+                       f'got shape {a.shape}.')
+    return a
+
+  y_tr = np.sign(np.asarray(y_train, dtype=np.float64).reshape(-1))
+  y_te = np.sign(np.asarray(y_test, dtype=np.float64).reshape(-1))
+  f_tr = squeeze('f_train', f_train, y_tr.size)
+  f_te = squeeze('f_test', f_test, y_te.size)
+  if f_tr.shape[:-1] != f_te.shape[:-1]:
+    raise ValueError(f'`f_train` and `f_test` must share their leading axes, got {f_tr.shape} and {f_te.shape}.')
+  lead = f_tr.shape[:-1]
+  f_tr, f_te = f_tr.reshape(-1, y_tr.size), f_te.reshape(-1, y_te.size)
+  acc = np.empty(f_tr.shape[0])
+  for i, (a, b) in enumerate(zip(f_tr, f_te)):
+    centred = a - a.mean()
+    scale = np.sqrt(np.mean(centred**2))
+    # Least squares of y on (1, f): β = ȳ − α f̄, α = cov(f, y)/var(f) (α = 0 for constant predictions).
+    alpha = 0. if scale <= 1e-12 * max(1., abs(a.mean())) else np.mean(centred * y_tr) / scale**2
+    beta = y_tr.mean() - alpha * a.mean()
+    acc[i] = np.mean(np.where(alpha * b + beta >= 0, 1., -1.) == y_te)
+  return acc.reshape(lead)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Finite networks.
+
+
+class AutocorrelationEstimate(NamedTuple):
+  """Member average of the normalised autocorrelation ρ(t_k, t_ref, x), shape (n_t, n), and its standard error."""
+  mean: np.ndarray
+  se: np.ndarray
+
+
+def empirical_autocorrelation(hidden, reference: int = 0) -> AutocorrelationEstimate:
+  """ρ_m(t_k, t_ref, x) = o(t_k, t_ref, x)/√(o(t_k, t_k, x) o(t_ref, t_ref, x)), o(t, s, x) = (1/N) Σ_i a_i(x, t) a_i(x, s),
+  per member, averaged over the M members (standard error across members).
+
+  Args:
+    hidden: (M, n_t, n, ...) hidden activations of one layer (e.g. ``record.hidden[l - 1]``); N = trailing size.
+    reference: index of the reference time t_ref in the recorded times.
+  """
+  a = np.asarray(hidden, dtype=np.float64)
+  if a.ndim < 4:
+    raise ValueError(f'`hidden` must be (members, times, points, units...), got shape {a.shape}.')
+  m, n_t = a.shape[:2]
+  if m < 2:
+    raise ValueError(f'need at least 2 members for a standard error, got {m}.')
+  if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)) or not -n_t <= reference < n_t:
+    raise ValueError(f'`reference` must be an index into the {n_t} recorded times, got {reference!r}.')
+  a = a.reshape(a.shape[:3] + (-1,))
+  ref = a[:, reference]
+  cross = np.einsum('mtxi,mxi->mtx', a, ref)
+  norm = np.sqrt(np.einsum('mtxi,mtxi->mtx', a, a) * np.einsum('mxi,mxi->mx', ref, ref)[:, None])
+  rho = cross / norm
+  return AutocorrelationEstimate(rho.mean(0), rho.std(0, ddof=1) / math.sqrt(m))
+
+
+class FrozenReadoutRecord(NamedTuple):
+  """Member outputs with the readout frozen at t0: ``drift_times`` (n_Δ,), ``train`` (M, n_Δ, P, out), ``test``
+  (M, n_Δ, n_test, out) or None."""
+  drift_times: np.ndarray
+  train: np.ndarray
+  test: Optional[np.ndarray]
+
+
+def _readout_mask(params: nnx.State, readout_position: int):
+  """True on the leaves of the readout (the last layer of the model's root Serial)."""
+  def is_readout(path, _):
+    keys = [getattr(k, 'key', getattr(k, 'idx', None)) for k in path]
+    return 'layers' in keys and keys[keys.index('layers') + 1] == readout_position
+  return jax.tree_util.tree_map_with_path(is_readout, params)
+
+
+def frozen_readout_ensemble(layers: Sequence, x_train, y_train, *, temperature: float, learning_rate: float,
+                            equilibration_time: float, drift_times, n_members: int, width: int, x_test=None,
+                            seed: int = 0) -> FrozenReadoutRecord:
+  """Finite-width check of :func:`frozen_readout_mean`.
+
+  Each member (Flax model of ``stax.serial(*layers)``, ``ndk_flax.nn.from_stax`` with hidden ``width``) is trained
+  with ``ndk_flax.optax.langevin`` on ½ Σ ‖f − y‖² for t0 = ``equilibration_time`` (step η = ``learning_rate``).
+  Then its readout (the last layer) is frozen and every hidden parameter drifts under noise and decay only, the
+  Ornstein–Uhlenbeck process dθ = −(T/σ²) θ dt + √(2T) dB, sampled exactly at the drift times (no step error):
+  θ(Δ') = e^{−λ(Δ'−Δ)} θ(Δ) + σ √(1 − e^{−2λ(Δ'−Δ)}) ξ. Outputs are recorded at t0 + Δ.
+  """
+  layers = _check_layers(layers)
+  x, y, _ = _check_data(x_train, y_train, None)
+  xt = None if x_test is None else _check_data(x_train, y_train, x_test)[2]
+  drift = _check_drift_times(drift_times)
+  if not np.all(np.isfinite(drift)) or np.any(np.diff(drift) <= 0):
+    raise ValueError(f'`drift_times` must be finite and strictly increasing here, got {drift}.')
+  temperature = _positive('temperature', temperature)
+  learning_rate = _positive('learning_rate', learning_rate)
+  equilibration_time = _positive('equilibration_time', equilibration_time)
+  for name, v in (('n_members', n_members), ('width', width)):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+      raise ValueError(f'`{name}` must be a positive int, got {v!r}.')
+  _readout_variances(layers)
+  n_steps = int(round(equilibration_time / learning_rate))
+  network = stax.serial(*layers)
+  template = nn.from_stax(network, width, input_shape=x.shape, rngs=nnx.Rngs(0))
+  graphdef, _ = nnx.split(template, nnx.Param)
+  prior = nn.prior_std_tree(template)
+  x_all = x if xt is None else jnp.concatenate([x, xt])
+  tx = langevin(learning_rate, temperature, prior, key=0)
+
+  def init(key):
+    init_key, noise_key = jax.random.split(key)
+    params = nnx.state(nn.from_stax(network, width, input_shape=x.shape, rngs=nnx.Rngs(init_key)), nnx.Param)
+    return params, langevin(learning_rate, temperature, prior, key=noise_key).init(params)
+
+  def loss(params):
+    return 0.5 * jnp.sum((nnx.merge(graphdef, params)(x) - y)**2)
+
+  def step(_, carry):
+    params, opt_state = carry
+    updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  @jax.jit
+  def equilibrate(keys):
+    params, opt_state = jax.vmap(init)(keys)
+    params, _ = jax.lax.fori_loop(0, n_steps, jax.vmap(step, in_axes=(None, 0)), (params, opt_state))
+    return params
+
+  keys = jax.vmap(lambda m: jax.random.fold_in(jax.random.PRNGKey(seed), m))(jnp.arange(n_members))
+  params = equilibrate(keys)
+  frozen = _readout_mask(params, len(layers) - 1)
+  sigma = jax.tree.map(lambda p, s: jnp.full_like(p, s), params, prior)
+
+  @jax.jit
+  def drift_to(params, key, delta):
+    leaves, treedef = jax.tree.flatten(params)
+    noise = jax.tree.unflatten(treedef, [jax.random.normal(k, l.shape, l.dtype) for k, l in
+                                         zip(jax.random.split(key, len(leaves)), leaves)])
+
+    def move(p, s, xi, keep):
+      decay = jnp.exp(-temperature / s**2 * delta)
+      return jnp.where(keep, p, decay * p + s * jnp.sqrt(-jnp.expm1(-2 * temperature / s**2 * delta)) * xi)
+
+    return jax.tree.map(move, params, sigma, noise, frozen)
+
+  observe = jax.jit(jax.vmap(lambda p: nnx.merge(graphdef, p)(x_all)))
+  outputs, previous = [], 0.
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), n_members + 1)
+  for i, delta in enumerate(drift):
+    params = drift_to(params, jax.random.fold_in(key, i), delta - previous)
+    previous = delta
+    outputs.append(np.asarray(observe(params)))
+  out = np.stack(outputs, axis=1)
+  if not np.all(np.isfinite(out)):
+    raise FloatingPointError('The frozen-readout ensemble produced NaN/inf outputs: the Langevin phase diverged; '
+                             f'use a smaller learning_rate than {learning_rate:g}.')
+  n = x.shape[0]
+  return FrozenReadoutRecord(drift, out[:, :, :n], None if xt is None else out[:, :, n:])
