@@ -328,6 +328,8 @@ class LangevinPredictor:
       finite = times[np.isfinite(times)]
       parts = []
       if finite.size:
+        if compute_cov:
+          self._precheck_covariance_memory(finite, x_test)
         parts.append((self._mean_at(finite, x_test),
                       self._covariance(finite, x_test) if compute_cov else None))
       if finite.size < times.size:
@@ -514,10 +516,13 @@ class LangevinPredictor:
     return b0, ring[:, (cols + four[:, None]) % _RING, cols]
 
   @staticmethod
-  def _old_history(ring, h, grid, g, t_rows, w_rows):
-    """Σ_j w_rows[r, j] R̃(t_rows[r], t_j, x1, X) g_j for a block of rows, R̃ the interpolated kernel: the weights
-    are scattered onto the lattice nodes of the cubic stencils (a = α + β, b = β, held by ring slot a mod _RING;
-    all in the ring's window) and contracted with the ring once for the whole block. Returns (B, n1, out)."""
+  def _old_history(ring, h, grid, g, t_rows, w_rows, dense):
+    """Σ_j w_rows[r, j] R̃(t_rows[r], t_j, x1, X) g_j for a block of rows, R̃ the interpolated kernel: the terms are
+    scattered onto the lattice nodes of their cubic stencils (a = α + β, b = β, held by ring slot a mod _RING; all
+    in the ring's window) and contracted with the ring once for the whole block. Returns (B, n1, out).
+
+    ``dense`` (static) picks how: scatter the stencil weights into a (B, _RING, size, n) matrix and multiply by g
+    (cheaper when P·out is large), or scatter the weighted g_j themselves (cheaper when size·n is large)."""
     four = jnp.arange(4)
     size = ring.shape[2]
     a0, la = _cubic_stencil(jnp.maximum(t_rows[:, None] - grid[None, :], 0), h)
@@ -526,10 +531,19 @@ class LangevinPredictor:
     beta = b0[None, :, None, None] + four
     slot = (a0[:, :, None, None] + four[:, None] + beta) % _RING
     rows = jnp.arange(t_rows.shape[0])[:, None, None, None]
-    cols = jnp.arange(grid.shape[0])[None, :, None, None]
-    weights = jnp.zeros((t_rows.shape[0], _RING, size, grid.shape[0]), g.dtype).at[rows, slot, beta, cols].add(
-        coef, mode='drop')
-    return jnp.einsum('msbp,rsbpo->rmo', ring, jnp.einsum('rsbj,jpo->rsbpo', weights, g))
+    if dense:
+      cols = jnp.arange(grid.shape[0])[None, :, None, None]
+      weights = jnp.zeros((t_rows.shape[0], _RING, size, grid.shape[0]), g.dtype).at[rows, slot, beta, cols].add(
+          coef, mode='drop')
+      scattered = jnp.einsum('rsbj,jpo->rsbpo', weights, g)
+    else:
+      scattered = jnp.zeros((t_rows.shape[0], _RING, size) + g.shape[1:], g.dtype).at[rows, slot, beta].add(
+          coef[..., None, None] * g[None, :, None, None], mode='drop')
+    return jnp.einsum('msbp,rsbpo->rmo', ring, scattered)
+
+  def _dense_history(self, size: int) -> bool:
+    """Whether :meth:`_old_history` should scatter weights (large P·out) rather than values (long lattices)."""
+    return 16 * self._p * self._y.shape[1] > _RING * size
 
   def _solve_block_impl(self, y, ring, h, grid, g, w, r0, r1, block):
     """Grid rows r0 … r1 − 1 (< r0 + block, all in lattice window w) of the trapezoid scheme,
@@ -542,7 +556,8 @@ class LangevinPredictor:
     t_rows = grid[jnp.minimum(rows, n - 1)]
     ring = ring[:p]
     old = self._old_history(ring, h, grid, g[:n], t_rows,
-                            jnp.broadcast_to(jnp.where(jnp.arange(n) < r0, interior, 0), (block, n)))
+                            jnp.broadcast_to(jnp.where(jnp.arange(n) < r0, interior, 0), (block, n)),
+                            self._dense_history(ring.shape[2]))
     b0, nodes = self._window_nodes(ring, w)
     l_s = _lagrange4(t_rows / h - b0)
     w_new = interior[jnp.minimum(rows, n - 1)]
@@ -566,19 +581,20 @@ class LangevinPredictor:
     p = self._p
     k = jnp.searchsorted(grid, times, side='left') - 1
     weights, w_star = jax.vmap(_trapezoid_row, (None, 0, 0))(grid, k, times)
-    history = self._old_history(ring, h, grid, g, times, weights)
+    history = self._old_history(ring, h, grid, g, times, weights, self._dense_history(ring.shape[2]))
     b0, nodes = self._window_nodes(ring, w)
     r_star = jnp.einsum('rq,mqk->rmk', _lagrange4(times / h - b0), nodes[:, 0]) * w_star[:, None, None]
     g_star = jnp.linalg.solve(jnp.eye(p, dtype=y.dtype) + r_star[:, :p], y - history[:, :p])
     return g_star, history[:, p:] + r_star[:, p:] @ g_star
 
   def _block_size(self, lattice: _Lattice, n: int, rows: int) -> int:
-    """Rows per block for ``rows`` rows of one window: a power of 4 (few compiled shapes), at most 64 and with the
-    block's lattice weights and scattered history (block × _RING × size × max(n, P·out) values) within
-    4 × ``max_kernel_elements``; the ring is read once per block."""
-    per_row = _RING * lattice.size * max(n, self._p * self._y.shape[1])
+    """Rows per block for ``rows`` rows of one window: 1, 8 or 64 (few compiled shapes), and with the
+    block's scattered history (block × _RING × size × (n or P·out) values) within 4 × ``max_kernel_elements``; the
+    ring is read once per block."""
+    per_row = _RING * lattice.size * (max(n, self._p * self._y.shape[1]) if self._dense_history(lattice.size)
+                                      else self._p * self._y.shape[1])
     cap = max(1, min(64, 4 * self._max_elements // per_row))
-    return int(min(4**math.ceil(math.log(rows, 4)), 4**math.floor(math.log(cap, 4))))
+    return int(min(8**math.ceil(math.log(rows, 8)), 8**math.floor(math.log(cap, 8))))
 
   def _sweep(self, x1: jax.Array, lattice: _Lattice, jobs: list) -> None:
     """Sweep t upwards through the lattice windows, keeping the ring of lattice rows for x1 and running, in each
@@ -690,13 +706,9 @@ class LangevinPredictor:
       raise ValueError(f'`cov_grid` must reach the last requested time {t_max:g}, but it ends at {base[-1]:g}.')
     return np.union1d(base[base < t_max], [0.])
 
-  def _covariance(self, times: np.ndarray, x_test) -> jax.Array:
-    """Covariance of f(x, t) at finite times (THEORY.md §4), exact for the trapezoid discretisation on the
-    covariance grid: δf(X) = A^{-1} f_free(X) with A = I + (trapezoid 𝓡), block lower triangular; requested
-    times are Nyström rows on that grid."""
-    t_max = float(times[-1])
-    grid = self._covariance_grid(t_max) if t_max > 0 else np.zeros(1)
-    n_c, p = len(grid), self._p
+  def _check_covariance_memory(self, n_c: int, x_test, t_max: float) -> None:
+    """Raise MemoryError, saying how much is needed, if the covariance on n_c grid times does not fit."""
+    p = self._p
     m = p + (0 if x_test is None else x_test.shape[0])
     itemsize = np.dtype(self._y.dtype).itemsize
     size = n_c * p
@@ -710,6 +722,26 @@ class LangevinPredictor:
           f'{need / 2**30:.2f} GiB (two dense (n_times·P)² = ({size})² matrices in '
           f'{np.dtype(self._y.dtype).name}), but only {available / 2**30:.2f} GiB are available. Pass a coarser '
           f'`cov_grid` (at most ~{fits} times below t = {t_max:g}) or raise `memory_limit`.')
+
+  def _precheck_covariance_memory(self, times: np.ndarray, x_test) -> None:
+    """Fail before any solving when even the smallest possible covariance grid does not fit (the default grid
+    has at least the nodes of the mean solver's first bisected grid)."""
+    t_max = float(times[-1])
+    if t_max == 0:
+      return
+    if self._cov_grid is None:
+      base = _bisect(time_grid(t_max, first_step=self._first_step, growth=self._growth, max_step=self._max_step))
+    else:
+      base = self._cov_grid
+    self._check_covariance_memory(len(np.union1d(base[base < t_max], [0.])), x_test, t_max)
+
+  def _covariance(self, times: np.ndarray, x_test) -> jax.Array:
+    """Covariance of f(x, t) at finite times (THEORY.md §4), exact for the trapezoid discretisation on the
+    covariance grid: δf(X) = A^{-1} f_free(X) with A = I + (trapezoid 𝓡), block lower triangular; requested
+    times are Nyström rows on that grid."""
+    t_max = float(times[-1])
+    grid = self._covariance_grid(t_max) if t_max > 0 else np.zeros(1)
+    self._check_covariance_memory(len(grid), x_test, t_max)
     grid_j = jnp.asarray(grid, self._y.dtype)
     a, c, d_inv = self._assemble(self._x, grid_j)
     return self._cov_rows(self._x, a, c, d_inv, grid_j, jnp.asarray(times, self._y.dtype), x_test)

@@ -1,0 +1,351 @@
+"""Tests for ndk_flax.predict: closed forms (linear random-feature model, T = 0, t = ∞), Neural Tangents at T = 0,
+second-order convergence of the solvers, the documented default accuracy, and input validation.
+
+The reference model is linear in its weights, f(x) = Σ_k w_k φ_k(x) with φ(x) = x/√d, and every weight an OU
+process of its group (σ0_k, σ_k, λ_k = T/σ_k²; two groups so that R(t, s, X, X) = Σ_g r_g(t, s) K_g does not commute
+across times). Its two-time kernels are C = Σ_k c_k(t, s) φ_k φ_k', R = Σ_k r_k(t, s) φ_k φ_k' (THEORY.md §2), and
+the weights follow the linear SDE dw = −(M w − Φᵀ Y) dt + √(2T) dB with M = ΦᵀΦ + diag(λ), so
+  E w(t) = M^{-1}(I − e^{−Mt}) ΦᵀY,   Cov w(t) = e^{−Mt} S0 e^{−Mt} + T M^{-1}(I − e^{−2Mt})   (S0 = diag σ0²),
+an answer independent of the Volterra formulation the solver uses.
+"""
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import neural_tangents as nt
+import numpy as np
+import pytest
+
+from ndk_flax import predict
+from ndk_flax import stax
+
+
+class _Kernels(NamedTuple):
+  nngp: jax.Array
+  ndk: jax.Array
+
+
+class LinearModel:
+  """f(x) = Σ_k w_k x_k/√d with OU weights: closed-form ndk_fn and exact mean / covariance."""
+
+  def __init__(self, d, init_std, prior_std):
+    self.d = d
+    self.s0 = np.asarray(init_std, float)
+    self.s = np.asarray(prior_std, float)
+
+  def rates(self, temperature):
+    return temperature / self.s**2
+
+  def ndk_fn(self, x1, x2=None, t1=0., t2=0., *, temperature):
+    x2 = x1 if x2 is None else x2
+    t1 = jnp.atleast_1d(jnp.asarray(t1))[:, None, None]
+    t2 = jnp.atleast_1d(jnp.asarray(t2))[None, :, None]
+    lam = jnp.asarray(self.rates(temperature))
+    same = t1 == t2
+    gap = jnp.where(same, 0., jnp.abs(jnp.where(same, 0., t1 - t2)))
+    decay_sum = jnp.exp(-jnp.where(lam > 0, lam * (t1 + t2), 0.))
+    c = self.s0**2 * decay_sum + self.s**2 * (jnp.exp(-lam * gap) - decay_sum)
+    r = jnp.where(t1 >= t2, jnp.exp(-lam * gap), 0.)
+    p1, p2 = x1 / np.sqrt(self.d), x2 / np.sqrt(self.d)
+    return _Kernels(jnp.einsum('abk,ik,jk->abij', c, p1, p2), jnp.einsum('abk,ik,jk->abij', r, p1, p2))
+
+  def exact(self, x_train, y_train, temperature, times, x):
+    """Exact mean (n_t, n, out) and covariance (n_t, n, n) of f(x, t)."""
+    phi, phi_x = np.asarray(x_train) / np.sqrt(self.d), np.asarray(x) / np.sqrt(self.d)
+    mu, v = np.linalg.eigh(phi.T @ phi + np.diag(self.rates(temperature)))
+    means, covs = [], []
+    for t in np.atleast_1d(times):
+      decay = np.exp(-mu * t)
+      learnt = -np.expm1(-mu * t) / mu
+      w_mean = v @ np.diag(learnt) @ v.T @ phi.T @ np.asarray(y_train)
+      e = v @ np.diag(decay) @ v.T
+      cov_w = e @ np.diag(self.s0**2) @ e + temperature * v @ np.diag(-np.expm1(-2 * mu * t) / mu) @ v.T
+      means.append(phi_x @ w_mean)
+      covs.append(phi_x @ cov_w @ phi_x.T)
+    return np.array(means), np.array(covs)
+
+
+D, P, N_TEST, T = 6, 5, 3, 0.1
+MODEL = LinearModel(D, [1.3] * 3 + [0.7] * 3, [0.8] * 3 + [1.5] * 3)
+TIMES = np.array([0., 0.3, 2., 10., 30.])
+
+
+@pytest.fixture(scope='module')
+def data():
+  rng = np.random.default_rng(0)
+  return rng.normal(size=(P, D)), rng.normal(size=(P, 2)), rng.normal(size=(N_TEST, D))
+
+
+@pytest.fixture(scope='module')
+def linear_predictor(data):
+  x, y, _ = data
+  return predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T, relaxation_rates=tuple(MODEL.rates(T)))
+
+
+def _grid_solution(predictor, t_max, grid):
+  """The raw trapezoid solution g = Y − f̄(X, ·) on ``grid`` (no extrapolation), on the predictor's lattice."""
+  lattice = predictor._lattice(t_max)
+  state = {}
+  predictor._sweep(predictor._x, lattice, [predictor._solve_job(lattice, grid, state)])
+  return np.asarray(state['g'])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Time grid.
+
+
+def test_time_grid_resolves_both_phases():
+  grid = predict.time_grid(1e3, first_step=1e-2, growth=0.2, max_step=5.)
+  steps = np.diff(grid)
+  assert grid[0] == 0 and grid[-1] == 1e3
+  assert np.all(steps > 0)
+  assert steps[0] <= 1e-2 * (1 + 1e-12)
+  assert np.all(steps <= 5. * (1 + 1e-12))
+  ratios = steps[1:] / steps[:-1]
+  assert np.all(ratios <= 1.2**2)              # geometric, then at most one jump of (1 + g)² into the cap
+  assert np.sum(ratios > 1.2 * (1 + 1e-9)) <= 1
+  # O(log t_max) points without the cap.
+  assert len(predict.time_grid(1e6, first_step=1e-3, growth=0.2)) < 1 + np.log(1 + 0.2 * 1e9) / np.log(1.2) + 1
+
+
+@pytest.mark.parametrize('kwargs', [dict(t_max=-1., first_step=1.), dict(t_max=1., first_step=0.),
+                                    dict(t_max=1., first_step=1., growth=-0.1),
+                                    dict(t_max=1., first_step=1., max_step=0.)])
+def test_time_grid_validation(kwargs):
+  with pytest.raises(ValueError):
+    predict.time_grid(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Closed forms with the linear model.
+
+
+def test_mean_meets_documented_accuracy(data, linear_predictor):
+  """Default settings: |f̄ − f̄_exact| ≤ rtol · max|Y| on train and test points (multi-output)."""
+  x, y, x_test = data
+  bound = predict.DEFAULT_RTOL * np.abs(y).max()
+  for points in (None, x_test):
+    mean = linear_predictor(TIMES, points)
+    exact, _ = MODEL.exact(x, y, T, TIMES, x if points is None else points)
+    chex.assert_shape(mean, exact.shape)
+    assert np.abs(mean - exact).max() <= bound
+  assert linear_predictor.error_estimate <= bound
+
+
+def test_covariance_meets_documented_accuracy(data, linear_predictor):
+  """Default covariance grid: error ≤ 10 · rtol · max|C| (THEORY.md §4 against the exact SDE covariance)."""
+  x, y, x_test = data
+  for points in (None, x_test):
+    out = linear_predictor(TIMES, points, compute_cov=True)
+    mean, cov = MODEL.exact(x, y, T, TIMES, x if points is None else points)
+    chex.assert_shape(out.covariance, cov.shape)
+    assert np.abs(out.covariance - cov).max() <= 10 * predict.DEFAULT_RTOL * np.abs(cov).max()
+    np.testing.assert_allclose(out.mean, linear_predictor(TIMES, points), rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_mean_solver_is_second_order(data, linear_predictor):
+  """Raw trapezoid solutions on a grid and its bisections: the error against a much finer grid drops ~4× per
+  halving of the step."""
+  t_max = 10.
+  grid = predict.time_grid(t_max, first_step=0.4, growth=0.5, max_step=2.)
+  grids = [grid, predict._bisect(grid), predict._bisect(predict._bisect(grid))]
+  reference_grid = grids[-1]
+  for _ in range(2):
+    reference_grid = predict._bisect(reference_grid)
+  reference = _grid_solution(linear_predictor, t_max, reference_grid)[::16]
+  errors = [np.abs(_grid_solution(linear_predictor, t_max, g)[::2**k] - reference).max()
+            for k, g in enumerate(grids)]
+  ratios = np.array(errors[:-1]) / np.array(errors[1:])
+  assert np.all((ratios > 3.) & (ratios < 5.)), ratios
+
+
+def test_history_strategies_agree(data, linear_predictor):
+  """Both ways of scattering the history onto the lattice (weights or values) give the same sums."""
+  x, y, _ = data
+  rng = np.random.default_rng(3)
+  ring = jnp.asarray(rng.normal(size=(P, predict._RING, 20, P)))
+  grid = jnp.asarray(np.sort(rng.uniform(0, 5., size=30)))
+  g = jnp.asarray(rng.normal(size=(30, P, 2)))
+  t_rows = jnp.asarray([2.2, 2.6, 2.9])
+  w_rows = jnp.asarray(rng.uniform(size=(3, 30)) * (grid < 2.)[None])
+  dense, values = (linear_predictor._old_history(ring, 1., grid, g, t_rows, w_rows, flag) for flag in (True, False))
+  np.testing.assert_allclose(dense, values, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_covariance_is_second_order(data, linear_predictor):
+  """Covariance on a grid and its bisections against the exact SDE covariance: error drops ~4× per halving."""
+  x, y, x_test = data
+  times = np.array([1., 5.])
+  grid = np.union1d(predict.time_grid(5., first_step=0.3, growth=0.5, max_step=1.), times)
+  _, exact = MODEL.exact(x, y, T, times, x_test)
+  errors = []
+  for _ in range(3):
+    predictor = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T, cov_grid=grid)
+    predictor._mean = linear_predictor._mean        # reuse the cached mean solution: only the covariance differs
+    errors.append(np.abs(predictor(times, x_test, compute_cov=True).covariance - exact).max())
+    grid = predict._bisect(grid)
+  ratios = np.array(errors[:-1]) / np.array(errors[1:])
+  assert np.all((ratios > 3.) & (ratios < 5.)), ratios
+
+
+def _posterior(x, y, x_test):
+  """NNGP posterior of the linear model: K = Φ diag(σ²) Φᵀ, noise T."""
+  phi, phi_t = x / np.sqrt(D), x_test / np.sqrt(D)
+  k_xx, k_tx, k_tt = (a @ np.diag(MODEL.s**2) @ b.T for a, b in ((phi, phi), (phi_t, phi), (phi_t, phi_t)))
+  solve = np.linalg.solve(k_xx + T * np.eye(P), np.concatenate([y, k_tx.T], axis=1))
+  return k_tx @ solve[:, :y.shape[1]], k_tt - k_tx @ solve[:, y.shape[1]:]
+
+
+def test_equilibrium_is_nngp_posterior(data, linear_predictor):
+  """t = ∞: NNGP posterior with K = C(∞, ∞) (= Φ diag(σ²) Φᵀ here) and noise T, also the SDE's stationary law."""
+  x, y, x_test = data
+  post_mean, post_cov = _posterior(x, y, x_test)
+  out = linear_predictor(jnp.inf, x_test, compute_cov=True)
+  np.testing.assert_allclose(out.mean, post_mean, atol=1e-10)
+  np.testing.assert_allclose(out.covariance, post_cov, atol=1e-10)
+  late_mean, late_cov = MODEL.exact(x, y, T, [40 / MODEL.rates(T).min()], x_test)   # e^{-40} left
+  np.testing.assert_allclose(late_mean[0], post_mean, atol=1e-10)
+  np.testing.assert_allclose(late_cov[0], post_cov, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_solver_reaches_equilibrium(data, linear_predictor):
+  """At t = 15/min λ the solver's mean and covariance are the NNGP posterior (within the documented accuracy)."""
+  x, y, x_test = data
+  post_mean, post_cov = _posterior(x, y, x_test)
+  both = linear_predictor(np.array([15 / MODEL.rates(T).min(), np.inf]), x_test, compute_cov=True)
+  np.testing.assert_allclose(both.mean[0], post_mean, atol=predict.DEFAULT_RTOL * np.abs(y).max())
+  np.testing.assert_allclose(both.covariance[0], post_cov, atol=10 * predict.DEFAULT_RTOL * np.abs(post_cov).max())
+  np.testing.assert_allclose(both.mean[1], post_mean, atol=1e-10)
+
+
+def test_frozen_kernel_closed_form(data):
+  """T = 0: f̄(X, t) = (I − e^{−Θt})Y and the SDE answer with frozen weights, any t including ∞."""
+  x, y, x_test = data
+  predictor = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=0.)
+  times = np.array([0., 0.5, 4.])
+  theta = x @ x.T / D
+  ev, v = np.linalg.eigh(theta)
+  expected = np.stack([y - v @ np.diag(np.exp(-ev * t)) @ v.T @ y for t in times])
+  np.testing.assert_allclose(predictor(times), expected, atol=1e-12)
+  mean, cov = MODEL.exact(x, y, 0., times, x_test)
+  out = predictor(times, x_test, compute_cov=True)
+  np.testing.assert_allclose(out.mean, mean, atol=1e-12)
+  np.testing.assert_allclose(out.covariance, cov, atol=1e-12)
+  np.testing.assert_allclose(predictor(jnp.inf, x_test), x_test @ x.T / D @ np.linalg.solve(theta, y), atol=1e-10)
+  assert predictor.time_scales.gradient == pytest.approx(1 / ev.max())
+  assert predictor.time_scales.diffusive == np.inf
+
+
+def test_scalar_time_shapes_and_losses(data, linear_predictor):
+  x, y, x_test = data
+  out = linear_predictor(2., x_test, compute_cov=True)
+  chex.assert_shape([out.mean, out.covariance], [(N_TEST, 2), (N_TEST, N_TEST)])
+  np.testing.assert_allclose(out.mean, linear_predictor(np.array([2.]), x_test)[0], atol=1e-12)
+  mean = linear_predictor(TIMES)
+  np.testing.assert_allclose(linear_predictor.train_loss(TIMES), 0.5 * ((y - mean)**2).sum((1, 2)), atol=1e-12)
+  y_test = np.ones((N_TEST, 2))
+  np.testing.assert_allclose(linear_predictor.test_mse(TIMES, x_test, y_test),
+                             ((linear_predictor(TIMES, x_test) - y_test)**2).mean((1, 2)), atol=1e-12)
+  scales = linear_predictor.time_scales
+  assert scales.diffusive == pytest.approx(1 / MODEL.rates(T).min())
+  assert scales.gradient == pytest.approx(1 / np.linalg.eigvalsh(x @ x.T / D).max())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Neural Tangents at T = 0 and the NNGP posterior with a real network.
+
+W_STD = 1.3
+
+
+def _mlp():
+  return stax.serial(stax.Dense(32, W_std=W_STD), stax.Erf(), stax.Dense(32, W_std=W_STD), stax.Erf(),
+                     stax.Dense(1, W_std=W_STD))
+
+
+def _cnn():
+  return stax.serial(stax.Conv(8, (2, 2), W_std=W_STD), stax.Erf(), stax.Flatten(), stax.Dense(1, W_std=W_STD))
+
+
+@pytest.mark.parametrize('make, shape', [(_mlp, (6,)), (_cnn, (4, 4, 2))])
+def test_zero_temperature_equals_neural_tangents(make, shape):
+  """Our raw NTK is NT's (W_std-scaled) one / σ0² and our loss is not averaged: t_NT = t · y.size / σ0²."""
+  rng = np.random.default_rng(1)
+  x, x_test, y = rng.normal(size=(5,) + shape), rng.normal(size=(3,) + shape), rng.normal(size=(5, 1))
+  layer = make()
+  ours = predict.langevin_mse_ensemble(layer, x, y, temperature=0.)
+  theirs = nt.predict.gradient_descent_mse_ensemble(make().kernel_fn, x, y)
+  times = np.array([0., 0.2, 1., 5.])
+  for points in (None, x_test):
+    a = ours(times, points, compute_cov=True)
+    b = theirs(times * y.size / W_STD**2, points, 'ntk', compute_cov=True)
+    np.testing.assert_allclose(a.mean, b.mean, atol=1e-10)
+    np.testing.assert_allclose(a.covariance, b.covariance, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_erf_network_relaxes_to_nngp_posterior():
+  """A two-layer erf network (σ0 ≠ σ) at t = 20/λ: the solver's mean and covariance are the NNGP posterior."""
+  rng = np.random.default_rng(2)
+  x, x_test, y = rng.normal(size=(4, 3)), rng.normal(size=(2, 3)), rng.normal(size=(4, 1))
+  layer = stax.serial(stax.Dense(16, W_std=1.4, W_prior_std=0.9), stax.Erf(),
+                      stax.Dense(1, W_std=1.4, W_prior_std=0.9))
+  temperature = 0.2
+  predictor = predict.langevin_mse_ensemble(layer, x, y, temperature=temperature)
+  kernels = layer.ndk_fn(np.concatenate([x, x_test]), None, jnp.inf, jnp.inf, temperature=temperature).nngp
+  k_xx, k_tx, k_tt = kernels[:4, :4], kernels[4:, :4], kernels[4:, 4:]
+  solve = np.linalg.solve(k_xx + temperature * np.eye(4), np.concatenate([y, k_tx.T], axis=1))
+  post_mean, post_cov = k_tx @ solve[:, :1], k_tt - k_tx @ solve[:, 1:]
+  out = predictor(20 * predictor.time_scales.diffusive, x_test, compute_cov=True)
+  np.testing.assert_allclose(out.mean, post_mean, atol=2 * predict.DEFAULT_RTOL * np.abs(y).max())
+  np.testing.assert_allclose(out.covariance, post_cov, atol=10 * predict.DEFAULT_RTOL * np.abs(k_tt).max())
+  inf = predictor(jnp.inf, x_test, compute_cov=True)
+  np.testing.assert_allclose(inf.mean, post_mean, atol=1e-10)
+  np.testing.assert_allclose(inf.covariance, post_cov, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation and memory.
+
+
+@pytest.mark.parametrize('t', [np.array([[1., 2.]]), np.array([2., 1.]), np.array([1., 1.]), -1., np.nan, []])
+def test_invalid_times(data, linear_predictor, t):
+  with pytest.raises(ValueError, match='`t`'):
+    linear_predictor(t)
+
+
+def test_invalid_arguments(data):
+  x, y, x_test = data
+  fn = MODEL.ndk_fn
+  with pytest.raises(ValueError, match='temperature'):
+    predict.langevin_mse_ensemble(fn, x, y, temperature=-1.)
+  with pytest.raises(ValueError, match='same number of points'):
+    predict.langevin_mse_ensemble(fn, x, y[:3], temperature=T)
+  with pytest.raises(ValueError, match='y_train'):
+    predict.langevin_mse_ensemble(fn, x, y[:, 0], temperature=T)
+  with pytest.raises(ValueError, match='x_train'):
+    predict.langevin_mse_ensemble(fn, np.where(x > 1, np.nan, x), y, temperature=T)
+  with pytest.raises(TypeError, match='layer_or_ndk_fn'):
+    predict.langevin_mse_ensemble(3, x, y, temperature=T)
+  with pytest.raises(ValueError, match='ndk_fn'):
+    predict.langevin_mse_ensemble(lambda *a, **k: _Kernels(jnp.zeros((2, 2)), jnp.zeros((2, 2))), x, y,
+                                  temperature=T)
+  predictor = predict.langevin_mse_ensemble(fn, x, y, temperature=T)
+  with pytest.raises(ValueError, match='x_test'):
+    predictor(1., x_test[:, :4])
+  with pytest.raises(ValueError, match='y_test'):
+    predictor.test_mse(1., x_test, np.ones((N_TEST + 1, 2)))
+  with pytest.raises(ValueError, match='relaxation_rates'):
+    predictor.time_scales  # noqa: B018 (a property)
+
+
+def test_covariance_that_does_not_fit_fails_fast(data):
+  """A covariance request that cannot fit raises MemoryError saying how much it needs, before solving anything."""
+  x, y, _ = data
+  predictor = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T, memory_limit=1e5)
+  with pytest.raises(MemoryError, match='GiB'):
+    predictor(10., compute_cov=True)
+  assert predictor._mean is None
