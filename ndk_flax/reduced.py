@@ -61,17 +61,17 @@ _SINGULAR = 1e-12
 """Θ0 counts as singular when its smallest eigenvalue is below this fraction of its largest."""
 
 
-def _check_taus(taus) -> np.ndarray:
+def _check_taus(taus, name: str = 'taus') -> np.ndarray:
   try:
     arr = np.atleast_1d(np.asarray(taus, dtype=np.float64))
   except (TypeError, ValueError):
-    raise TypeError(f'`taus` must be a 1-D array of slow times τ ≥ 0, got {taus!r}.') from None
+    raise TypeError(f'`{name}` must be a 1-D array of times ≥ 0, got {taus!r}.') from None
   if arr.ndim != 1 or arr.size == 0:
-    raise ValueError(f'`taus` must be a non-empty 1-D array of slow times, got shape {arr.shape}.')
+    raise ValueError(f'`{name}` must be a non-empty 1-D array of times, got shape {arr.shape}.')
   if np.any(np.isnan(arr)) or np.any(arr < 0):
-    raise ValueError(f'`taus` must hold slow times τ ≥ 0 (inf allowed, no NaN), got {arr}.')
+    raise ValueError(f'`{name}` must hold times ≥ 0 (inf allowed, no NaN), got {arr}.')
   if np.any(np.diff(arr) <= 0):
-    raise ValueError(f'`taus` must be strictly increasing, got {arr}.')
+    raise ValueError(f'`{name}` must be strictly increasing, got {arr}.')
   return arr
 
 
@@ -181,6 +181,44 @@ def _evaluate(ndk_fn: NDKFn, temperature, rate, h, eps, theta_inv_y, x, y, x_tes
   return lax.map(one, taus)
 
 
+class _Prepared(NamedTuple):
+  ndk_fn: NDKFn
+  temperature: float
+  rate: float
+  x: jax.Array
+  y: jax.Array
+  x_test: Optional[jax.Array]
+  theta_inv_y: jax.Array
+
+
+def _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate) -> _Prepared:
+  """Validated inputs, λ and Θ0⁻¹Y (raises if Θ0 = R(0, 0, X, X) is singular)."""
+  try:
+    temperature = float(temperature)
+  except (TypeError, ValueError):
+    raise TypeError(f'`temperature` must be a real number, got {temperature!r}.') from None
+  if not math.isfinite(temperature) or temperature <= 0:
+    raise ValueError(f'`temperature` must be finite and > 0 (τ = λt with λ = T/σ²), got {temperature!r}.')
+  ndk_fn, rate = _ndk_and_rate(layer_or_ndk_fn, temperature, relaxation_rate)
+  x = _array('x_train', x_train, 2)
+  y = _array('y_train', y_train, 2).astype(x.dtype)
+  if y.ndim != 2 or y.shape[0] != x.shape[0]:
+    raise ValueError(f'`y_train` must have shape (P, out) with P = {x.shape[0]} (the rows of `x_train`), '
+                     f'got {y.shape}.')
+  if x_test is not None:
+    x_test = _array('x_test', x_test, 2).astype(x.dtype)
+    if x_test.shape[1:] != x.shape[1:]:
+      raise ValueError(f'`x_test` must have shape (n, {", ".join(map(str, x.shape[1:]))}) like `x_train`, '
+                       f'got {x_test.shape}.')
+  zero = jnp.zeros((1,), x.dtype)
+  theta0 = _response(_Problem(ndk_fn, temperature, rate), x, x, zero, zero)[0, 0]
+  evals = jnp.linalg.eigvalsh(theta0)
+  if not float(evals[0]) > _SINGULAR * float(evals[-1]):
+    raise ValueError(f'Θ0 = R(0, 0, X, X) is singular on `x_train` (eigenvalues {float(evals[0]):.3g} … '
+                     f'{float(evals[-1]):.3g}): the NTK interpolant is not defined (duplicate inputs?).')
+  return _Prepared(ndk_fn, temperature, rate, x, y, x_test, jnp.linalg.solve(theta0, y))
+
+
 def reduced_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train, y_train, *, temperature: float,
                                    taus, x_test=None, relaxation_rate: Optional[float] = None,
                                    max_step: float = DEFAULT_MAX_STEP) -> ReducedSolution:
@@ -209,37 +247,14 @@ def reduced_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train, 
   Returns:
     :class:`ReducedSolution`.
   """
-  try:
-    temperature = float(temperature)
-  except (TypeError, ValueError):
-    raise TypeError(f'`temperature` must be a real number, got {temperature!r}.') from None
-  if not math.isfinite(temperature) or temperature <= 0:
-    raise ValueError(f'`temperature` must be finite and > 0 (τ = λt with λ = T/σ²), got {temperature!r}.')
-  ndk_fn, rate = _ndk_and_rate(layer_or_ndk_fn, temperature, relaxation_rate)
-  taus = _check_taus(taus)
-  max_step = _positive('max_step', max_step)
-  x = _array('x_train', x_train, 2)
-  y = _array('y_train', y_train, 2).astype(x.dtype)
-  if y.ndim != 2 or y.shape[0] != x.shape[0]:
-    raise ValueError(f'`y_train` must have shape (P, out) with P = {x.shape[0]} (the rows of `x_train`), '
-                     f'got {y.shape}.')
-  if x_test is not None:
-    x_test = _array('x_test', x_test, 2).astype(x.dtype)
-    if x_test.shape[1:] != x.shape[1:]:
-      raise ValueError(f'`x_test` must have shape (n, {", ".join(map(str, x.shape[1:]))}) like `x_train`, '
-                       f'got {x_test.shape}.')
-  problem = _Problem(ndk_fn, temperature, rate)
+  prep = _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate)
+  return _reduced(prep, _check_taus(taus), _positive('max_step', max_step))
+
+
+def _reduced(prep: _Prepared, taus: np.ndarray, max_step: float) -> ReducedSolution:
+  ndk_fn, temperature, rate, x, y, x_test, theta_inv_y = prep
   x1 = x if x_test is None else x_test
   dtype = y.dtype
-  zero = jnp.zeros((1,), dtype)
-
-  theta0 = _response(problem, x, x, zero, zero)[0, 0]
-  evals = jnp.linalg.eigvalsh(theta0)
-  if not float(evals[0]) > _SINGULAR * float(evals[-1]):
-    raise ValueError(f'Θ0 = R(0, 0, X, X) is singular on `x_train` (eigenvalues {float(evals[0]):.3g} … '
-                     f'{float(evals[-1]):.3g}): the NTK interpolant is not defined (duplicate inputs?).')
-  theta_inv_y = jnp.linalg.solve(theta0, y)
-
   finite = taus[np.isfinite(taus)]
   means, residuals = [], []
   error = 0.
@@ -265,3 +280,45 @@ def reduced_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train, 
       means.append((ndk_fn(x_test, x, inf, inf, temperature=temperature).nngp[0, 0] @ k_inv_y)[None])
     residuals.append((temperature * k_inv_y)[None])
   return ReducedSolution(taus, taus / rate, rate, jnp.concatenate(means), jnp.concatenate(residuals), error)
+
+
+def composite_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train, y_train, *, temperature: float,
+                                     times, x_test=None, relaxation_rate: Optional[float] = None,
+                                     max_step: float = DEFAULT_MAX_STEP) -> jax.Array:
+  """Small-T mean predictor over both learning phases at once (matched asymptotics of THEORY.md §5).
+
+  The gradient-driven phase (NTK gradient flow with Θ0, times t = O(1)) and the diffusive phase (the reduced
+  equations in τ = λt) overlap on the NTK interpolant, so
+
+      f̄(x*, t) ≈ Θ0(x*, X) Θ0⁻¹ (I − e^{−Θ0 t}) Y + [f̄_red(x*, λt) − f̄_red(x*, 0)]
+      Y − f̄(X, t) ≈ e^{−Θ0 t} Y + λ ε(λt)
+
+  with an O(T) error uniformly in t (the training residual: O(T) relative to its size in the diffusive phase, where
+  it is O(T) itself). One reduced solve serves every T (rescale the times). Checked against the full solver in the
+  tests.
+
+  Args:
+    times: strictly increasing real times t ≥ 0 (``inf`` allowed last: the noise-free NNGP interpolant, and
+      T K⁻¹Y for the residual).
+    Others: as :func:`reduced_small_temperature_mean`.
+
+  Returns:
+    (len(times), n, out): f̄(x*, t), or f̄(X, t) without ``x_test``.
+  """
+  prep = _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate)
+  times = _check_taus(times, 'times')
+  red = _reduced(prep, np.concatenate([[0.], prep.rate * times]) if times[0] > 0 else prep.rate * times,
+                 _positive('max_step', max_step))
+  offset = red.taus.size - times.size
+  x, y = prep.x, prep.y
+  zero = jnp.zeros((1,), y.dtype)
+  problem = _Problem(prep.ndk_fn, prep.temperature, prep.rate)
+  evals, evecs = jnp.linalg.eigh(_response(problem, x, x, zero, zero)[0, 0])
+  t = jnp.asarray(times, y.dtype)[:, None]
+  decay = jnp.where(jnp.isinf(t), 0., jnp.exp(-evals[None] * jnp.where(jnp.isinf(t), 0., t)))   # (n_t, P)
+  left = jnp.einsum('pi,ti,qi,qo->tpo', evecs, decay, evecs, y)                                 # e^{−Θ0 t} Y
+  if prep.x_test is None:
+    return y[None] - left - red.residual[offset:]
+  theta_tx = _response(problem, prep.x_test, x, zero, zero)[0, 0]
+  learnt = jnp.einsum('mp,pi,ti,qi,qo->tmo', theta_tx, evecs, (1 - decay) / evals[None], evecs, y)
+  return learnt + red.mean[offset:] - red.mean[0]
