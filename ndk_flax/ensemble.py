@@ -8,7 +8,7 @@ Python loop) and sharded over all devices along the member axis with ``jax.shard
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ndk_flax import nn
 from ndk_flax.optax import langevin
 
-__all__ = ["EnsembleRecord", "record_steps", "train_ensemble"]
+__all__ = ["EnsembleProgram", "EnsembleRecord", "build_program", "record_steps", "train_ensemble"]
 
 
 class EnsembleRecord(NamedTuple):
@@ -89,6 +89,75 @@ def _member_mesh(n_members: int) -> tuple[NamedSharding, int]:
     return NamedSharding(Mesh(devices, ("members",)), PartitionSpec("members")), n_padded
 
 
+class EnsembleProgram(NamedTuple):
+    """The jitted pieces of a vmapped Langevin ensemble (built by :func:`build_program`).
+
+    Attributes:
+      init: keys (M, key) -> (params, opt_state), member-stacked; member key k gives θ(0) from ``split(k)[0]`` and
+        the noise stream from ``split(k)[1]``.
+      advance: (params, opt_state, start, n_steps) -> (params, opt_state, bad): n_steps Langevin steps of every
+        member, stopping early at a non-finite loss; ``bad`` is −1 or the step count (from ``start``) after which the
+        loss of some member was NaN/inf.
+      observe: params -> member outputs on ``x_observe`` (with ``record_hidden``: (outputs, hidden tuple)).
+      step: (params, opt_state) -> (params, opt_state, loss) of one member (unbatched).
+    """
+
+    init: Callable
+    advance: Callable
+    observe: Callable
+    step: Callable
+
+
+def build_program(layer, x_train: jax.Array, y_train: jax.Array, *, temperature: float, learning_rate: float,
+                  width: Optional[int], x_observe: jax.Array, record_hidden: bool, dtype: Any) -> EnsembleProgram:
+    """Jitted init / multi-step / observation functions of an ensemble (inputs validated by the caller)."""
+    template = nn.from_stax(layer, width, input_shape=x_train.shape, rngs=nnx.Rngs(0), dtype=dtype)
+    out_shape = tuple(template(x_train).shape)
+    if out_shape != tuple(y_train.shape):
+        raise ValueError(f"y_train must have the network's output shape {out_shape} for x_train, got {y_train.shape}")
+    prior = nn.prior_std_tree(template)
+    tx = langevin(learning_rate, temperature, prior, key=0)  # validates T, η; update() is key-independent
+    graphdef, _ = nnx.split(template, nnx.Param)
+
+    def init_member(key):
+        init_key, noise_key = jax.random.split(key)
+        model = nn.from_stax(layer, width, input_shape=x_train.shape, rngs=nnx.Rngs(init_key), dtype=dtype)
+        params = nnx.state(model, nnx.Param)
+        return params, langevin(learning_rate, temperature, prior, key=noise_key).init(params)
+
+    def loss(params):
+        residual = nnx.merge(graphdef, params)(x_train) - y_train
+        return 0.5 * jnp.sum(residual**2)
+
+    def member_step(params, opt_state):
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    batched_step = jax.vmap(member_step)
+
+    @jax.jit
+    def advance(params, opt_state, start, n_steps):
+        def cond(carry):
+            i, _, _, bad = carry
+            return (i < n_steps) & (bad < 0)
+
+        def body(carry):
+            i, p, s, _ = carry
+            new_p, new_s, value = batched_step(p, s)
+            return i + 1, new_p, new_s, jnp.where(jnp.all(jnp.isfinite(value)), -1, start + i)
+
+        init = (jnp.zeros_like(n_steps), params, opt_state, jnp.full_like(start, -1))
+        _, params, opt_state, bad = jax.lax.while_loop(cond, body, init)
+        return params, opt_state, bad
+
+    @jax.jit
+    def observe(params):
+        return jax.vmap(lambda p: nnx.merge(graphdef, p)(x_observe, return_hidden=record_hidden))(params)
+
+    return EnsembleProgram(jax.vmap(init_member), advance, observe, member_step)
+
+
 def train_ensemble(layer, x_train: Any, y_train: Any, *, temperature: float, learning_rate: float,
                    record_times: Sequence[float], n_members: int, width: Optional[int] = None,
                    x_test: Any = None, seed: int = 0, record_hidden: bool = False,
@@ -144,63 +213,16 @@ def train_ensemble(layer, x_train: Any, y_train: Any, *, temperature: float, lea
             raise ValueError(f"x_test points have shape {x_test.shape[1:]}, x_train points {x_train.shape[1:]}")
     steps = record_steps(record_times, learning_rate)
 
-    template = nn.from_stax(layer, width, input_shape=x_train.shape, rngs=nnx.Rngs(0), dtype=dtype)
-    out_shape = tuple(template(x_train).shape)
-    if out_shape != tuple(y_train.shape):
-        raise ValueError(f"y_train must have the network's output shape {out_shape} for x_train, got {y_train.shape}")
-    prior = nn.prior_std_tree(template)
-    tx = langevin(learning_rate, temperature, prior, key=0)  # validates T, η; update() is key-independent
-    graphdef, _ = nnx.split(template, nnx.Param)
     x_all = x_train if x_test is None else jnp.concatenate([x_train, x_test])
     n_train = x_train.shape[0]
-
+    program = build_program(layer, x_train, y_train, temperature=temperature, learning_rate=learning_rate,
+                            width=width, x_observe=x_all, record_hidden=record_hidden, dtype=dtype)
     sharding, n_padded = _member_mesh(n_members)
     root = jax.random.PRNGKey(seed)
     member_keys = jax.vmap(lambda m: jax.random.fold_in(root, m))(jnp.arange(n_padded))
     member_keys = jax.device_put(member_keys, sharding)
-
-    def init_member(key):
-        init_key, noise_key = jax.random.split(key)
-        model = nn.from_stax(layer, width, input_shape=x_train.shape, rngs=nnx.Rngs(init_key), dtype=dtype)
-        params = nnx.state(model, nnx.Param)
-        return params, langevin(learning_rate, temperature, prior, key=noise_key).init(params)
-
-    def loss(params):
-        residual = nnx.merge(graphdef, params)(x_train) - y_train
-        return 0.5 * jnp.sum(residual**2)
-
-    def member_step(params, opt_state):
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    batched_step = jax.vmap(member_step)
-
-    @jax.jit
-    def advance(params, opt_state, start, n_steps):
-        """n_steps Langevin steps of every member, stopping early at a non-finite loss.
-
-        Returns the new state and ``bad``: −1, or the step count k (from the start of training) after which the
-        loss of some member was NaN/inf.
-        """
-        def cond(carry):
-            i, _, _, bad = carry
-            return (i < n_steps) & (bad < 0)
-
-        def body(carry):
-            i, p, s, _ = carry
-            new_p, new_s, value = batched_step(p, s)
-            return i + 1, new_p, new_s, jnp.where(jnp.all(jnp.isfinite(value)), -1, start + i)
-
-        init = (jnp.zeros_like(n_steps), params, opt_state, jnp.full_like(start, -1))
-        _, params, opt_state, bad = jax.lax.while_loop(cond, body, init)
-        return params, opt_state, bad
-
-    @jax.jit
-    def observe(params):
-        return jax.vmap(lambda p: nnx.merge(graphdef, p)(x_all, return_hidden=record_hidden))(params)
-
-    params, opt_state = jax.jit(jax.vmap(init_member), out_shardings=sharding)(member_keys)
+    params, opt_state = jax.jit(program.init, out_shardings=sharding)(member_keys)
+    advance, observe = program.advance, program.observe
     outputs, hiddens = [], []
     done = 0
     for target in tqdm(steps, desc="Langevin ensemble", unit="record", disable=not progress):

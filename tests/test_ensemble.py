@@ -72,7 +72,9 @@ def test_sharded_and_unsharded_runs_agree(tmp_path):
         jax.config.update("jax_enable_x64", True)
         assert jax.device_count() == 4, jax.devices()
         from ndk_flax import stax
-        from ndk_flax.ensemble import train_ensemble
+        from ndk_flax.ensemble import _member_mesh, train_ensemble
+        sharding, n_padded = _member_mesh(6)
+        assert n_padded == 8 and sharding.mesh.devices.size == 4
         x = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
         y = jax.numpy.sin(x[:, :1]) + 0.3 * x[:, 1:2]
         net = stax.serial(stax.Dense(8, W_std=1.2, b_std=0.1), stax.Erf(), stax.Dense(1))
@@ -108,6 +110,7 @@ def test_record_steps():
 @pytest.mark.parametrize("kwargs, err, match", [
     (dict(n_members=0), ValueError, "n_members"),
     (dict(temperature=-1.0), ValueError, "temperature"),
+    (dict(temperature=100.0), ValueError, "unstable"),
     (dict(learning_rate=0.0), ValueError, "learning_rate"),
     (dict(learning_rate=lambda k: 0.1), TypeError, "learning_rate"),
     (dict(y=jnp.ones((4, 1))), ValueError, "rows"),
