@@ -39,7 +39,8 @@ PriorStd = Union[float, Any, Callable[[tuple, jax.Array], Any]]
 
 
 class LangevinNoiseState(NamedTuple):
-    """State of :func:`add_langevin_noise`: ``count`` (int32 step k) and ``key`` (raw uint32 PRNG key data)."""
+    """State of :func:`add_langevin_noise`: ``count`` (int32 step k) and ``key`` (raw uint32 PRNG key data, so that the
+    state is a plain array pytree for checkpoints; the implementation of a typed key is kept by the transformation)."""
 
     count: jax.Array
     key: jax.Array
@@ -77,12 +78,16 @@ def _check_learning_rate(learning_rate: Any) -> None:
         raise ValueError(f"learning_rate must be finite and > 0, got {float(lr)}")
 
 
-def _key_data(key: Any) -> jax.Array:
-    """An int seed, a typed PRNG key or raw uint32 key data -> raw uint32 key data (may be traced)."""
+def _key_data(key: Any) -> tuple[jax.Array, Any]:
+    """An int seed, a typed PRNG key or raw uint32 key data -> (raw uint32 key data, PRNG implementation or None).
+
+    The key may be traced. A typed key keeps its implementation (e.g. ``jax.random.key(0, impl='rbg')``); raw data
+    and int seeds use JAX's default implementation.
+    """
     if isinstance(key, bool):
         raise TypeError(f"key must be an int seed or a single PRNG key, got {key!r}")
     if isinstance(key, numbers.Integral):
-        return jax.random.PRNGKey(int(key))
+        return jax.random.PRNGKey(int(key)), None
     if not hasattr(key, "dtype") or not hasattr(key, "shape"):
         raise TypeError(f"key must be an int seed or a single PRNG key, got {type(key).__name__}")
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -90,11 +95,11 @@ def _key_data(key: Any) -> jax.Array:
             raise ValueError(
                 f"key must be a single PRNG key (shape ()), got a batch of shape {key.shape}; "
                 "use jax.vmap over the keys to build several members")
-        return jax.random.key_data(key)
+        return jax.random.key_data(key), jax.random.key_impl(key)
     if key.dtype == jnp.uint32 and key.ndim == 1:
-        return jnp.asarray(key)
+        return jnp.asarray(key), None
     if key.shape == () and jnp.issubdtype(key.dtype, jnp.integer):
-        return jax.random.PRNGKey(key)
+        return jax.random.PRNGKey(key), None
     raise TypeError(
         f"key must be an int seed, a typed PRNG key (jax.random.key) or raw uint32 key data "
         f"(jax.random.PRNGKey); got dtype {key.dtype} and shape {key.shape}")
@@ -199,7 +204,7 @@ def add_langevin_noise(learning_rate: optax.ScalarOrSchedule, temperature: float
     """
     _check_learning_rate(learning_rate)
     _check_temperature(temperature)
-    key = _key_data(key)
+    key, impl = _key_data(key)
 
     def init_fn(params):
         del params
@@ -211,12 +216,12 @@ def add_langevin_noise(learning_rate: optax.ScalarOrSchedule, temperature: float
         if _is_concrete(temperature) and temperature == 0:  # plain gradient descent: nothing to draw
             return updates, LangevinNoiseState(count=count, key=state.key)
         eta = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        next_key, noise_key = jax.random.split(state.key)
+        next_key, noise_key = jax.random.split(jax.random.wrap_key_data(state.key, impl=impl))
         noise = otu.tree_random_like(noise_key, updates)
         updates = jax.tree.map(
             lambda u, xi: u + jnp.sqrt(2 * jnp.asarray(eta, u.dtype) * jnp.asarray(temperature, u.dtype)) * xi,
             updates, noise)
-        return updates, LangevinNoiseState(count=count, key=next_key)
+        return updates, LangevinNoiseState(count=count, key=jax.random.key_data(next_key))
 
     return optax.GradientTransformation(init_fn, update_fn)
 

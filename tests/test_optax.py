@@ -83,6 +83,21 @@ def test_same_seed_same_trajectory_and_different_seeds_differ():
     chex.assert_trees_all_equal(traj_a, traj_d)
 
 
+def test_typed_key_keeps_its_prng_implementation():
+    """A typed key's implementation (here 'rbg') is used for the noise; the state holds its raw key data."""
+    grad_fn = lambda p: jax.tree.map(jnp.zeros_like, p)  # noqa: E731
+    rbg = jax.random.key(3, impl="rbg")
+    traj, state = _run(langevin(0.02, 0.3, 1.0, key=rbg), PARAMS, grad_fn, 3)
+    again, _ = _run(langevin(0.02, 0.3, 1.0, key=jax.random.key(3, impl="rbg")), PARAMS, grad_fn, 3)
+    chex.assert_trees_all_equal(traj, again)
+    assert state[-1].key.shape == jax.random.key_data(rbg).shape == (4,)
+    tx = langevin(0.02, 0.3, 1.0, key=rbg)
+    u, _ = tx.update(grad_fn(PARAMS), tx.init(PARAMS), PARAMS)
+    xi = otu.tree_random_like(jax.random.split(rbg)[1], PARAMS)
+    expected = jax.tree.map(lambda p, x: -0.02 * 0.3 * p + np.sqrt(2 * 0.02 * 0.3) * x, PARAMS, xi)
+    chex.assert_trees_all_close(u, expected, rtol=1e-12, atol=1e-14)
+
+
 def test_vmap_over_keys_builds_independent_members():
     """Building the optimizer inside jax.vmap over keys: member i equals the unbatched run with key i."""
     keys = jax.random.split(jax.random.PRNGKey(0), 4)
