@@ -21,7 +21,6 @@ requested τ off the grid get a last, partial interval collocated at τ itself. 
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, NamedTuple, Optional, Union
 
@@ -114,71 +113,91 @@ def _ndk_and_rate(layer_or_ndk_fn, temperature: float, relaxation_rate) -> tuple
   return ndk_fn, _positive('relaxation_rate', relaxation_rate)
 
 
-class _Problem(NamedTuple):
-  """A reduced problem: ``ndk_fn`` (static under ``jax.jit``), T and λ (traced, so that T does not recompile)."""
+_ROW_BUDGET = 2**22
+"""Kernel elements (rows × columns × n1 × P) per ``ndk_fn`` call."""
+
+
+class _Grid(NamedTuple):
+  """Uniform τ grid with step h, N steps (nodes nh, midpoints (j + ½)h), and the requested finite τ's partial
+  last intervals: start node k_q, length δ_q = τ_q − k_q h and midpoint m*_q. ``cols`` are the kernel columns
+  [0, midpoints…, m*…, ∞] shared by every kernel row."""
+  h: float
+  n_steps: int
+  starts: np.ndarray
+  lengths: np.ndarray
+  cols: np.ndarray
+
+
+def _make_grid(top: float, n_steps: int, h: float, finite: np.ndarray) -> _Grid:
+  k = np.floor(finite / h)
+  k = np.clip(np.where(finite - k * h < 0.5 * h, k - 1, k), 0, n_steps - 1)
+  lengths = finite - k * h
+  mids = h * (np.arange(n_steps) + 0.5)
+  cols = np.concatenate([[0.], mids, k * h + 0.5 * lengths, [np.inf]])
+  return _Grid(h, n_steps, k.astype(np.int64), lengths, cols)
+
+
+class _Kernels(NamedTuple):
+  """Calls ``ndk_fn`` in blocks of ``chunk`` rows against fixed columns, so that every call has one shape (one
+  compilation of the network's kernel per x1); returns R(τ_rows/λ, cols/λ, x1, X) and C at (∞, ∞)."""
   ndk_fn: NDKFn
-  temperature: Any
-  rate: Any
+  temperature: float
+  rate: float
+  x: jax.Array
+  chunk: int
+
+  def rows(self, x1, taus: np.ndarray, cols: np.ndarray):
+    """Yields (first row index, ndk block (chunk, len(cols), n1, P), nngp block) for ``taus`` (padded)."""
+    for first in range(0, taus.size, self.chunk):
+      block = taus[first:first + self.chunk]
+      block = np.concatenate([block, np.full(self.chunk - block.size, block[-1])])
+      out = self.ndk_fn(x1, self.x, block / self.rate, cols / self.rate, temperature=self.temperature)
+      yield first, out.ndk, out.nngp
 
 
-def _response(problem: _Problem, x1, x2, taus1, taus2):
-  """R(τ1/λ, τ2/λ, x1, x2) of shape (len(τ1), len(τ2), n1, n2)."""
-  return problem.ndk_fn(x1, x2, taus1 / problem.rate, taus2 / problem.rate, temperature=problem.temperature).ndk
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _solve_eps(ndk_fn: NDKFn, n_steps: int, temperature, rate, h, x, y, theta_inv_y) -> jax.Array:
-  """Midpoint rule: ε_j ≈ ε((j + ½)h), j < n_steps, from Σ_{j<n} h R(τ_n, m_j) ε_j = Y − R(τ_n, 0) Θ0⁻¹Y."""
-  problem = _Problem(ndk_fn, temperature, rate)
-  dtype = y.dtype
-  nodes = h * jnp.arange(1, n_steps + 1, dtype=dtype)
-  mids = h * (jnp.arange(n_steps, dtype=dtype) + 0.5)
-  start = _response(problem, x, x, nodes, jnp.zeros((1,), dtype))[:, 0]
-  rhs = y[None] - jnp.einsum('nab,bo->nao', start, theta_inv_y)
-
-  def step(eps, n):
-    row = _response(problem, x, x, nodes[n][None], mids)[0]   # (N, P, P); zero where m_j > τ_n (causality)
-    history = h * jnp.einsum('jab,jbo->ao', row, eps)          # ε_j = 0 for j ≥ n (not solved yet)
-    return eps.at[n].set(jnp.linalg.solve(h * row[n], rhs[n] - history)), None
-
-  eps, _ = lax.scan(step, jnp.zeros((n_steps,) + y.shape, dtype), jnp.arange(n_steps))
-  return eps
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _evaluate(ndk_fn: NDKFn, temperature, rate, h, eps, theta_inv_y, x, y, x_test, taus):
-  """(f̄(x*, τ), ε(τ)) at finite τ ≤ n_steps·h, Nyström-style on the solved grid.
-
-  With k the last node ≤ τ − h/2 (k = 0 near the start), the whole intervals below τ_k keep their midpoint values
-  ε_j and the last, partial interval [τ_k, τ] gets its own midpoint value ε*, solved from the equation collocated
-  at τ itself: (τ − τ_k) R(τ, m*) ε* = Y − R(τ, 0)Θ0⁻¹Y − Σ_{j<k} h R(τ, m_j) ε_j (so the training equation holds
-  exactly at every requested τ); then f̄(x*, τ) = R(τ, 0, x*, X)Θ0⁻¹Y + Σ_{j<k} h R(τ, m_j, x*, X) ε_j
-  + (τ − τ_k) R(τ, m*, x*, X) ε*. ε(τ) is ε* moved from m* to τ with the slope of the grid values.
-  """
-  problem = _Problem(ndk_fn, temperature, rate)
-  dtype = eps.dtype
+@jax.jit
+def _solve_block(eps, block, first, h, y, theta_inv_y):
+  """Midpoint rule for the node rows n = first … first + chunk − 1 of ``block`` (R(nh, cols, X, X)): solves
+  h R(τ_n, m_{n−1}) ε_{n−1} = Y − R(τ_n, 0)Θ0⁻¹Y − Σ_{j<n−1} h R(τ_n, m_j) ε_j in turn (n = 0 and padding rows
+  beyond N are skipped)."""
   n_steps = eps.shape[0]
-  p = x.shape[0]
-  mids = h * (jnp.arange(n_steps, dtype=dtype) + 0.5)
-  x1 = jnp.concatenate([x, x_test])
 
-  def one(tau):
-    k = jnp.floor(tau / h)
-    k = jnp.clip(jnp.where(tau - k * h < 0.5 * h, k - 1, k), 0, n_steps - 1)
-    length = tau - k * h
-    m_star = k * h + 0.5 * length
-    row = _response(problem, x1, x, tau[None], jnp.concatenate([jnp.zeros((1,), dtype), mids, m_star[None]]))[0]
+  def body(i, eps):
+    n = first + i
+    row = block[i]
+    mids = row[1:n_steps + 1]
+    history = h * jnp.einsum('jab,jbo->ao', mids, eps)           # ε_j = 0 for j ≥ n − 1 (not solved yet)
+    j = jnp.clip(n - 1, 0, n_steps - 1)
+    new = jnp.linalg.solve(h * mids[j], y - row[0] @ theta_inv_y - history)
+    return jnp.where((n >= 1) & (n <= n_steps), eps.at[j].set(new), eps)
+
+  return lax.fori_loop(0, block.shape[0], body, eps)
+
+
+@jax.jit
+def _evaluate_block(eps, block, h, starts, lengths, m_cols, taus, y, theta_inv_y):
+  """(f̄(x1, τ), ε(τ)) for a block of requested finite τ (rows R(τ_q, cols, x1, X), x1 = X ∪ x*).
+
+  The whole intervals below τ_{k_q} keep their midpoint values ε_j; the last, partial interval gets its own value
+  ε*, solved from the equation collocated at τ_q itself, δ R(τ_q, m*_q) ε* = Y − R(τ_q, 0)Θ0⁻¹Y − Σ_{j<k_q} h
+  R(τ_q, m_j) ε_j, so the training equation holds exactly at every requested τ; then f̄(x1, τ_q) = R(τ_q, 0)Θ0⁻¹Y +
+  Σ_{j<k_q} h R(τ_q, m_j) ε_j + δ R(τ_q, m*_q) ε*. ε(τ) is ε* moved from m* to τ with the slope of the grid values.
+  """
+  n_steps, p = eps.shape[0], y.shape[0]
+
+  def one(row, k, length, m_col, tau):
     start = row[0] @ theta_inv_y
-    whole = jnp.einsum('j,jab,jbo->ao', jnp.where(jnp.arange(n_steps) < k, h, 0.), row[1:-1], eps)
-    residual = y - start[:p] - whole[:p]
+    whole = jnp.einsum('j,jab,jbo->ao', jnp.where(jnp.arange(n_steps) < k, h, 0.), row[1:n_steps + 1], eps)
+    partial = row[m_col]
     safe = jnp.where(length > 0, length, 1.)
-    eps_star = jnp.where(length > 0, jnp.linalg.solve(safe * row[-1, :p], residual), eps[0])
+    eps_star = jnp.where(length > 0, jnp.linalg.solve(safe * partial[:p], y - start[:p] - whole[:p]), eps[0])
     i = jnp.clip(jnp.floor(tau / h - 0.5), 0, n_steps - 2).astype(jnp.int32)
     slope = (eps[i + 1] - eps[i]) / h
-    mean = start[p:] + whole[p:] + length * row[-1, p:] @ eps_star
-    return mean, eps_star + (tau - jnp.where(length > 0, m_star, 0.5 * h)) * slope
+    m_star = k * h + 0.5 * length
+    return (start + whole + length * partial @ eps_star,
+            eps_star + (tau - jnp.where(length > 0, m_star, 0.5 * h)) * slope)
 
-  return lax.map(one, taus)
+  return jax.vmap(one)(block, starts, lengths, m_cols, taus)
 
 
 class _Prepared(NamedTuple):
@@ -188,11 +207,10 @@ class _Prepared(NamedTuple):
   x: jax.Array
   y: jax.Array
   x_test: Optional[jax.Array]
-  theta_inv_y: jax.Array
 
 
 def _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate) -> _Prepared:
-  """Validated inputs, λ and Θ0⁻¹Y (raises if Θ0 = R(0, 0, X, X) is singular)."""
+  """Validated inputs and λ."""
   try:
     temperature = float(temperature)
   except (TypeError, ValueError):
@@ -210,13 +228,7 @@ def _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_
     if x_test.shape[1:] != x.shape[1:]:
       raise ValueError(f'`x_test` must have shape (n, {", ".join(map(str, x.shape[1:]))}) like `x_train`, '
                        f'got {x_test.shape}.')
-  zero = jnp.zeros((1,), x.dtype)
-  theta0 = _response(_Problem(ndk_fn, temperature, rate), x, x, zero, zero)[0, 0]
-  evals = jnp.linalg.eigvalsh(theta0)
-  if not float(evals[0]) > _SINGULAR * float(evals[-1]):
-    raise ValueError(f'Θ0 = R(0, 0, X, X) is singular on `x_train` (eigenvalues {float(evals[0]):.3g} … '
-                     f'{float(evals[-1]):.3g}): the NTK interpolant is not defined (duplicate inputs?).')
-  return _Prepared(ndk_fn, temperature, rate, x, y, x_test, jnp.linalg.solve(theta0, y))
+  return _Prepared(ndk_fn, temperature, rate, x, y, x_test)
 
 
 def reduced_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train, y_train, *, temperature: float,
@@ -248,43 +260,89 @@ def reduced_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train, 
     :class:`ReducedSolution`.
   """
   prep = _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate)
-  return _reduced(prep, _check_taus(taus), _positive('max_step', max_step))
+  return _reduced(prep, _check_taus(taus), _positive('max_step', max_step))[0]
 
 
-def _reduced(prep: _Prepared, taus: np.ndarray, max_step: float) -> ReducedSolution:
-  ndk_fn, temperature, rate, x, y, x_test, theta_inv_y = prep
-  x1 = x if x_test is None else x_test
-  dtype = y.dtype
+class _Extras(NamedTuple):
+  theta0: jax.Array                 # Θ0 = R(0, 0, X, X)
+  theta0_rows: Optional[jax.Array]  # R(0, 0, X ∪ x*, X) when τ = 0 was requested
+
+
+def _theta_inv_y(theta0, y):
+  evals = jnp.linalg.eigvalsh(theta0)
+  if not float(evals[0]) > _SINGULAR * float(evals[-1]):
+    raise ValueError(f'Θ0 = R(0, 0, X, X) is singular on `x_train` (eigenvalues {float(evals[0]):.3g} … '
+                     f'{float(evals[-1]):.3g}): the NTK interpolant is not defined (duplicate inputs?).')
+  return jnp.linalg.solve(theta0, y)
+
+
+def _reduced(prep: _Prepared, taus: np.ndarray, max_step: float) -> tuple[ReducedSolution, _Extras]:
+  """Solve on the grid of step h and on the grid of step 2h (same number of steps, so the same kernel shapes and
+  compiled functions), evaluate at the requested τ; the fine solution is returned, their difference estimates its
+  error."""
+  _, temperature, rate, x, y, x_test = prep
+  x_all = x if x_test is None else jnp.concatenate([x, x_test])
+  p, n_all = x.shape[0], x_all.shape[0]
   finite = taus[np.isfinite(taus)]
-  means, residuals = [], []
+  has_inf = finite.size < taus.size
+  top = max(float(finite[-1]) if finite.size else 0., 2 * max_step)
+  n_steps = 2 * max(2, math.ceil(top / max_step / 2))
+  h = top / n_steps
+  grids = [_make_grid(top, n_steps, h, finite), _make_grid(2 * top, n_steps, 2 * h, finite)]
+  eval_taus = np.concatenate([finite, [np.inf]]) if has_inf else finite
+  n_cols = grids[0].cols.size
+  chunk = int(max(1, min(max(n_steps + 1, eval_taus.size), _ROW_BUDGET // (n_cols * n_all * p))))
+  kernels = _Kernels(prep.ndk_fn, temperature, rate, x, chunk)
+  theta0 = theta_inv_y = theta0_rows = k_inf = None
+  solutions = []
+  for grid in grids:
+    eps = jnp.zeros((n_steps,) + y.shape, y.dtype)
+    for first, ndk, _ in kernels.rows(x, grid.h * np.arange(n_steps + 1), grid.cols):
+      if theta0 is None:
+        theta0 = ndk[0, 0]
+        theta_inv_y = _theta_inv_y(theta0, y)
+      eps = _solve_block(eps, ndk, first, grid.h, y, theta_inv_y)
+    means, epss = [], []
+    for first, ndk, nngp in kernels.rows(x_all, eval_taus, grid.cols):
+      rows = np.arange(first, first + chunk)
+      q = np.minimum(rows, max(finite.size - 1, 0))
+      if finite.size:
+        mean, e = _evaluate_block(eps, ndk, grid.h, grid.starts[q], grid.lengths[q], 1 + n_steps + q,
+                                  finite[q], y, theta_inv_y)
+        keep = rows < finite.size
+        means.append(mean[keep])
+        epss.append(e[keep])
+      if has_inf and first <= eval_taus.size - 1 < first + chunk:
+        k_inf = nngp[eval_taus.size - 1 - first, -1]
+      if finite.size and finite[0] == 0 and first == 0:
+        theta0_rows = ndk[0, 0]
+    solutions.append((jnp.concatenate(means), jnp.concatenate(epss)) if finite.size else None)
+  mean_out, residuals = [], []
   error = 0.
   if finite.size:
-    top = max(float(finite[-1]), 2 * max_step)
-    n_fine = 2 * max(2, math.ceil(top / max_step / 2))
-    h = top / n_fine
-    taus_j = jnp.asarray(finite, dtype)
-    fine, coarse = (_evaluate(ndk_fn, temperature, rate, step,
-                              _solve_eps(ndk_fn, n_fine, temperature, rate, step, x, y, theta_inv_y), theta_inv_y, x, y,
-                              x1, taus_j) for step in (h, 2 * h))
-    mean, eps = fine
-    error = max(float(jnp.max(jnp.abs(f - c)) / jnp.max(jnp.abs(f))) for f, c in zip(fine, coarse)) / 3
-    means.append(y[None] - rate * eps if x_test is None else mean)
+    (mean, eps), (mean_c, eps_c) = solutions
+    error = max(float(jnp.max(jnp.abs(f - c)) / jnp.max(jnp.abs(f))) for f, c in ((mean, mean_c), (eps, eps_c))) / 3
+    mean_out.append(y[None] - rate * eps if x_test is None else mean[:, p:])
     residuals.append(rate * eps)
-  if finite.size < taus.size:
-    inf = jnp.full((1,), jnp.inf, dtype)
-    k_xx = ndk_fn(x, x, inf, inf, temperature=temperature).nngp[0, 0]
-    k_inv_y = jnp.linalg.solve(k_xx, y)
-    if x_test is None:
-      means.append((y - temperature * k_inv_y)[None])
-    else:
-      means.append((ndk_fn(x_test, x, inf, inf, temperature=temperature).nngp[0, 0] @ k_inv_y)[None])
+  if has_inf:
+    k_inv_y = jnp.linalg.solve(k_inf[:p], y)
+    mean_out.append((y - temperature * k_inv_y)[None] if x_test is None else (k_inf[p:] @ k_inv_y)[None])
     residuals.append((temperature * k_inv_y)[None])
-  return ReducedSolution(taus, taus / rate, rate, jnp.concatenate(means), jnp.concatenate(residuals), error)
+  solution = ReducedSolution(taus, taus / rate, rate, jnp.concatenate(mean_out), jnp.concatenate(residuals), error)
+  return solution, _Extras(theta0, theta0_rows)
+
+
+class CompositeSolution(NamedTuple):
+  """Small-T mean over both phases: ``times`` (n_t,), ``train`` = f̄(X, t) (n_t, P, out), ``test`` = f̄(x*, t)
+  (n_t, n, out) or None without ``x_test``."""
+  times: np.ndarray
+  train: jax.Array
+  test: Optional[jax.Array]
 
 
 def composite_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train, y_train, *, temperature: float,
                                      times, x_test=None, relaxation_rate: Optional[float] = None,
-                                     max_step: float = DEFAULT_MAX_STEP) -> jax.Array:
+                                     max_step: float = DEFAULT_MAX_STEP) -> CompositeSolution:
   """Small-T mean predictor over both learning phases at once (matched asymptotics of THEORY.md §5).
 
   The gradient-driven phase (NTK gradient flow with Θ0, times t = O(1)) and the diffusive phase (the reduced
@@ -294,8 +352,8 @@ def composite_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train
       Y − f̄(X, t) ≈ e^{−Θ0 t} Y + λ ε(λt)
 
   with an O(T) error uniformly in t (the training residual: O(T) relative to its size in the diffusive phase, where
-  it is O(T) itself). One reduced solve serves every T (rescale the times). Checked against the full solver in the
-  tests.
+  it is O(T) itself). The reduced part does not depend on T at fixed τ, so it is cheap to redo for many T (the
+  compiled solver is reused). Checked against the full solver in the tests.
 
   Args:
     times: strictly increasing real times t ≥ 0 (``inf`` allowed last: the noise-free NNGP interpolant, and
@@ -303,22 +361,20 @@ def composite_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train
     Others: as :func:`reduced_small_temperature_mean`.
 
   Returns:
-    (len(times), n, out): f̄(x*, t), or f̄(X, t) without ``x_test``.
+    :class:`CompositeSolution` (training and, with ``x_test``, test means).
   """
   prep = _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate)
   times = _check_taus(times, 'times')
-  red = _reduced(prep, np.concatenate([[0.], prep.rate * times]) if times[0] > 0 else prep.rate * times,
-                 _positive('max_step', max_step))
-  offset = red.taus.size - times.size
-  x, y = prep.x, prep.y
-  zero = jnp.zeros((1,), y.dtype)
-  problem = _Problem(prep.ndk_fn, prep.temperature, prep.rate)
-  evals, evecs = jnp.linalg.eigh(_response(problem, x, x, zero, zero)[0, 0])
+  taus = prep.rate * times if times[0] == 0 else np.concatenate([[0.], prep.rate * times])
+  red, extras = _reduced(prep, taus, _positive('max_step', max_step))
+  offset = taus.size - times.size
+  y, p = prep.y, prep.x.shape[0]
+  evals, evecs = jnp.linalg.eigh(extras.theta0)
   t = jnp.asarray(times, y.dtype)[:, None]
   decay = jnp.where(jnp.isinf(t), 0., jnp.exp(-evals[None] * jnp.where(jnp.isinf(t), 0., t)))   # (n_t, P)
-  left = jnp.einsum('pi,ti,qi,qo->tpo', evecs, decay, evecs, y)                                 # e^{−Θ0 t} Y
+  train = y[None] - jnp.einsum('pi,ti,qi,qo->tpo', evecs, decay, evecs, y) - red.residual[offset:]
   if prep.x_test is None:
-    return y[None] - left - red.residual[offset:]
-  theta_tx = _response(problem, prep.x_test, x, zero, zero)[0, 0]
+    return CompositeSolution(times, train, None)
+  theta_tx = extras.theta0_rows[p:]
   learnt = jnp.einsum('mp,pi,ti,qi,qo->tmo', theta_tx, evecs, (1 - decay) / evals[None], evecs, y)
-  return learnt + red.mean[offset:] - red.mean[0]
+  return CompositeSolution(times, train, learnt + red.mean[offset:] - red.mean[0])

@@ -115,10 +115,10 @@ def test_composite_ends_and_validation():
   temperature = 0.01
   comp = composite_small_temperature_mean(NET, X, Y, temperature=temperature, times=[0., np.inf], x_test=X_TEST)
   red = reduced_small_temperature_mean(NET, X, Y, temperature=temperature, taus=[np.inf], x_test=X_TEST)
-  np.testing.assert_allclose(comp[0], 0., atol=1e-12)
-  np.testing.assert_allclose(comp[1], red.mean[0], rtol=1e-10)
-  on_train = composite_small_temperature_mean(NET, X, Y, temperature=temperature, times=[np.inf])
-  np.testing.assert_allclose(on_train[0], Y - red.residual[0], rtol=1e-10)
+  np.testing.assert_allclose(comp.test[0], 0., atol=1e-12)
+  np.testing.assert_allclose(comp.test[1], red.mean[0], rtol=1e-10)
+  np.testing.assert_allclose(comp.train[1], Y - red.residual[0], rtol=1e-10)
+  assert composite_small_temperature_mean(NET, X, Y, temperature=temperature, times=[np.inf]).test is None
   with pytest.raises(ValueError, match='times'):
     composite_small_temperature_mean(NET, X, Y, temperature=temperature, times=[2., 1.])
 
@@ -142,7 +142,7 @@ def test_gap_to_full_solver_shrinks_linearly_in_temperature():
                                             max_step=0.1)
     test = full(times, X_TEST)
     solver_errors.append(full.error_estimate)
-    gaps.append([float(jnp.max(jnp.abs(test[-1] - red.mean[0]))), *np.max(np.abs(test - comp), axis=(1, 2))])
+    gaps.append([float(jnp.max(jnp.abs(test[-1] - red.mean[0]))), *np.max(np.abs(test - comp.test), axis=(1, 2))])
   gaps = np.array(gaps)
   slopes = np.polyfit(np.log(temps), np.log(gaps), 1)[0]
   assert np.all(np.abs(slopes - 1) < 0.3), (gaps, slopes)
