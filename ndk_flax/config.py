@@ -40,7 +40,7 @@ class RunConfig:
     b_prior_std: float = _field(0.1, "sigma_b: prior std of every bias (only with --bias).")
     temperature: float = _field(0.05, "Langevin temperature T >= 0 (T = 0: plain gradient descent).")
     learning_rate: float = _field(0.02, "Step eta of the discrete Langevin rule; time t = eta * steps.")
-    n_members: int = _field(128, "Ensemble size M (independent initialisations and noise).")
+    n_members: int = _field(256, "Ensemble size M (independent initialisations and noise).")
     t_max: float = _field(80.0, "Last recorded time (in units of learning_rate * steps).")
     n_times: int = _field(12, "Number of record times (0 and a geometric grid up to t_max).")
     seed: int = _field(0, "Seed of the ensemble (initialisations and Langevin noise).")

@@ -76,7 +76,7 @@ def time_panels(path: str, panels: Sequence[Panel], *, suptitle: str,
         ax.set_title(p.title, fontsize=10)
         ax.set_ylabel(p.ylabel)
         if p.labels:
-            ax.legend(fontsize=7, loc="lower right", ncols=2)
+            ax.legend(fontsize=7, loc="best", ncols=2)
     fig.suptitle(suptitle + "  (lines: theory, points: ensemble ± 1 s.e.)" if any(p.ens is not None for p in panels)
                  else suptitle, fontsize=10)
     fig.tight_layout()

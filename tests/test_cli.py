@@ -77,9 +77,17 @@ def test_validate_quick_writes_consistent_report(tmp_path):
     assert results["passed"] is True
     max_z = max(np.abs(results["mean"]["z"]).max(), np.abs(results["variance"]["z"]).max())
     assert math.isclose(results["max_abs_z"]["all"], max_z)
+    # The pass rule: |ensemble − theory| <= z_tol · se + δ everywhere, recomputed from the published numbers.
+    tol = results["tolerance"]
+    excess = max(np.max((np.abs(np.subtract(results[k]["ensemble"], results[k]["theory"])) - atol) / results[k]["se"])
+                 for k, atol in (("mean", tol["mean_atol"]), ("variance", tol["var_atol"])))
+    assert math.isclose(results["max_abs_z"]["beyond_allowance"], excess) and excess <= tol["z_tol"]
+    y_scale = np.max(np.abs(results["targets"][:cfg["n_train"]]))
+    assert math.isclose(tol["mean_atol"], tol["width_allowance_kappa"] * y_scale / cfg["width"])
 
     # Every number of the report's tables is the results.json number (4 significant digits).
     assert "**PASSED**" in report and f"max |z| = {results['max_abs_z']['all']:.4g}" in report
+    assert f"max (|ensemble − theory| − δ)/s.e. = {results['max_abs_z']['beyond_allowance']:.4g} ≤" in report
     full = md_table(report, "## Theory vs ensemble at every recorded time and point")
     assert len(full) == n_t * n_p
     for row in full:
@@ -127,6 +135,26 @@ def test_ctrl_c_keeps_files_and_leaves_a_note(tmp_path):
     note = (tmp_path / "run" / "INTERRUPTED.md").read_text()
     assert "training the ensemble" in note and "`config.json`" in note and "`report.md`" in note
     assert "interrupted" in rest
+
+
+@pytest.mark.slow
+def test_disagreeing_ensemble_exits_1_with_a_failed_report(tmp_path, monkeypatch):
+    """An "ensemble" of pure N(0, 1) noise (no training) must be reported as disagreeing with the theory."""
+    from ndk_flax import ensemble
+
+    def untrained(layer, x_train, y_train, *, record_times, n_members, x_test, seed, **_):
+        rng = np.random.default_rng(seed)
+        n_t = len(record_times)
+        return ensemble.EnsembleRecord(np.asarray(record_times), rng.standard_normal((n_members, n_t, len(x_train), 1)),
+                                       rng.standard_normal((n_members, n_t, len(x_test), 1)), None)
+
+    monkeypatch.setattr(ensemble, "train_ensemble", untrained)
+    status = cli.main(["ndk-flax", "validate", "--quick", "--n_times", "4", "--noprogress", "--out", str(tmp_path)])
+    assert status == cli.EXIT_FAIL
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["passed"] is False and results["max_abs_z"]["all"] > 10
+    assert "**FAILED**" in (tmp_path / "report.md").read_text()
+    assert not (tmp_path / "INTERRUPTED.md").exists()
 
 
 # --------------------------------------------------------------------------------------------------------------
