@@ -219,9 +219,10 @@ def _parametric_specs(spec) -> list:
     return [s for child in spec.children for s in _parametric_specs(child)]
 
 
-def _unbatched(shape) -> bool:
-    return isinstance(shape, (list,)) or (isinstance(shape, tuple) and len(shape) > 0
-                                          and isinstance(shape[0], (tuple, list)))
+def _is_shape_list(shape) -> bool:
+    """Whether ``shape`` is a list of input shapes (after FanOut), as opposed to one shape."""
+    return isinstance(shape, list) or (isinstance(shape, tuple) and len(shape) > 0
+                                       and isinstance(shape[0], (tuple, list)))
 
 
 class _Builder:
@@ -240,7 +241,7 @@ class _Builder:
                 layers.append(module)
             return Serial(layers), shape, downstream
         if kind == "parallel":
-            if not _unbatched(shape) or len(shape) != len(spec.children):
+            if not _is_shape_list(shape) or len(shape) != len(spec.children):
                 raise ValueError(f"parallel of {len(spec.children)} layers needs as many inputs, got shape {shape}")
             built = [self.build(child, s, downstream) for child, s in zip(spec.children, shape)]
             return (Parallel([b[0] for b in built]), [b[1] for b in built],

@@ -136,8 +136,8 @@ _X_ALL = jax.random.normal(jax.random.PRNGKey(11), (6, D_IN))
 _X_ALL = _X_ALL / jnp.linalg.norm(_X_ALL, axis=1, keepdims=True) * np.sqrt(D_IN)  # |x|²/d = 1
 E2E_X, E2E_X_TEST = _X_ALL[:4], _X_ALL[4:]
 E2E_Y = jnp.sin(E2E_X[:, :1]) + 0.5 * E2E_X[:, 1:2]
-E2E_STEPS = np.array([0, 5, 20, 50, 100, 250])
-E2E_TEMPERATURE = 0.5
+E2E_STEPS = np.array([0, 5, 20, 50, 100])
+E2E_TEMPERATURE = 1.0
 
 
 def _hidden_block(nonlin, width, s0, s):
@@ -152,12 +152,13 @@ def _network(nonlin, depth, width, s0, s):
 
 
 # A 2^(3-1) fractional factorial design over (nonlinearity, depth, σ0 vs σ): every level of every factor appears
-# twice and every pair of levels of two factors once. Width 512 for one hidden layer, 128 for two (cost ∝ width²).
+# twice and every pair of levels of two factors once. Width 512 for one hidden layer, 64 for two (cost ∝ width²;
+# the O(depth/width) allowance stays well below 4 standard errors).
 E2E_CASES = [
     ("erf", 1, 512, 1.0, 1.0, 0.02),
-    ("erf", 2, 128, 1.4, 1.0, 0.012),
+    ("erf", 2, 64, 1.4, 1.0, 0.012),
     ("relu", 1, 512, 1.0, 1.4, 0.02),
-    ("relu", 2, 128, 1.0, 1.0, 0.02),
+    ("relu", 2, 64, 1.0, 1.0, 0.02),
 ]
 
 
@@ -165,7 +166,7 @@ E2E_CASES = [
 @pytest.mark.parametrize("nonlin, depth, width, s0, s, eta", E2E_CASES,
                          ids=[f"{c[0]}-{c[1]}hidden-s0_{c[3]}-s_{c[4]}" for c in E2E_CASES])
 def test_ensemble_matches_langevin_theory(nonlin, depth, width, s0, s, eta):
-    """128 members, T = 0.5, times 0 … 250η reaching ≥ 1/λ_W (diffusive phase, λ_W = T/σ_W² of the weights).
+    """128 members, T = 1, times 0 … 100η reaching ≥ 1/λ_W (diffusive phase, λ_W = T/σ_W² of the weights).
 
     Mean on train and test points and variance on train points vs ndk_flax.predict within 4 standard errors (under
     the null hypothesis that members are i.i.d. draws from the predicted Gaussian) plus systematic allowances:
@@ -220,7 +221,7 @@ def test_hidden_overlap_drifts_like_the_two_time_kernel():
     """
     from ndk_flax.validate import two_time_overlap
 
-    width, s0, s, eta, temp = 512, 1.0, 0.7, 0.02, E2E_TEMPERATURE
+    width, s0, s, eta, temp = 512, 1.0, 0.7, 0.02, 0.5  # η T/σ_b² = 0.08: the discrete chain tracks the theory
     net = _network("erf", 1, width, s0, s)
     steps = np.array([0, 50, 200])
     rec = train_ensemble(net, E2E_X, E2E_Y, temperature=temp, learning_rate=eta, record_times=steps * eta,
