@@ -26,6 +26,7 @@ Langevin dynamics up to t0, freezes their readout and lets the hidden weights dr
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -41,7 +42,7 @@ from ndk_flax.optax import langevin
 
 __all__ = ['AutocorrelationEstimate', 'FrozenReadoutRecord', 'empirical_autocorrelation', 'frozen_readout_ensemble',
            'frozen_readout_mean', 'hidden_kernel', 'hidden_network', 'linear_readout_accuracy', 'mean_activation',
-           'normalised_autocorrelation', 'autocorrelation_floor']
+           'normalised_autocorrelation', 'autocorrelation_floor', 'gaussian_mean', 'pre_activation_variance']
 
 _STATIONARY_DECAYS = 40.
 """t0 = 40/λ_min: the initialisation's weight e^{−λ(t+s)} ≤ e^{−80} is below float64 resolution (stationary kernels)."""
@@ -60,6 +61,12 @@ def _check_layers(layers) -> tuple:
   if not layers:
     raise ValueError('`layers` must not be empty.')
   return tuple(stax.as_ndk_layer(l) for l in layers)
+
+
+@functools.lru_cache(maxsize=128)
+def _serial(layers: tuple) -> stax.NDKLayer:
+  """``stax.serial(*layers)``, cached so that repeated calls reuse the network's compiled kernels."""
+  return stax.serial(*layers)
 
 
 def _parametric_positions(layers: tuple) -> list[int]:
@@ -82,7 +89,7 @@ def hidden_network(layers: Sequence, layer_index: int) -> stax.NDKLayer:
   position of the (l + 1)-th parametric layer (l is 1-based; the readout is not a hidden layer)."""
   layers = _check_layers(layers)
   _, end = _hidden_slice(layers, layer_index)
-  return stax.serial(*layers[:end])
+  return _serial(layers[:end])
 
 
 def hidden_kernel(layers: Sequence, layer_index: int, x1, x2=None, t1=0., t2=0., *,
@@ -115,13 +122,14 @@ def _activation(layers: tuple, layer_index: int) -> stax.NDKLayer:
       raise ValueError(f'The layers between hidden layer {layer_index} and the next parametric layer must be '
                        f'elementwise activations (one of {sorted(_ELEMENTWISE)}) for the mean activation; got '
                        f'{name!r}.')
-  return stax.serial(*free) if free else stax.Identity()
+  return _serial(free) if free else stax.Identity()
 
 
-def _pre_activation_variance(layers: tuple, layer_index: int, x) -> jax.Array:
-  """q^l(x) = C(∞, ∞, x, x) of the pre-activation of hidden layer l (prior variances σ²; any T > 0)."""
+def pre_activation_variance(layers: Sequence, layer_index: int, x) -> jax.Array:
+  """q^l(x) = C(∞, ∞, x, x) of the pre-activation of hidden layer l at equilibrium (prior variances σ²), (n,)."""
+  layers = _check_layers(layers)
   start, _ = _hidden_slice(layers, layer_index)
-  return stax.serial(*layers[:start + 1]).ndk_fn(x, x, jnp.inf, jnp.inf, temperature=1.).cov1
+  return _serial(layers[:start + 1]).ndk_fn(x, x, jnp.inf, jnp.inf, temperature=1.).cov1
 
 
 def gaussian_mean(activation, variance) -> jax.Array:
@@ -148,7 +156,7 @@ def mean_activation(layers: Sequence, layer_index: int, x) -> jax.Array:
   """⟨φ(x)⟩ = E[φ(h)], h ~ N(0, q^l(x)) with q^l(x) the equilibrium variance of the pre-activation of hidden layer l
   (prior variances σ²); shape (n,). ReLU: √(q/2π); odd activations (erf): 0. MLPs (elementwise activations)."""
   layers = _check_layers(layers)
-  return gaussian_mean(_activation(layers, layer_index), _pre_activation_variance(layers, layer_index, x))
+  return gaussian_mean(_activation(layers, layer_index), pre_activation_variance(layers, layer_index, x))
 
 
 def autocorrelation_floor(layers: Sequence, layer_index: int, x) -> jax.Array:
@@ -220,8 +228,7 @@ def frozen_readout_mean(layers: Sequence, x_train, y_train, *, temperature: floa
   n_hidden = len(_parametric_positions(layers)) - 1
   if n_hidden < 1:
     raise ValueError('The network needs at least one hidden layer (two parametric layers) for a frozen readout.')
-  network = stax.serial(*layers)
-  k_xx = network.ndk_fn(x, x, jnp.inf, jnp.inf, temperature=temperature).nngp
+  k_xx = _serial(layers).ndk_fn(x, x, jnp.inf, jnp.inf, temperature=temperature).nngp
   alpha = jnp.linalg.solve(k_xx + temperature * jnp.eye(x.shape[0], dtype=x.dtype), y)
   hidden = hidden_network(layers, n_hidden)
   out = []
@@ -283,13 +290,15 @@ class AutocorrelationEstimate(NamedTuple):
   se: np.ndarray
 
 
-def empirical_autocorrelation(hidden, reference: int = 0) -> AutocorrelationEstimate:
+def empirical_autocorrelation(hidden, reference: int = 0, *, average_points: bool = False) -> AutocorrelationEstimate:
   """ρ_m(t_k, t_ref, x) = o(t_k, t_ref, x)/√(o(t_k, t_k, x) o(t_ref, t_ref, x)), o(t, s, x) = (1/N) Σ_i a_i(x, t) a_i(x, s),
   per member, averaged over the M members (standard error across members).
 
   Args:
     hidden: (M, n_t, n, ...) hidden activations of one layer (e.g. ``record.hidden[l - 1]``); N = trailing size.
     reference: index of the reference time t_ref in the recorded times.
+    average_points: average each member's ρ over the n inputs first (shapes (n_t,) instead of (n_t, n); the
+      standard error then accounts for the correlation between inputs of one member).
   """
   a = np.asarray(hidden, dtype=np.float64)
   if a.ndim < 4:
@@ -304,6 +313,8 @@ def empirical_autocorrelation(hidden, reference: int = 0) -> AutocorrelationEsti
   cross = np.einsum('mtxi,mxi->mtx', a, ref)
   norm = np.sqrt(np.einsum('mtxi,mtxi->mtx', a, a) * np.einsum('mxi,mxi->mx', ref, ref)[:, None])
   rho = cross / norm
+  if average_points:
+    rho = rho.mean(-1)
   return AutocorrelationEstimate(rho.mean(0), rho.std(0, ddof=1) / math.sqrt(m))
 
 

@@ -115,6 +115,8 @@ def _ndk_and_rate(layer_or_ndk_fn, temperature: float, relaxation_rate) -> tuple
 
 _ROW_BUDGET = 2**22
 """Kernel elements (rows × columns × n1 × P) per ``ndk_fn`` call."""
+_SHARED_SOLVE_ELEMENTS = 2**24
+"""Up to this many kernel elements, the solve's rows are computed on X ∪ x* (one kernel compilation, not two)."""
 
 
 class _Grid(NamedTuple):
@@ -293,11 +295,14 @@ def _reduced(prep: _Prepared, taus: np.ndarray, max_step: float) -> tuple[Reduce
   n_cols = grids[0].cols.size
   chunk = int(max(1, min(max(n_steps + 1, eval_taus.size), _ROW_BUDGET // (n_cols * n_all * p))))
   kernels = _Kernels(prep.ndk_fn, temperature, rate, x, chunk)
+  # The solve only needs rows on X; rows on X ∪ x* reuse the evaluation's compiled kernel when that is cheap.
+  x_solve = x_all if (n_steps + 1) * n_cols * n_all * p <= _SHARED_SOLVE_ELEMENTS else x
   theta0 = theta_inv_y = theta0_rows = k_inf = None
   solutions = []
   for grid in grids:
     eps = jnp.zeros((n_steps,) + y.shape, y.dtype)
-    for first, ndk, _ in kernels.rows(x, grid.h * np.arange(n_steps + 1), grid.cols):
+    for first, ndk, _ in kernels.rows(x_solve, grid.h * np.arange(n_steps + 1), grid.cols):
+      ndk = ndk[:, :, :p]
       if theta0 is None:
         theta0 = ndk[0, 0]
         theta_inv_y = _theta_inv_y(theta0, y)

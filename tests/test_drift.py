@@ -178,6 +178,9 @@ def test_empirical_autocorrelation_of_known_features():
   chex.assert_shape(est.mean, (3, 2))
   np.testing.assert_allclose(est.mean[0], 1.)
   assert np.all(np.abs(est.mean[1:] - rho_t[1:, None]) <= 4 * est.se[1:] + 1e-3)
+  pooled = drift.empirical_autocorrelation(a, average_points=True)
+  np.testing.assert_allclose(pooled.mean, est.mean.mean(-1), rtol=1e-12)
+  assert np.all(np.abs(pooled.mean[1:] - rho_t[1:]) <= 4 * pooled.se[1:] + 1e-3)
   with pytest.raises(ValueError, match='reference'):
     drift.empirical_autocorrelation(a, reference=5)
   with pytest.raises(ValueError, match='members'):

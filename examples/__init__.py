@@ -1,0 +1,1 @@
+"""Example scripts (run from the repository root, e.g. ``python -m examples.paper.all``)."""
