@@ -12,7 +12,9 @@ gradient_descent_mse_ensemble`` does for gradient flow:
 * T = 0: R = Θ0 and C = K do not depend on time; closed form in the eigenbasis of Θ0 (as Neural Tangents).
 * T > 0, finite t: product-trapezoid (implicit, A-stable) discretisation of the Volterra equation of the second
   kind on a :func:`time_grid`, with step-doubling error control and Richardson extrapolation for the mean, and
-  the exact discretisation of δf(X) = (I + 𝓡)^{-1} f_free(X) for the covariance.
+  the exact discretisation of δf(X) = (I + 𝓡)^{-1} f_free(X) for the covariance. The mean solver reads R on a
+  uniform lattice that resolves only the kernels' own drift (time scale ~1/λ) and interpolates it at the many
+  grid pairs the stiff early phase needs; a kernel that depends on t − s only (σ0 = σ) costs one lattice row.
 * T > 0, t = ∞: the NNGP posterior with prior variances σ² and noise T, in closed form.
 
 The kernels are only read through the ``ndk_fn(x1, x2, t1, t2, *, temperature)`` contract of
@@ -242,9 +244,10 @@ def _lagrange4(r):
 
 
 class _Lattice(NamedTuple):
-  """Kernel lattice: R(a·h, b·h, ·, X) for 0 ≤ b ≤ a < size."""
+  """Kernel lattice: R(a·h, b·h, ·, X) for 0 ≤ b ≤ a < size; stationary when R(t, s) depends on t − s only."""
   h: float
   size: int
+  stationary: bool
 
 
 def _pad(grid: jax.Array, chunk: int) -> jax.Array:
@@ -289,6 +292,7 @@ class LangevinPredictor:
     self._mean: Optional[tuple[_Lattice, dict, dict]] = None
     self.error_estimate: Optional[float] = None
     self._ring_row = jax.jit(self._ring_row_impl, donate_argnums=2)
+    self._lattice_row = jax.jit(self._lattice_row_impl, static_argnums=4)
     self._solve_block = jax.jit(self._solve_block_impl, static_argnums=8, donate_argnums=4)
     self._request_block = jax.jit(self._request_block_impl)
     self._assemble = jax.jit(self._assemble_impl)
@@ -395,17 +399,17 @@ class LangevinPredictor:
     on (up to 16 of) the training points: the grid's step cap, since the kernels drift on that scale in t − s
     at every t (≈ growth/λ for a single parameter group)."""
     xs = self._x[:16]
-    lags = jnp.asarray(np.logspace(-2, 12, 57) / self._lam_max, self._y.dtype)
-    zero = jnp.zeros((1,), self._y.dtype)
+    lags = np.logspace(-2, 12, 57) / self._lam_max
+    times = jnp.asarray(np.concatenate([[0.], lags]), self._y.dtype)
     drift = []
-    for k in self._kernel(xs, xs, jnp.concatenate([zero, lags]), zero):
-      k = k[:, 0]
-      drift.append(jnp.linalg.norm(k[1:] - k[0], axis=(1, 2)) / jnp.linalg.norm(k[0]))
-    within = np.asarray(jnp.maximum(*drift)) <= self._growth
+    for k in self._kernel(xs, xs, times, times[:1]):
+      k = np.asarray(k[:, 0], np.float64)
+      drift.append(np.linalg.norm(k[1:] - k[0], axis=(1, 2)) / np.linalg.norm(k[0]))
+    within = np.maximum(*drift) <= self._growth
     if within.all():
       return math.inf
     first_out = int(np.argmin(within))
-    return float(lags[first_out - 1]) if first_out > 0 else float(lags[0])
+    return float(lags[max(first_out - 1, 0)])
 
   # --- T = 0 and t = ∞: closed forms --------------------------------------------------------------------------
 
@@ -461,41 +465,43 @@ class LangevinPredictor:
   # lattice rows a ∈ [⌊t/h⌋ − 4, ⌊t/h⌋ + 7], kept in a ring buffer while sweeping t upwards: O(t_max/h · P²) memory.
 
   def _lattice(self, t_max: float) -> _Lattice:
-    """Lattice spacing: the kernel drift time (≈ growth/λ), halved until the interpolated R on (up to 8 of) the
-    training points matches ``ndk_fn`` within rtol/10 of max|R(0, 0)| at probe pairs (edges s = 0, s = t and
-    random ones)."""
+    """Lattice spacing: 8 × the kernel drift time (≈ growth/λ), halved until the interpolated R on (up to 8 of) the
+    training points matches ``ndk_fn`` within rtol · max|R(0, 0)| at probe pairs (edges s = 0, s = t and random
+    ones). The lattice is marked stationary when R(t, s) = R(t − s, 0) within that tolerance at every probe (all
+    groups start at their prior, σ0 = σ): its rows are then shifts of one row."""
     xs = self._x[:8]
     dtype = self._y.dtype
     scale = float(jnp.max(jnp.abs(self._theta0[:8, :8])))
     rng = np.random.default_rng(0)
     t = t_max * np.concatenate([[1., 1., 1.], rng.uniform(size=29)])
     s = t * np.concatenate([[0., 1., 0.5], rng.uniform(size=29)])
-    exact = [self._kernel(xs, xs, jnp.asarray([ti], dtype), jnp.asarray([si], dtype))[1][0, 0]
-             for ti, si in zip(t, s)]
+
+    def ndk(t1, t2):
+      times = (jnp.asarray(np.atleast_1d(t), dtype) for t in (t1, t2))
+      return np.asarray(self._kernel(xs, xs, *times)[1], np.float64)
+
+    exact = [ndk(ti, si)[0, 0] for ti, si in zip(t, s)]
+    drift = max(np.abs(ex - ndk(ti - si, 0.)[0, 0]).max() for ti, si, ex in zip(t, s, exact)) / scale
     h = min(8 * self._max_step, t_max / 4)
+    q = np.arange(4)
     for _ in range(12):
       err = 0.
       for ti, si, ex in zip(t, s, exact):
         a0, la = _cubic_stencil(np.float64(ti - si), h)
         b0, lb = _cubic_stencil(np.float64(si), h)
-        rows = jnp.asarray(h * (a0 + b0 + np.arange(7)), dtype)
-        cols = jnp.asarray(h * (b0 + np.arange(4)), dtype)
-        nodes = self._kernel(xs, xs, rows, cols)[1]
-        q = np.arange(4)
-        interp = jnp.einsum('p,q,pqmn->mn', jnp.asarray(la, dtype), jnp.asarray(lb, dtype),
-                            nodes[q[:, None] + q[None, :], q[None, :]])
-        err = max(err, float(jnp.max(jnp.abs(interp - ex))) / scale)
-      if err <= self._rtol / 10:
+        nodes = ndk(h * (a0 + b0 + np.arange(7)), h * (b0 + q))
+        interp = np.einsum('p,q,pqmn->mn', la, lb, nodes[q[:, None] + q[None, :], q[None, :]])
+        err = max(err, np.abs(interp - ex).max() / scale)
+      if err <= self._rtol:
         break
       h /= 2
     else:
-      warnings.warn(f'The kernel lattice did not reach interpolation error rtol/10 = {self._rtol / 10:.2g} '
+      warnings.warn(f'The kernel lattice did not reach interpolation error rtol = {self._rtol:.2g} '
                     f'(got {err:.2g} at spacing {h:.3g}).', RuntimeWarning, stacklevel=4)
-    return _Lattice(h, math.floor(t_max / h) + 9)
+    return _Lattice(h, math.floor(t_max / h) + 9, drift + err <= self._rtol)
 
-  def _ring_row_impl(self, x, x1, ring, a, h):
-    """Store lattice row a, R(a·h, b·h, x1, X) for b ≤ a (zero beyond), in ring slot a mod _RING."""
-    size = ring.shape[2]
+  def _lattice_row_impl(self, x, x1, a, h, size):
+    """Lattice row a: R(a·h, b·h, x1, X) for b ≤ a (zero beyond), shape (n1, size, P), ``chunk`` columns a call."""
     chunk = self._chunk(x1.shape[0], size)
     width = -(-size // chunk) * chunk
 
@@ -503,8 +509,18 @@ class LangevinPredictor:
       ts = (c * chunk + jnp.arange(chunk)) * h
       return lax.dynamic_update_slice_in_dim(row, self._kernel(x1, x, (a * h)[None], ts)[1][0], c * chunk, 0)
 
-    row = lax.fori_loop(0, a // chunk + 1, add, jnp.zeros((width, x1.shape[0], self._p), ring.dtype))
-    return ring.at[:, a % _RING].set(jnp.swapaxes(row[:size], 0, 1))
+    row = lax.fori_loop(0, a // chunk + 1, add, jnp.zeros((width, x1.shape[0], self._p), self._y.dtype))
+    return jnp.swapaxes(row[:size], 0, 1)
+
+  def _ring_row_impl(self, x, x1, ring, a, h, master):
+    """Store lattice row a in ring slot a mod _RING: from ``ndk_fn``, or for a stationary lattice as a shift of
+    ``master`` = [row size − 1, zeros] (R(a·h, b·h) = R((size − 1)h, (size − 1 − a + b)h))."""
+    size = ring.shape[2]
+    if master is None:
+      row = self._lattice_row_impl(x, x1, a, h, size)
+    else:
+      row = lax.dynamic_slice_in_dim(master, size - 1 - a, size, axis=1)
+    return ring.at[:, a % _RING].set(row)
 
   @staticmethod
   def _window_nodes(ring, w):
@@ -516,13 +532,10 @@ class LangevinPredictor:
     return b0, ring[:, (cols + four[:, None]) % _RING, cols]
 
   @staticmethod
-  def _old_history(ring, h, grid, g, t_rows, w_rows, dense):
-    """Σ_j w_rows[r, j] R̃(t_rows[r], t_j, x1, X) g_j for a block of rows, R̃ the interpolated kernel: the terms are
-    scattered onto the lattice nodes of their cubic stencils (a = α + β, b = β, held by ring slot a mod _RING; all
-    in the ring's window) and contracted with the ring once for the whole block. Returns (B, n1, out).
-
-    ``dense`` (static) picks how: scatter the stencil weights into a (B, _RING, size, n) matrix and multiply by g
-    (cheaper when P·out is large), or scatter the weighted g_j themselves (cheaper when size·n is large)."""
+  def _old_history(ring, h, grid, g, t_rows, w_rows):
+    """Σ_j w_rows[r, j] R̃(t_rows[r], t_j, x1, X) g_j for a block of rows, R̃ the interpolated kernel: the weighted
+    g_j are scattered onto the lattice nodes of their cubic stencils (a = α + β, b = β, held by ring slot
+    a mod _RING; all in the ring's window) and contracted with the ring once for the whole block. (B, n1, out)."""
     four = jnp.arange(4)
     size = ring.shape[2]
     a0, la = _cubic_stencil(jnp.maximum(t_rows[:, None] - grid[None, :], 0), h)
@@ -531,19 +544,12 @@ class LangevinPredictor:
     beta = b0[None, :, None, None] + four
     slot = (a0[:, :, None, None] + four[:, None] + beta) % _RING
     rows = jnp.arange(t_rows.shape[0])[:, None, None, None]
-    if dense:
-      cols = jnp.arange(grid.shape[0])[None, :, None, None]
-      weights = jnp.zeros((t_rows.shape[0], _RING, size, grid.shape[0]), g.dtype).at[rows, slot, beta, cols].add(
-          coef, mode='drop')
-      scattered = jnp.einsum('rsbj,jpo->rsbpo', weights, g)
-    else:
-      scattered = jnp.zeros((t_rows.shape[0], _RING, size) + g.shape[1:], g.dtype).at[rows, slot, beta].add(
-          coef[..., None, None] * g[None, :, None, None], mode='drop')
-    return jnp.einsum('msbp,rsbpo->rmo', ring, scattered)
-
-  def _dense_history(self, size: int) -> bool:
-    """Whether :meth:`_old_history` should scatter weights (large P·out) rather than values (long lattices)."""
-    return 16 * self._p * self._y.shape[1] > _RING * size
+    scattered = jnp.zeros((t_rows.shape[0], _RING, size) + g.shape[1:], g.dtype).at[rows, slot, beta].add(
+        coef[..., None, None] * g[None, :, None, None], mode='drop')
+    # A plain matrix product (XLA:CPU lowers the equivalent 4-index einsum ~30× slower).
+    n_rows, out = scattered.shape[0], scattered.shape[-1]
+    flat = jnp.moveaxis(scattered.reshape(n_rows, -1, out), 0, 1).reshape(-1, n_rows * out)
+    return jnp.moveaxis((ring.reshape(ring.shape[0], -1) @ flat).reshape(ring.shape[0], n_rows, out), 0, 1)
 
   def _solve_block_impl(self, y, ring, h, grid, g, w, r0, r1, block):
     """Grid rows r0 … r1 − 1 (< r0 + block, all in lattice window w) of the trapezoid scheme,
@@ -554,11 +560,10 @@ class LangevinPredictor:
     interior = _interior_weights(grid)
     rows = r0 + jnp.arange(block)
     t_rows = grid[jnp.minimum(rows, n - 1)]
-    ring = ring[:p]
     old = self._old_history(ring, h, grid, g[:n], t_rows,
-                            jnp.broadcast_to(jnp.where(jnp.arange(n) < r0, interior, 0), (block, n)),
-                            self._dense_history(ring.shape[2]))
+                            jnp.broadcast_to(jnp.where(jnp.arange(n) < r0, interior, 0), (block, n)))[:, :p]  # rows beyond P: test points
     b0, nodes = self._window_nodes(ring, w)
+    nodes = nodes[:p]
     l_s = _lagrange4(t_rows / h - b0)
     w_new = interior[jnp.minimum(rows, n - 1)]
 
@@ -566,7 +571,7 @@ class LangevinPredictor:
       t_i = t_rows[r]
       l_u = _lagrange4((t_i - t_rows) / h)
       c = jnp.einsum('j,jp,jq,jko->pqko', jnp.where(jnp.arange(block) < r, w_new, 0), l_u, l_s, g_block)
-      history = old[r] + jnp.einsum('mpqk,pqko->mo', nodes, c)
+      history = old[r] + nodes.reshape(nodes.shape[0], -1) @ c.reshape(-1, c.shape[-1])
       r_star = jnp.einsum('q,mqk->mk', l_s[r], nodes[:, 0])
       a = jnp.eye(p, dtype=y.dtype) + 0.5 * (t_i - grid[r0 + r - 1]) * r_star
       return g_block.at[r].set(jnp.linalg.solve(a, y - history))
@@ -581,19 +586,16 @@ class LangevinPredictor:
     p = self._p
     k = jnp.searchsorted(grid, times, side='left') - 1
     weights, w_star = jax.vmap(_trapezoid_row, (None, 0, 0))(grid, k, times)
-    history = self._old_history(ring, h, grid, g, times, weights, self._dense_history(ring.shape[2]))
+    history = self._old_history(ring, h, grid, g, times, weights)
     b0, nodes = self._window_nodes(ring, w)
     r_star = jnp.einsum('rq,mqk->rmk', _lagrange4(times / h - b0), nodes[:, 0]) * w_star[:, None, None]
     g_star = jnp.linalg.solve(jnp.eye(p, dtype=y.dtype) + r_star[:, :p], y - history[:, :p])
     return g_star, history[:, p:] + r_star[:, p:] @ g_star
 
-  def _block_size(self, lattice: _Lattice, n: int, rows: int) -> int:
-    """Rows per block for ``rows`` rows of one window: 1, 8 or 64 (few compiled shapes), and with the
-    block's scattered history (block × _RING × size × (n or P·out) values) within 4 × ``max_kernel_elements``; the
-    ring is read once per block."""
-    per_row = _RING * lattice.size * (max(n, self._p * self._y.shape[1]) if self._dense_history(lattice.size)
-                                      else self._p * self._y.shape[1])
-    cap = max(1, min(64, 4 * self._max_elements // per_row))
+  def _block_size(self, n: int, rows: int) -> int:
+    """Rows per block for ``rows`` rows of one window: 1, 8 or 64 (few compiled shapes), with the block's scattered
+    terms (block × n × 16 × P × out values) within 16 × ``max_kernel_elements``; the ring is read once a block."""
+    cap = max(1, min(64, 16 * self._max_elements // (16 * n * self._p * self._y.shape[1])))
     return int(min(8**math.ceil(math.log(rows, 8)), 8**math.floor(math.log(cap, 8))))
 
   def _sweep(self, x1: jax.Array, lattice: _Lattice, jobs: list) -> None:
@@ -601,7 +603,8 @@ class LangevinPredictor:
     window w and in list order, the rows of every job whose times t have ⌊t/h⌋ = w. A job is
     (sorted times, run(ring, w, lo, hi)) with [lo, hi) the indices of its times in window w."""
     dtype = self._y.dtype
-    ring_bytes = _RING * lattice.size * x1.shape[0] * self._p * np.dtype(dtype).itemsize
+    rows = _RING + 2 * lattice.stationary       # the ring, and the doubled master row of a stationary lattice
+    ring_bytes = rows * lattice.size * x1.shape[0] * self._p * np.dtype(dtype).itemsize
     available = _available_memory() if self._memory_limit is None else self._memory_limit
     if ring_bytes > available:
       raise MemoryError(f'The mean solver needs about {ring_bytes / 2**30:.2f} GiB for {_RING} kernel lattice rows '
@@ -611,11 +614,15 @@ class LangevinPredictor:
     ring = jnp.zeros((x1.shape[0], _RING, lattice.size, self._p), dtype)
     h = jnp.asarray(lattice.h, dtype)
     windows = [np.floor(times / lattice.h).astype(np.int64) for times, _ in jobs]
+    master = None
+    if lattice.stationary:
+      master = jnp.concatenate([self._lattice_row(self._x, x1, lattice.size - 1, h, lattice.size),
+                                jnp.zeros_like(ring[:, 0])], axis=1)
     for a in range(min(8, lattice.size)):
-      ring = self._ring_row(self._x, x1, ring, a, h)
+      ring = self._ring_row(self._x, x1, ring, a, h, master)
     for w in range(int(max(ws[-1] for ws in windows)) + 1):
       if w > 0 and w + 7 < lattice.size:
-        ring = self._ring_row(self._x, x1, ring, w + 7, h)
+        ring = self._ring_row(self._x, x1, ring, w + 7, h, master)
       for (_, run), ws in zip(jobs, windows):
         lo, hi = np.searchsorted(ws, w, 'left'), np.searchsorted(ws, w, 'right')
         if hi > lo:
@@ -625,7 +632,7 @@ class LangevinPredictor:
     """Sweep job solving the trapezoid scheme on ``grid`` into ``state['g']`` (g = Y − f̄(X, ·) on the nodes)."""
     dtype = self._y.dtype
     h = jnp.asarray(lattice.h, dtype)
-    pad = self._block_size(lattice, len(grid), 64)
+    pad = self._block_size(len(grid), 64)
     grid_j = jnp.asarray(grid, dtype)
     g = jnp.zeros((len(grid) + pad,) + self._y.shape, dtype).at[0].set(self._y)
     state.update(grid=grid_j, g=g[:len(grid)])
@@ -633,7 +640,7 @@ class LangevinPredictor:
     def run(ring, w, lo, hi):
       nonlocal g
       lo = max(lo, 1)
-      block = self._block_size(lattice, len(grid), hi - lo) if hi > lo else 1
+      block = self._block_size(len(grid), hi - lo) if hi > lo else 1
       for r0 in range(lo, hi, block):
         g = self._solve_block(self._y, ring, h, grid_j, g, w, r0, min(r0 + block, hi), block)
       state['g'] = g[:len(grid)]
@@ -648,7 +655,7 @@ class LangevinPredictor:
     padded = jnp.asarray(np.concatenate([times, np.full(64, times[-1])]), dtype)
 
     def run(ring, w, lo, hi):
-      block = self._block_size(lattice, n, hi - lo)
+      block = self._block_size(n, hi - lo)
       for r0 in range(lo, hi, block):
         g, f = self._request_block(self._y, ring, h, state['grid'], state['g'], w, padded[r0:r0 + block])
         out.append((f if test else self._y[None] - g)[:min(block, hi - r0)])
@@ -816,22 +823,26 @@ def langevin_mse_ensemble(layer_or_ndk_fn: Union[NDKFn, Any], x_train, y_train, 
 
   Accuracy. T = 0 and t = ∞ are closed forms. For T > 0 the mean at finite t solves the Volterra equation
   f̄(X, t) = ∫_0^t R(t, s, X, X)[Y − f̄(X, s)] ds with the product trapezoid rule (implicit, A-stable, second
-  order) on a :func:`time_grid` (first step ``first_step``, default 0.5/λ_max(Θ0); growth ``growth``) and on its
-  bisection; the grid is bisected again (at most ``max_refinements`` times, else a RuntimeWarning) until the
-  step-doubling estimate of the fine solution's error, max|f_fine − f_coarse|/3 over the grid, is ≤
-  ``rtol`` · max|Y|. The result is the Richardson extrapolation f_fine + (f_fine − f_coarse)/3, whose error is
-  below that estimate: |f̄ − f̄_exact| ≤ rtol · max|Y| (checked against closed forms in the tests). The estimate
-  is kept in ``predictor.error_estimate``. Off-grid requested times use the scheme's own Nyström interpolation.
-  The covariance at finite t > 0 is the exact covariance of the trapezoid discretisation on ``cov_grid``
-  (default: the mean solver's final fine grid), second order in its step (no extrapolation): with the default
-  grid its error is ≲ 10 · rtol of the largest covariance entry (checked in the tests); pass a finer ``cov_grid``
-  for more, a coarser one for less memory.
+  order) on a :func:`time_grid` (first step ``first_step``, default 0.5/λ_max(Θ0); growth ``growth``; steps capped
+  at the kernels' drift time) and on its bisection; the grid is bisected again (at most ``max_refinements`` times,
+  else a RuntimeWarning) until the step-doubling estimate of the fine solution's error, max|f_fine − f_coarse|/3
+  over the grid, is ≤ ``rtol`` · max|Y|. The result is the Richardson extrapolation f_fine + (f_fine − f_coarse)/3.
+  R is interpolated (cubic in t − s and s) from a lattice whose spacing is halved until the interpolation error at
+  probe pairs is ≤ ``rtol`` · max|R(0, 0)|. Together: |f̄ − f̄_exact| ≤ rtol · max|Y| (checked against closed
+  forms in the tests; the estimate is kept in ``predictor.error_estimate``). Requested times off the grid use the
+  scheme's own Nyström interpolation. The covariance at finite t > 0 is the exact covariance of the trapezoid
+  discretisation on ``cov_grid`` (default: the mean solver's final fine grid) with the exact kernels, second order
+  in its step (no extrapolation): with the default grid its error is ≲ 10 · rtol of the largest covariance entry
+  (checked in the tests); pass a finer ``cov_grid`` for more, a coarser one for less memory and time.
 
-  Cost. The mean holds O(n_t · P · out) state plus one kernel chunk (≤ ``max_kernel_elements`` values per
-  ``ndk_fn`` call): the train-train kernel rows are never stored, the grid solution is cached and reused by every
-  later request (test points then only need R(t, t_j, x*, X)); kernel work O(n_t² P²). The covariance needs two
-  dense (n_c·P)² matrices (n_c covariance times): its memory is checked up front and a request that does not fit
-  raises MemoryError saying how much it needs.
+  Cost. The mean holds O(n_t · P · out) state and a ring of 12 lattice rows, 12 · n_lattice · (P + n_test) · P
+  values (checked against the free memory up front): the train-train kernel is never stored whole, the grid
+  solution is cached and reused by later requests. Kernel work: n_lattice²/2 time pairs (n_lattice for a
+  stationary kernel) instead of n_t²/2. Non-smooth activations (ReLU) make R(t, s) non-smooth at s = t
+  (√(t − s) terms), which lowers the order of both the quadrature and the interpolation there; the step-doubling
+  estimate then refines the grid more. The covariance needs two dense (n_c·P)² matrices (n_c covariance grid
+  times) and O(n_c² P² (P + n_test)) work per requested time: its memory is checked up front and a request that
+  does not fit raises MemoryError saying how much it needs.
 
   Args:
     layer_or_ndk_fn: an :class:`ndk_flax.stax.NDKLayer`, or a callable ``ndk_fn(x1, x2, t1, t2, *,

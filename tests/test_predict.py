@@ -133,6 +133,26 @@ def test_mean_meets_documented_accuracy(data, linear_predictor):
   assert linear_predictor.error_estimate <= bound
 
 
+def test_stationarity_detection_and_both_lattices(data, linear_predictor, monkeypatch):
+  """R(t, s) of the linear model depends on t − s only (any σ0): the solver uses one kernel row; forcing the general
+  lattice of rows gives the same, documented accuracy. A hidden erf layer with σ0 ≠ σ is not stationary, with
+  σ0 = σ it is."""
+  x, y, x_test = data
+  linear_predictor(TIMES)
+  assert linear_predictor._mean[0].stationary
+  lattice = predict.LangevinPredictor._lattice
+  monkeypatch.setattr(predict.LangevinPredictor, '_lattice',
+                      lambda self, t: lattice(self, t)._replace(stationary=False))
+  predictor = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T)
+  exact, _ = MODEL.exact(x, y, T, TIMES, x_test)
+  assert np.abs(predictor(TIMES, x_test) - exact).max() <= predict.DEFAULT_RTOL * np.abs(y).max()
+  monkeypatch.undo()
+  for prior_std, stationary in ((0.8, False), (1.4, True)):
+    layer = stax.serial(stax.Dense(8, W_std=1.4, W_prior_std=prior_std), stax.Erf(),
+                        stax.Dense(1, W_std=1.4, W_prior_std=prior_std))
+    assert predict.langevin_mse_ensemble(layer, x, y[:, :1], temperature=T)._lattice(10.).stationary == stationary
+
+
 def test_covariance_meets_documented_accuracy(data, linear_predictor):
   """Default covariance grid: error ≤ 10 · rtol · max|C| (THEORY.md §4 against the exact SDE covariance)."""
   x, y, x_test = data
@@ -159,19 +179,6 @@ def test_mean_solver_is_second_order(data, linear_predictor):
             for k, g in enumerate(grids)]
   ratios = np.array(errors[:-1]) / np.array(errors[1:])
   assert np.all((ratios > 3.) & (ratios < 5.)), ratios
-
-
-def test_history_strategies_agree(data, linear_predictor):
-  """Both ways of scattering the history onto the lattice (weights or values) give the same sums."""
-  x, y, _ = data
-  rng = np.random.default_rng(3)
-  ring = jnp.asarray(rng.normal(size=(P, predict._RING, 20, P)))
-  grid = jnp.asarray(np.sort(rng.uniform(0, 5., size=30)))
-  g = jnp.asarray(rng.normal(size=(30, P, 2)))
-  t_rows = jnp.asarray([2.2, 2.6, 2.9])
-  w_rows = jnp.asarray(rng.uniform(size=(3, 30)) * (grid < 2.)[None])
-  dense, values = (linear_predictor._old_history(ring, 1., grid, g, t_rows, w_rows, flag) for flag in (True, False))
-  np.testing.assert_allclose(dense, values, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.slow
