@@ -478,6 +478,9 @@ def _enable_x64() -> None:
 
 def main(argv: Sequence[str]) -> int:
     """Run the command line ``argv`` (program name first); returns the exit status."""
+    if any(a in ("-h", "-?", "--help", "--helpshort") for a in argv[1:]):  # absl's short help lists __main__'s flags
+        print(f"{__doc__}\nFlags (--helpfull also lists absl's own):\n{FLAGS.module_help(sys.modules[__name__])}")
+        return EXIT_PASS
     try:
         settings = parse(argv)
     except ConfigError as e:

@@ -36,8 +36,8 @@ class RunConfig:
     bias: bool = _field(False, "Give every Dense layer a bias (std b_std, prior std b_prior_std).")
     W_std: float = _field(2.0, "sigma0_W: initial std of every weight (NT's W_std, ntk parameterisation).")
     W_prior_std: float = _field(1.0, "sigma_W: prior std of every weight; weight decay lambda = T / sigma_W^2.")
-    b_std: float = _field(0.1, "sigma0_b: initial std of every bias (only with --bias).")
-    b_prior_std: float = _field(0.1, "sigma_b: prior std of every bias (only with --bias).")
+    b_std: float = _field(0.5, "sigma0_b: initial std of every bias (only with --bias).")
+    b_prior_std: float = _field(0.5, "sigma_b: prior std of every bias (only with --bias).")
     temperature: float = _field(0.05, "Langevin temperature T >= 0 (T = 0: plain gradient descent).")
     learning_rate: float = _field(0.02, "Step eta of the discrete Langevin rule; time t = eta * steps.")
     n_members: int = _field(256, "Ensemble size M (independent initialisations and noise).")
@@ -48,7 +48,8 @@ class RunConfig:
     n_train: int = _field(6, "Number P of training points.")
     n_test: int = _field(4, "Number of test points.")
     data_seed: int = _field(0, "Seed of the synthetic data set.")
-    z_tol: float = _field(4.5, "Pass if every |z| = |ensemble - theory| / standard error is at most this.")
+    z_tol: float = _field(4.5, "Tolerance in standard errors: pass if |ensemble - theory| <= z_tol * s.e. + "
+                                     "delta (finite-width allowance) at every time and point.")
 
     def __post_init__(self) -> None:
         _check(self)

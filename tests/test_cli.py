@@ -224,8 +224,9 @@ def test_unstable_learning_rate_is_rejected_before_writing(tmp_path, capsys):
     assert "learning_rate" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
-def test_help_lists_every_setting():
-    proc = ndk_flax("--helpfull", cwd=REPO, timeout=60)
+@pytest.mark.parametrize("flag", ["--helpfull", "--help", "-h"])
+def test_help_lists_every_setting(flag):
+    proc = ndk_flax(flag, cwd=REPO, timeout=60)
     assert proc.returncode == 0
     for name in [f for f in config.RunConfig().to_dict()] + ["quick", "config", "out"]:
         assert f"--{name}" in proc.stdout, name
