@@ -20,7 +20,7 @@ VALIDATE_FILES = ("report.md", "results.json", "config.json", "mean.png", "varia
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def ndk_flax(*args: str, cwd: str, timeout: float = 170) -> subprocess.CompletedProcess:
+def ndk_flax(*args: str, cwd: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m ndk_flax.cli ARGS`` (what the console script ``ndk-flax`` calls)."""
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "ndk_flax.cli", *args], cwd=cwd, env=env, capture_output=True,
