@@ -4,7 +4,8 @@
 n_t = 200 requested times from 0 to 3/λ (both learning phases). Rows:
   * mean (test points) for P ∈ {100, 300, 1000}, with the prior σ = σ0 (stationary kernel: the default network)
     and σ = 0.8 σ0 (non-stationary, a full kernel lattice) for P ≤ 300;
-  * covariance (test points) for P ∈ {100, 300} on a covariance grid of --cov-times times;
+  * covariance (test points, σ = 0.8 σ0) for P ∈ {100, 300} at 20 of the n_t times, on a covariance grid of
+    about --cov-times times (its cost is O((n_c·P)² (P + n_test)) per requested time, see ndk_flax.predict);
   * T = 0 (closed form) against neural_tangents.predict.gradient_descent_mse_ensemble on the same problem, both
     timed in the same process (kernel, eigendecomposition and prediction; compilation included for both).
 Each configuration runs in its own subprocess, so the peak resident memory (ru_maxrss) is its own; "wall s" is the
@@ -12,6 +13,7 @@ time of the request (first call, compilation included), "CPU s" the subprocess's
 included), which is the fairer number on a shared machine.
 
 Usage: python benchmarks/predict.py [--sizes 100 300 1000] [--cov-sizes 100 300] [--cov-times 40]
+                                    [--kinds mean cov zero_t] [--priors 1.0 0.8]
 """
 from __future__ import annotations
 
@@ -90,6 +92,8 @@ def main():
   parser.add_argument('--sizes', type=int, nargs='*', default=[100, 300, 1000])
   parser.add_argument('--cov-sizes', type=int, nargs='*', default=[100, 300])
   parser.add_argument('--cov-times', type=int, default=40)
+  parser.add_argument('--kinds', nargs='*', default=['mean', 'cov', 'zero_t'], choices=['mean', 'cov', 'zero_t'])
+  parser.add_argument('--priors', type=float, nargs='*', default=[1., 0.8], help='σ/σ0 of the mean rows')
   parser.add_argument('--one', nargs=3, metavar=('KIND', 'P', 'PRIOR_STD'), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.one:
@@ -100,8 +104,9 @@ def main():
     result['cpu_seconds'] = usage.ru_utime + usage.ru_stime
     print(json.dumps(result))
     return
-  configs = [('mean', p, 1.) for p in args.sizes] + [('mean', p, 0.8) for p in args.sizes if p <= 300]
+  configs = [('mean', p, prior) for prior in args.priors for p in args.sizes if prior == 1. or p <= 300]
   configs += [('cov', p, 0.8) for p in args.cov_sizes] + [('zero_t', p, 1.) for p in args.sizes]
+  configs = [c for c in configs if c[0] in args.kinds]
   print(f'{"what":8} {"P":>5} {"σ/σ0":>5} {"wall s":>8} {"CPU s":>8} {"peak GiB":>9}  details')
   for kind, p, prior_std in configs:
     proc = subprocess.run([sys.executable, __file__, '--one', kind, str(p), str(prior_std),
