@@ -11,6 +11,7 @@ import time
 from typing import Optional, Sequence
 
 from examples.paper import digits, drift, parameter_dependence, two_phases
+from examples.paper.common import verdict
 
 SCRIPTS = (two_phases, parameter_dependence, digits, drift)
 
@@ -28,7 +29,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     results[script.NAME] = script.main(['--out', out, '--seed', str(args.seed)] + (['--quick'] if args.quick else []))
     lines += [f'## [{script.NAME}]({script.NAME}/summary.md) ({time.time() - start:.0f} s)', '',
               '| claim | reproduced |', '|---|---|']
-    lines += [f'| {c["claim"]} | {"yes" if c["reproduced"] else "**no**"} |' for c in results[script.NAME]['claims']]
+    lines += [f'| {c["claim"]} | {verdict(c["reproduced"])} |' for c in results[script.NAME]['claims']]
     lines.append('')
   with open(os.path.join(args.out, 'README.md'), 'w') as f:
     f.write('\n'.join(lines))

@@ -23,7 +23,7 @@ NETWORKS = {'erf σ0²=4σ²': ('erf', 2.), 'relu σ0=σ': ('relu', 1.)}   # one
 def main(argv: Optional[Sequence[str]] = None) -> dict:
   args = C.parse_args(NAME, __doc__.splitlines()[0], argv)
   quick = args.quick
-  p, n_test = (16, 60) if quick else (60, 300)
+  p, n_test = (16, 60) if quick else (60, 240)
   temps = [0.01] if quick else [0.01, 0.001]
   exact_temp, ens_temp = 0.05, 0.1
   n_members, width = (8, 128) if quick else (32, 512)
@@ -84,7 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   ens_err = C.class_error(ens.test, task.y_test)
   rep.results['ensemble'] = {'task': task.name, 'temperature': ens_temp, 'times': ens.times, 'n_members': n_members,
                              'width': width, 'max_abs_z_last_vs_equilibrium': float(np.max(np.abs(z_eq))),
-                             'class_error': ens_err, 'test_mse': C.mse(ens.test, task.y_test)}
+                             'class_error': ens_err, 'test_mse': C.ensemble_mse(ens.test, ens.test_se, task.y_test)}
   rep.add(f'Ensemble ({task.name}, erf σ0² = 4σ², T = {ens_temp}, M = {n_members}, width {width}): test class error '
           f'{", ".join(f"{e:.3f}" for e in ens_err)} at t = {", ".join(f"{t:.3g}" for t in ens.times)}; at the last '
           f'time (10σ²/T) the mean output is within max |z| = {np.max(np.abs(z_eq)):.2f} of the closed-form '
@@ -103,7 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     axes[1, col].set_title(f'{task_.name}: test class error', fontsize=9)
   if exact is not None:
     axes[0, 1].plot(exact[0], exact[1], 'k:', label=f'exact solver, erf, T = {exact_temp}')
-  axes[0, 1].plot(ens.times, C.mse(ens.test, task.y_test), 'o', label=f'ensemble erf, T = {ens_temp}')
+  axes[0, 1].plot(ens.times, C.ensemble_mse(ens.test, ens.test_se, task.y_test), 'o',
+                  label=f'ensemble erf, T = {ens_temp} (finite-M variance subtracted)')
   axes[1, 1].plot(ens.times, ens_err, 'o', label=f'ensemble erf, T = {ens_temp}')
   for ax in axes.ravel():
     C.log_time_axis(ax)

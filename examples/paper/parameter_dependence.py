@@ -138,13 +138,22 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   rep.claim('erf: σ0 changes the gradient-phase solution non-trivially (saturation)', bool(np.ptp(erf_ends) > 0.01),
             f'NTK-end test MSE over σ0²/σ² = {[r[2] for r in erf]}: {", ".join(f"{v:.4f}" for v in erf_ends)}')
   erf = [r for r in rows if r[0] == 'erf']
-  unequal = [r for r in erf if r[2] != r[3]]
+
+  def describe(rs):
+    return '; '.join(f'erf L={r[1]} σ0²={r[2]:g} σ²={r[3]:g}: {r[-1]} (NTK end {r[5]:.4f}, best {r[7]:.4f} at '
+                     f'τ={r[8]:.2g}, NNGP end {r[10]:.4f})' for r in rs) or 'not run in this preset'
+
+  for text, rs in (('σ0² ≫ σ² (ratio ≥ 4)', [r for r in erf if r[2] / r[3] >= 4]),
+                   ('σ0² ≪ σ² (ratio ≤ 1/4)', [r for r in erf if r[2] / r[3] <= 0.25])):
+    rep.claim(f'erf with {text}: non-monotonic convergence in the diffusive phase (a dip below both ends, i.e. an '
+              'optimal stopping time, or an overshoot)', any(r[-1] != 'monotone' for r in rs) if rs else None,
+              describe(rs))
   equal = [r for r in erf if r[2] == r[3]]
-  rep.claim('Non-monotonic convergence (an optimal stopping time inside the diffusive phase) appears for erf with '
-            'σ0² ≫ σ² or σ0² ≪ σ², not with σ0² = σ²',
-            any(r[-1] != 'monotone' for r in unequal) and all(r[-1] == 'monotone' for r in equal),
-            '; '.join(f'erf L={r[1]} σ0²={r[2]:g} σ²={r[3]:g}: {r[-1]} (NTK end {r[5]:.4f}, best {r[7]:.4f} at '
-                      f'τ={r[8]:.2g}, NNGP end {r[10]:.4f})' for r in erf))
+  rep.claim('erf with σ0² = σ²: monotone convergence', bool(equal) and all(r[-1] == 'monotone' for r in equal),
+            describe(equal))
+  between = [r for r in erf if r[2] != r[3] and 0.25 < r[2] / r[3] < 4]
+  if between:
+    rep.add('Intermediate ratios: ' + describe(between) + '.', '')
   others = [r for r in rows if r[0] == 'relu' and r[-1] != 'monotone']
   rep.add('Non-monotonic paths also found for: '
           + (', '.join(f'relu L={r[1]} σ0²={r[2]:g} σ²={r[3]:g} ({r[-1]})' for r in others) or 'no ReLU network')
