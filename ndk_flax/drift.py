@@ -36,6 +36,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ndk_flax import _validation as V
 from ndk_flax import nn
 from ndk_flax import stax
 from ndk_flax.optax import langevin
@@ -169,31 +170,15 @@ def autocorrelation_floor(layers: Sequence, layer_index: int, x) -> jax.Array:
 # Frozen readout (theory).
 
 
-def _positive(name: str, value) -> float:
-  try:
-    out = float(value)
-  except (TypeError, ValueError):
-    raise TypeError(f'`{name}` must be a real number, got {value!r}.') from None
-  if not math.isfinite(out) or out <= 0:
-    raise ValueError(f'`{name}` must be finite and > 0, got {value!r}.')
-  return out
-
-
 def _check_data(x_train, y_train, x_test):
-  x = jnp.asarray(x_train)
-  y = jnp.asarray(y_train)
-  for name, a in (('x_train', x), ('y_train', y)):
-    if a.ndim != 2 or not bool(jnp.all(jnp.isfinite(a))):
-      raise ValueError(f'`{name}` must be a finite 2-D array (points, features), got shape {a.shape}.')
-  if y.shape[0] != x.shape[0]:
-    raise ValueError(f'`y_train` must have one row per training point ({x.shape[0]}), got {y.shape}.')
-  x = x.astype(jnp.result_type(float))
-  if x_test is None:
-    return x, y.astype(x.dtype), x
-  xt = jnp.asarray(x_test, x.dtype)
-  if xt.ndim != 2 or xt.shape[1] != x.shape[1] or not bool(jnp.all(jnp.isfinite(xt))):
-    raise ValueError(f'`x_test` must be a finite (n, {x.shape[1]}) array, got shape {xt.shape}.')
-  return x, y.astype(x.dtype), xt
+  """Flat inputs (points, features), targets with one row per point, test inputs like the training ones."""
+  x = V.batched_array('x_train', x_train)
+  y = V.batched_array('y_train', y_train).astype(x.dtype)
+  if x.ndim != 2:
+    raise ValueError(f'`x_train` must be a 2-D array (points, features), got shape {x.shape}.')
+  if y.ndim != 2 or y.shape[0] != x.shape[0]:
+    raise ValueError(f'`y_train` must have shape ({x.shape[0]}, out), one row per training point, got {y.shape}.')
+  return x, y, x if x_test is None else V.inputs_like('x_test', x_test, x)
 
 
 def _readout_variances(layers: tuple) -> tuple[float, float]:
@@ -221,7 +206,7 @@ def frozen_readout_mean(layers: Sequence, x_train, y_train, *, temperature: floa
   ``x_test=None`` evaluates on the training inputs.
   """
   layers = _check_layers(layers)
-  temperature = _positive('temperature', temperature)
+  temperature = V.positive('temperature', temperature)
   drift = _check_drift_times(drift_times)
   x, y, xt = _check_data(x_train, y_train, x_test)
   var_a, var_b = _readout_variances(layers)
@@ -351,9 +336,9 @@ def frozen_readout_ensemble(layers: Sequence, x_train, y_train, *, temperature: 
   drift = _check_drift_times(drift_times)
   if not np.all(np.isfinite(drift)) or np.any(np.diff(drift) <= 0):
     raise ValueError(f'`drift_times` must be finite and strictly increasing here, got {drift}.')
-  temperature = _positive('temperature', temperature)
-  learning_rate = _positive('learning_rate', learning_rate)
-  equilibration_time = _positive('equilibration_time', equilibration_time)
+  temperature = V.positive('temperature', temperature)
+  learning_rate = V.positive('learning_rate', learning_rate)
+  equilibration_time = V.positive('equilibration_time', equilibration_time)
   for name, v in (('n_members', n_members), ('width', width)):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
       raise ValueError(f'`{name}` must be a positive int, got {v!r}.')

@@ -19,21 +19,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ndk_flax import _validation as V
+
 __all__ = ["Conv", "Dense", "Free", "Parallel", "Serial", "StaxModel", "from_stax", "prior_std_tree"]
 
 Hidden = Optional[list]
 
 
 def _check_std(name: str, value: Any, *, allow_none: bool = False) -> Optional[float]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
-            hasattr(value, "shape") and getattr(value, "shape") == ()):
-        raise TypeError(f"{name} must be a positive number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return value
+    return None if value is None and allow_none else V.positive(name, value)
 
 
 def _check_size(name: str, value: Any) -> int:

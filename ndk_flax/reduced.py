@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ndk_flax import _validation as V
+
 DEFAULT_MAX_STEP = 0.05
 """Default step of the fine τ grid (the kernels move on the scale Δτ ~ 1)."""
 
@@ -60,44 +62,6 @@ _SINGULAR = 1e-12
 """Θ0 counts as singular when its smallest eigenvalue is below this fraction of its largest."""
 
 
-def _check_taus(taus, name: str = 'taus') -> np.ndarray:
-  try:
-    arr = np.atleast_1d(np.asarray(taus, dtype=np.float64))
-  except (TypeError, ValueError):
-    raise TypeError(f'`{name}` must be a 1-D array of times ≥ 0, got {taus!r}.') from None
-  if arr.ndim != 1 or arr.size == 0:
-    raise ValueError(f'`{name}` must be a non-empty 1-D array of times, got shape {arr.shape}.')
-  if np.any(np.isnan(arr)) or np.any(arr < 0):
-    raise ValueError(f'`{name}` must hold times ≥ 0 (inf allowed, no NaN), got {arr}.')
-  if np.any(np.diff(arr) <= 0):
-    raise ValueError(f'`{name}` must be strictly increasing, got {arr}.')
-  return arr
-
-
-def _positive(name: str, value) -> float:
-  try:
-    out = float(value)
-  except (TypeError, ValueError):
-    raise TypeError(f'`{name}` must be a real number, got {value!r}.') from None
-  if not math.isfinite(out) or out <= 0:
-    raise ValueError(f'`{name}` must be finite and > 0, got {value!r}.')
-  return out
-
-
-def _array(name: str, x, ndim_min: int) -> jax.Array:
-  try:
-    x = jnp.asarray(x)
-  except TypeError:
-    raise TypeError(f'`{name}` must be an array, got {type(x).__name__}.') from None
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(jnp.result_type(float))
-  if x.ndim < ndim_min:
-    raise ValueError(f'`{name}` must have at least {ndim_min} dimensions (batch first), got shape {x.shape}.')
-  if not bool(jnp.all(jnp.isfinite(x))):
-    raise ValueError(f'`{name}` contains NaN or inf.')
-  return x
-
-
 def _ndk_and_rate(layer_or_ndk_fn, temperature: float, relaxation_rate) -> tuple[NDKFn, float]:
   if hasattr(layer_or_ndk_fn, 'ndk_fn'):
     ndk_fn = layer_or_ndk_fn.ndk_fn
@@ -110,7 +74,7 @@ def _ndk_and_rate(layer_or_ndk_fn, temperature: float, relaxation_rate) -> tuple
   else:
     raise TypeError('`layer_or_ndk_fn` must be an NDKLayer (with an `ndk_fn` method) or a callable '
                     f'ndk_fn(x1, x2, t1, t2, *, temperature), got {type(layer_or_ndk_fn).__name__}.')
-  return ndk_fn, _positive('relaxation_rate', relaxation_rate)
+  return ndk_fn, V.positive('relaxation_rate', relaxation_rate)
 
 
 _ROW_BUDGET = 2**22
@@ -213,23 +177,15 @@ class _Prepared(NamedTuple):
 
 def _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate) -> _Prepared:
   """Validated inputs and λ."""
-  try:
-    temperature = float(temperature)
-  except (TypeError, ValueError):
-    raise TypeError(f'`temperature` must be a real number, got {temperature!r}.') from None
-  if not math.isfinite(temperature) or temperature <= 0:
-    raise ValueError(f'`temperature` must be finite and > 0 (τ = λt with λ = T/σ²), got {temperature!r}.')
+  temperature = V.temperature(temperature, allow_zero=False, hint=' (τ = λt with λ = T/σ²)')
   ndk_fn, rate = _ndk_and_rate(layer_or_ndk_fn, temperature, relaxation_rate)
-  x = _array('x_train', x_train, 2)
-  y = _array('y_train', y_train, 2).astype(x.dtype)
+  x = V.batched_array('x_train', x_train, 2)
+  y = V.batched_array('y_train', y_train, 2).astype(x.dtype)
   if y.ndim != 2 or y.shape[0] != x.shape[0]:
     raise ValueError(f'`y_train` must have shape (P, out) with P = {x.shape[0]} (the rows of `x_train`), '
                      f'got {y.shape}.')
   if x_test is not None:
-    x_test = _array('x_test', x_test, 2).astype(x.dtype)
-    if x_test.shape[1:] != x.shape[1:]:
-      raise ValueError(f'`x_test` must have shape (n, {", ".join(map(str, x.shape[1:]))}) like `x_train`, '
-                       f'got {x_test.shape}.')
+    x_test = V.inputs_like('x_test', x_test, x)
   return _Prepared(ndk_fn, temperature, rate, x, y, x_test)
 
 
@@ -262,7 +218,7 @@ def reduced_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train, 
     :class:`ReducedSolution`.
   """
   prep = _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate)
-  return _reduced(prep, _check_taus(taus), _positive('max_step', max_step))[0]
+  return _reduced(prep, V.increasing_times('taus', taus)[0], V.positive('max_step', max_step))[0]
 
 
 class _Extras(NamedTuple):
@@ -369,9 +325,9 @@ def composite_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train
     :class:`CompositeSolution` (training and, with ``x_test``, test means).
   """
   prep = _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate)
-  times = _check_taus(times, 'times')
+  times = V.increasing_times('times', times)[0]
   taus = prep.rate * times if times[0] == 0 else np.concatenate([[0.], prep.rate * times])
-  red, extras = _reduced(prep, taus, _positive('max_step', max_step))
+  red, extras = _reduced(prep, taus, V.positive('max_step', max_step))
   offset = taus.size - times.size
   y, p = prep.y, prep.x.shape[0]
   evals, evecs = jnp.linalg.eigh(extras.theta0)

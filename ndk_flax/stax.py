@@ -18,8 +18,7 @@ does (``W_std`` = σ0_W, ``b_std`` = σ0_b) plus the prior stds ``W_prior_std`` 
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +27,7 @@ from neural_tangents import Kernel
 from neural_tangents import stax as nt_stax
 
 from ndk_flax import _two_time
+from ndk_flax import _validation as V
 from ndk_flax._two_time import ParamGroup
 
 # Re-exported unchanged: enums, helpers and decorators that are not layers.
@@ -91,7 +91,7 @@ class NDKLayer(tuple):
 
   def relaxation_rates(self, temperature: float) -> tuple[float, ...]:
     """λ = T/σ² of every parameter group, in network order (weights, then bias, per layer)."""
-    temperature = _check_temperature(temperature)
+    temperature = V.temperature(temperature)
     return tuple(g.decay_rate(temperature) for g in self.groups)
 
   def ndk_fn(self, x1, x2=None, t1=0., t2=0., *, temperature) -> TwoTimeKernel:
@@ -109,7 +109,7 @@ class NDKLayer(tuple):
     Returns:
       :class:`TwoTimeKernel` (float64 when ``jax_enable_x64`` is on).
     """
-    temperature = _check_temperature(temperature)
+    temperature = V.temperature(temperature)
     x1 = _check_inputs('x1', x1)
     x2 = x1 if x2 is None else _check_inputs('x2', x2)
     batch_axis = self.kernel_fn.input_req.get('batch_axis', 0) if hasattr(self.kernel_fn, 'input_req') else 0
@@ -198,24 +198,8 @@ def _input_layer(req: dict):
 # Input validation.
 
 
-def _is_traced(x) -> bool:
-  return isinstance(x, jax.core.Tracer)
-
-
-def _check_temperature(temperature):
-  if _is_traced(temperature):
-    return temperature
-  try:
-    value = float(temperature)
-  except (TypeError, ValueError):
-    raise TypeError(f'`temperature` must be a real number, got {temperature!r}.') from None
-  if not math.isfinite(value) or value < 0:
-    raise ValueError(f'`temperature` must be finite and >= 0, got {temperature!r}.')
-  return value
-
-
 def _check_times(name: str, t):
-  if _is_traced(t):
+  if V.is_traced(t):
     t = jnp.asarray(t)
   else:
     t = np.asarray(t, dtype=np.float64)
@@ -231,16 +215,7 @@ def _check_times(name: str, t):
 
 
 def _check_inputs(name: str, x):
-  if _is_traced(x):
-    return x
-  x = jnp.asarray(x)
-  if x.ndim < 2:
-    raise ValueError(f'`{name}` must be batched inputs of shape (batch, ..., features), got shape {x.shape}.')
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(jnp.result_type(float))
-  if not bool(jnp.all(jnp.isfinite(x))):
-    raise ValueError(f'`{name}` contains NaN or inf.')
-  return x
+  return x if V.is_traced(x) else V.batched_array(name, x, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------

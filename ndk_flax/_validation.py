@@ -1,0 +1,88 @@
+"""Input checks shared by the public functions of ndk_flax.
+
+Every check names the argument, says what was expected and shows what was given. Traced values (inside ``jax.jit``
+or ``jax.vmap``) cannot be inspected and pass through unchanged where the callers accept them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_traced(x: Any) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def _real(name: str, value: Any) -> float:
+  if isinstance(value, bool) or callable(value) or np.ndim(value) != 0:
+    raise TypeError(f'`{name}` must be a real number, got {value!r}.')
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    raise TypeError(f'`{name}` must be a real number, got {value!r}.') from None
+
+
+def positive(name: str, value: Any) -> float:
+  """A finite real number > 0 (a variance, a standard deviation, a rate, a step)."""
+  out = _real(name, value)
+  if not math.isfinite(out) or out <= 0:
+    raise ValueError(f'`{name}` must be finite and > 0, got {value!r}.')
+  return out
+
+
+def temperature(value: Any, *, allow_zero: bool = True, hint: str = '') -> Any:
+  """The temperature T: finite, ≥ 0 (> 0 when ``allow_zero`` is False); a traced T is returned as is."""
+  if is_traced(value):
+    return value
+  out = _real('temperature', value)
+  if not math.isfinite(out) or out < 0 or (out == 0 and not allow_zero):
+    bound = '>= 0' if allow_zero else '> 0'
+    raise ValueError(f'`temperature` must be finite and {bound}{hint}, got {value!r}.')
+  return out
+
+
+def increasing_times(name: str, t: Any) -> tuple[np.ndarray, bool]:
+  """Times as a float64 1-D array and whether a scalar was given: ≥ 0, strictly increasing, ``inf`` allowed last."""
+  try:
+    arr = np.asarray(t, dtype=np.float64)
+  except (TypeError, ValueError):
+    raise TypeError(f'`{name}` must be a scalar or a 1-D array of times, got {t!r}.') from None
+  if arr.ndim > 1:
+    raise ValueError(f'`{name}` must be a scalar or a 1-D array of times, got shape {arr.shape}.')
+  scalar = arr.ndim == 0
+  arr = np.atleast_1d(arr)
+  if arr.size == 0:
+    raise ValueError(f'`{name}` must hold at least one time, got an empty array.')
+  if np.any(np.isnan(arr)) or np.any(arr < 0):
+    raise ValueError(f'`{name}` must hold times >= 0 (inf allowed, no NaN), got {arr}.')
+  if np.any(np.diff(arr) <= 0):
+    raise ValueError(f'`{name}` must be strictly increasing, got {arr}.')
+  return arr, scalar
+
+
+def batched_array(name: str, x: Any, ndim_min: int = 2) -> jax.Array:
+  """A finite floating array with a leading batch axis and at least ``ndim_min`` dimensions (integers → float)."""
+  try:
+    x = jnp.asarray(x)
+  except TypeError:
+    raise TypeError(f'`{name}` must be an array, got {type(x).__name__}.') from None
+  if x.ndim < ndim_min:
+    raise ValueError(f'`{name}` must have at least {ndim_min} dimensions (batch first), got shape {x.shape}.')
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.result_type(float))
+  if not bool(jnp.all(jnp.isfinite(x))):
+    raise ValueError(f'`{name}` contains NaN or inf.')
+  return x
+
+
+def inputs_like(name: str, x: Any, reference: jax.Array, reference_name: str = 'x_train') -> jax.Array:
+  """Inputs with the per-point shape of ``reference`` (checked like :func:`batched_array`), in its dtype."""
+  x = batched_array(name, x, 2)
+  if x.shape[1:] != reference.shape[1:]:
+    raise ValueError(f'`{name}` must have shape (n, {", ".join(map(str, reference.shape[1:]))}) like '
+                     f'`{reference_name}`, got {x.shape}.')
+  return x.astype(reference.dtype)
