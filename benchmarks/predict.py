@@ -4,15 +4,15 @@
 n_t = 200 requested times from 0 to 3/λ (both learning phases). Rows:
   * mean (test points) for P ∈ {100, 300, 1000}, with the prior σ = σ0 (stationary kernel: the default network)
     and σ = 0.8 σ0 (non-stationary, a full kernel lattice) for P ≤ 300;
-  * covariance (test points, σ = 0.8 σ0) for P ∈ {100, 300} at 20 of the n_t times, on a covariance grid of
-    about --cov-times times (its cost is O((n_c·P)² (P + n_test)) per requested time, see ndk_flax.predict);
+  * covariance (test points, σ = 0.8 σ0) for P ∈ {100, 300} at --cov-requested of the n_t times (default all
+    n_t = 200), on a covariance grid of about --cov-times times (its cost is O((n_c·P)² (P + n_test)) per requested time, see ndk_flax.predict);
   * T = 0 (closed form) against neural_tangents.predict.gradient_descent_mse_ensemble on the same problem, both
     timed in the same process (kernel, eigendecomposition and prediction; compilation included for both).
 Each configuration runs in its own subprocess, so the peak resident memory (ru_maxrss) is its own; "wall s" is the
 time of the request (first call, compilation included), "CPU s" the subprocess's CPU time (import and data
 included), which is the fairer number on a shared machine.
 
-Usage: python benchmarks/predict.py [--sizes 100 300 1000] [--cov-sizes 100 300] [--cov-times 40]
+Usage: python benchmarks/predict.py [--sizes 100 300 1000] [--cov-sizes 100 300] [--cov-times 40] [--cov-requested 200]
                                     [--kinds mean cov zero_t] [--priors 1.0 0.8]
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _times():
   return np.concatenate([[0.], np.geomspace(1e-2, 3 / TEMPERATURE, N_T - 1)])
 
 
-def run_one(kind: str, p: int, prior_std: float, cov_times: int) -> dict:
+def run_one(kind: str, p: int, prior_std: float, cov_times: int, cov_requested: int) -> dict:
   import jax
   import numpy as np
   from ndk_flax import predict
@@ -81,7 +81,7 @@ def run_one(kind: str, p: int, prior_std: float, cov_times: int) -> dict:
     grid = predict.time_grid(float(times[-1]), first_step=predictor._first_step, growth=0.5,
                              max_step=float(times[-1]) / cov_times)
     predictor = predict.langevin_mse_ensemble(layer, x, y, temperature=TEMPERATURE, cov_grid=grid)
-    requested = times[np.linspace(0, N_T - 1, 20).astype(int)]
+    requested = times[np.unique(np.linspace(0, N_T - 1, cov_requested).astype(int))]
     jax.block_until_ready(predictor(requested, x_test, compute_cov=True))
     info = dict(cov_grid=len(grid), requested=len(requested))
   return dict(seconds=time.perf_counter() - start, **info)
@@ -92,13 +92,14 @@ def main():
   parser.add_argument('--sizes', type=int, nargs='*', default=[100, 300, 1000])
   parser.add_argument('--cov-sizes', type=int, nargs='*', default=[100, 300])
   parser.add_argument('--cov-times', type=int, default=40)
+  parser.add_argument('--cov-requested', type=int, default=N_T, help='covariance rows: this many of the n_t times')
   parser.add_argument('--kinds', nargs='*', default=['mean', 'cov', 'zero_t'], choices=['mean', 'cov', 'zero_t'])
   parser.add_argument('--priors', type=float, nargs='*', default=[1., 0.8], help='σ/σ0 of the mean rows')
   parser.add_argument('--one', nargs=3, metavar=('KIND', 'P', 'PRIOR_STD'), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.one:
     kind, p, prior_std = args.one[0], int(args.one[1]), float(args.one[2])
-    result = run_one(kind, p, prior_std, args.cov_times)
+    result = run_one(kind, p, prior_std, args.cov_times, args.cov_requested)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result['peak_rss_gib'] = usage.ru_maxrss / 2**20
     result['cpu_seconds'] = usage.ru_utime + usage.ru_stime
@@ -110,7 +111,7 @@ def main():
   print(f'{"what":8} {"P":>5} {"σ/σ0":>5} {"wall s":>8} {"CPU s":>8} {"peak GiB":>9}  details')
   for kind, p, prior_std in configs:
     proc = subprocess.run([sys.executable, __file__, '--one', kind, str(p), str(prior_std),
-                           '--cov-times', str(args.cov_times)], capture_output=True, text=True)
+                           '--cov-times', str(args.cov_times), '--cov-requested', str(args.cov_requested)], capture_output=True, text=True)
     if proc.returncode:
       print(f'{kind:8} {p:>5} {prior_std:>5} failed: {proc.stderr.strip().splitlines()[-1]}')
       continue

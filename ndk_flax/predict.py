@@ -20,6 +20,9 @@ gradient_descent_mse_ensemble`` does for gradient flow:
 The kernels are only read through the ``ndk_fn(x1, x2, t1, t2, *, temperature)`` contract of
 :mod:`ndk_flax.stax` (fields ``nngp`` = C and ``ndk`` = R, leading axes ``(len(t1), len(t2))`` for 1-D times),
 so a hand-written ``ndk_fn`` works as well.
+
+The reduced small-temperature equations in slow time τ = λt (THEORY.md §5) are :func:`reduced_small_temperature_mean`
+and :func:`composite_small_temperature_mean`, defined in :mod:`ndk_flax.reduced` and exported here.
 """
 from __future__ import annotations
 
@@ -34,6 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from neural_tangents.predict import Gaussian
+
+from ndk_flax import _validation as V
+from ndk_flax.reduced import composite_small_temperature_mean, reduced_small_temperature_mean
+
+__all__ = ['DEFAULT_FIRST_STEP', 'DEFAULT_GROWTH', 'DEFAULT_KERNEL_ELEMENTS', 'DEFAULT_RTOL', 'Gaussian',
+           'LangevinPredictor', 'TimeScales', 'composite_small_temperature_mean', 'langevin_mse_ensemble',
+           'reduced_small_temperature_mean', 'time_grid']
 
 NDKFn = Callable[..., Any]
 """``ndk_fn(x1, x2, t1, t2, *, temperature)`` returning an object with ``nngp`` and ``ndk`` fields."""
@@ -87,9 +97,9 @@ def time_grid(t_max: float, *, first_step: float, growth: float = DEFAULT_GROWTH
   Returns:
     float64 NumPy array of the n + 1 grid times.
   """
-  t_max = _positive_float('t_max', t_max)
-  first_step = _positive_float('first_step', first_step)
-  growth = _positive_float('growth', growth)
+  t_max = V.positive('t_max', t_max)
+  first_step = V.positive('first_step', first_step)
+  growth = V.positive('growth', growth)
   if not max_step > 0:
     raise ValueError(f'`max_step` must be > 0, got {max_step!r}.')
   log_g = math.log1p(growth)
@@ -138,69 +148,7 @@ def _trapezoid_row(grid: jax.Array, k: jax.Array, t_star: jax.Array) -> tuple[ja
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Validation.
-
-
-def _positive_float(name: str, value) -> float:
-  try:
-    out = float(value)
-  except (TypeError, ValueError):
-    raise TypeError(f'`{name}` must be a real number, got {value!r}.') from None
-  if not math.isfinite(out) or out <= 0:
-    raise ValueError(f'`{name}` must be finite and > 0, got {value!r}.')
-  return out
-
-
-def _check_temperature(temperature) -> float:
-  try:
-    out = float(temperature)
-  except (TypeError, ValueError):
-    raise TypeError(f'`temperature` must be a real number, got {temperature!r}.') from None
-  if not math.isfinite(out) or out < 0:
-    raise ValueError(f'`temperature` must be finite and >= 0, got {temperature!r}.')
-  return out
-
-
-def _check_times(t) -> tuple[np.ndarray, bool]:
-  """Times as a float64 1-D array (and whether a scalar was given): ≥ 0, strictly increasing, ∞ allowed last."""
-  try:
-    arr = np.asarray(t, dtype=np.float64)
-  except (TypeError, ValueError):
-    raise TypeError(f'`t` must be a scalar or a 1-D array of times, got {t!r}.') from None
-  if arr.ndim > 1:
-    raise ValueError(f'`t` must be a scalar or a 1-D array of times, got shape {arr.shape}.')
-  scalar = arr.ndim == 0
-  arr = np.atleast_1d(arr)
-  if arr.size == 0:
-    raise ValueError('`t` must hold at least one time, got an empty array.')
-  if np.any(np.isnan(arr)):
-    raise ValueError(f'`t` contains NaN: {arr}.')
-  if np.any(arr < 0):
-    raise ValueError(f'`t` must be >= 0, got {arr}.')
-  if np.any(np.diff(arr) <= 0):
-    raise ValueError(f'`t` must be strictly increasing, got {arr}.')
-  return arr, scalar
-
-
-def _check_array(name: str, x, ndim_min: int) -> jax.Array:
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(jnp.result_type(float))
-  if x.ndim < ndim_min:
-    raise ValueError(f'`{name}` must have at least {ndim_min} dimensions (batch first), got shape {x.shape}.')
-  if not bool(jnp.all(jnp.isfinite(x))):
-    raise ValueError(f'`{name}` contains NaN or inf.')
-  return x
-
-
-def _check_test_inputs(x_test, x_train: jax.Array) -> Optional[jax.Array]:
-  if x_test is None:
-    return None
-  x_test = _check_array('x_test', x_test, 2)
-  if x_test.shape[1:] != x_train.shape[1:]:
-    raise ValueError(f'`x_test` must have shape (n_test, {", ".join(map(str, x_train.shape[1:]))}) like '
-                     f'`x_train`, got {x_test.shape}.')
-  return x_test.astype(x_train.dtype)
+# Memory.
 
 
 def _available_memory() -> int:
@@ -322,8 +270,8 @@ class LangevinPredictor:
       The mean f̄(x, t), shaped (len(t), n, out) ((n, out) for scalar ``t``), or with ``compute_cov``
       ``Gaussian(mean, covariance)`` with covariance (len(t), n, n) ((n, n) for scalar ``t``).
     """
-    times, scalar = _check_times(t)
-    x_test = _check_test_inputs(x_test, self._x)
+    times, scalar = V.increasing_times('t', t)
+    x_test = None if x_test is None else V.inputs_like('x_test', x_test, self._x)
     if not isinstance(compute_cov, bool):
       raise TypeError(f'`compute_cov` must be a bool, got {compute_cov!r}.')
     if self.temperature == 0:
@@ -354,8 +302,8 @@ class LangevinPredictor:
     """Mean over points and outputs of (f̄(x*, t) − y*)², shape (len(t),) or scalar."""
     if x_test is None:
       raise ValueError('`x_test` must be given to compute the test MSE.')
-    y_test = _check_array('y_test', y_test, 2)
-    x_test = _check_test_inputs(x_test, self._x)
+    y_test = V.batched_array('y_test', y_test, 2)
+    x_test = None if x_test is None else V.inputs_like('x_test', x_test, self._x)
     if y_test.shape != (x_test.shape[0], self._y.shape[1]):
       raise ValueError(f'`y_test` must have shape (n_test, out) = ({x_test.shape[0]}, {self._y.shape[1]}), '
                        f'got {y_test.shape}.')
@@ -866,7 +814,7 @@ def langevin_mse_ensemble(layer_or_ndk_fn: Union[NDKFn, Any], x_train, y_train, 
     (len(t), n, out) or ``Gaussian(mean, covariance)`` with covariance (len(t), n, n); also ``time_scales``,
     ``train_loss(t)`` and ``test_mse(t, x_test, y_test)``.
   """
-  temperature = _check_temperature(temperature)
+  temperature = V.temperature(temperature)
   if hasattr(layer_or_ndk_fn, 'ndk_fn'):
     ndk_fn = layer_or_ndk_fn.ndk_fn
     if relaxation_rates is None and hasattr(layer_or_ndk_fn, 'relaxation_rates'):
@@ -877,28 +825,28 @@ def langevin_mse_ensemble(layer_or_ndk_fn: Union[NDKFn, Any], x_train, y_train, 
     raise TypeError('`layer_or_ndk_fn` must be an NDKLayer (with an `ndk_fn` method) or a callable '
                     f'ndk_fn(x1, x2, t1, t2, *, temperature), got {type(layer_or_ndk_fn).__name__}.')
   if relaxation_rates is not None:
-    relaxation_rates = tuple(_positive_float('relaxation_rates', r) if temperature > 0 else float(r)
+    relaxation_rates = tuple(V.positive('relaxation_rates', r) if temperature > 0 else float(r)
                              for r in relaxation_rates)
-  x_train = _check_array('x_train', x_train, 2)
-  y_train = _check_array('y_train', y_train, 2)
+  x_train = V.batched_array('x_train', x_train, 2)
+  y_train = V.batched_array('y_train', y_train, 2)
   if y_train.ndim != 2:
     raise ValueError(f'`y_train` must have shape (P, out), got {y_train.shape}.')
   if y_train.shape[0] != x_train.shape[0]:
     raise ValueError(f'`x_train` and `y_train` must hold the same number of points, got {x_train.shape[0]} '
                      f'and {y_train.shape[0]}.')
   y_train = y_train.astype(x_train.dtype)
-  rtol = _positive_float('rtol', rtol)
+  rtol = V.positive('rtol', rtol)
   if not isinstance(max_refinements, int) or isinstance(max_refinements, bool) or max_refinements < 0:
     raise ValueError(f'`max_refinements` must be an int >= 0, got {max_refinements!r}.')
   if first_step is not None:
-    first_step = _positive_float('first_step', first_step)
-  growth = _positive_float('growth', growth)
+    first_step = V.positive('first_step', first_step)
+  growth = V.positive('growth', growth)
   if cov_grid is not None:
-    cov_grid, _ = _check_times(cov_grid)
+    cov_grid, _ = V.increasing_times('cov_grid', cov_grid)
     if not np.all(np.isfinite(cov_grid)):
       raise ValueError('`cov_grid` must hold finite times.')
   if memory_limit is not None:
-    memory_limit = _positive_float('memory_limit', memory_limit)
+    memory_limit = V.positive('memory_limit', memory_limit)
   if not isinstance(max_kernel_elements, int) or max_kernel_elements < 1:
     raise ValueError(f'`max_kernel_elements` must be an int >= 1, got {max_kernel_elements!r}.')
   return LangevinPredictor(ndk_fn, x_train, y_train, temperature, relaxation_rates, rtol, max_refinements,
