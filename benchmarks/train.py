@@ -3,8 +3,10 @@
 Prints two tables (all ratios measured in this run, on the default JAX backend, float32):
 
 1. steps/s of ``ndk_flax.optax.langevin`` vs ``optax.sgd`` on the same ``ndk_flax.nn.from_stax`` model, full batch
-   of P points; overhead = sgd steps/s ÷ langevin steps/s (target ≤ 1.15). Langevin adds one Gaussian draw per
-   parameter per step (O(params)), the gradient costs O(P · params): the overhead falls as P grows.
+   of P points; overhead = sgd steps/s ÷ langevin steps/s (target ≤ 1.15), for both noise laws: Gaussian
+   (Euler–Maruyama, default) and Rademacher (ξ = ±1, the weak Euler scheme: one random bit per parameter).
+   Langevin adds one draw per parameter per step (O(params)), the gradient costs O(P · params): the overhead falls
+   as P grows.
 2. member-steps/s of an M-member ensemble: the vmapped program of ``ndk_flax.ensemble`` vs a Python loop that
    trains the members one after the other with the single-network Langevin step.
 
@@ -17,7 +19,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
@@ -67,16 +68,19 @@ def single_network_loop(model, tx, x, y):
     return params, run
 
 
-def optimizer_overhead(width: int, n_points: int, n_steps: int, repeats: int) -> tuple[float, float]:
+def optimizer_rates(width: int, n_points: int, n_steps: int, repeats: int) -> tuple[float, float, float]:
+    """steps/s of optax.sgd, langevin (Gaussian noise) and langevin (Rademacher noise) on one model."""
     x, y = data(n_points)
     model = nn.from_stax(network(width), input_shape=x.shape, rngs=nnx.Rngs(0), dtype=jnp.float32)
+    prior = nn.prior_std_tree(model)
     rates = []
-    for tx in (optax.sgd(ETA), langevin(ETA, TEMPERATURE, nn.prior_std_tree(model), key=0)):
+    for tx in (optax.sgd(ETA), langevin(ETA, TEMPERATURE, prior, key=0),
+               langevin(ETA, TEMPERATURE, prior, key=0, noise="rademacher")):
         params, run = single_network_loop(model, tx, x, y)
         state = tx.init(params)
         seconds = best_time(lambda: jax.block_until_ready(run(params, state, n_steps)), repeats)
         rates.append(n_steps / seconds)
-    return rates[0], rates[1]
+    return tuple(rates)
 
 
 def ensemble_throughput(width: int, n_members: int, n_steps: int, repeats: int) -> tuple[float, float]:
@@ -111,11 +115,12 @@ def main() -> None:
     print(f"backend={jax.default_backend()} devices={jax.device_count()} float32, full batch, d={D_IN}, "
           f"one erf hidden layer, T={TEMPERATURE}, eta={ETA}")
     print(f"\nOptimizer: steps/s on one network ({n_steps} steps per timing, best of {repeats})")
-    print(f"{'width':>6} {'P':>5} {'sgd':>10} {'langevin':>10} {'overhead':>9}")
+    print(f"{'width':>6} {'P':>5} {'sgd':>10} {'gaussian':>10} {'overhead':>9} {'rademacher':>11} {'overhead':>9}")
     for width in (512, 2048):
         for n_points in OPTIMIZER_P:
-            sgd, lang = optimizer_overhead(width, n_points, n_steps, repeats)
-            print(f"{width:>6} {n_points:>5} {sgd:>10.1f} {lang:>10.1f} {sgd / lang:>8.2f}x")
+            sgd, gauss, signs = optimizer_rates(width, n_points, n_steps, repeats)
+            print(f"{width:>6} {n_points:>5} {sgd:>10.1f} {gauss:>10.1f} {sgd / gauss:>8.2f}x {signs:>11.1f} "
+                  f"{sgd / signs:>8.2f}x")
     n_steps, repeats = max(1, n_steps // 4), max(1, repeats - 1)
     print(f"\nEnsemble: member-steps/s, M = {n_members} Langevin members, P={P} ({n_steps} steps, best of {repeats})")
     print(f"{'width':>6} {'vmapped':>10} {'loop':>10} {'speed-up':>9}")

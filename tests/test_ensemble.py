@@ -154,18 +154,21 @@ def _network(nonlin, depth, width, s0, s):
 # A 2^(3-1) fractional factorial design over (nonlinearity, depth, σ0 vs σ): every level of every factor appears
 # twice and every pair of levels of two factors once. Width 512 for one hidden layer, 64 for two (cost ∝ width²;
 # the O(depth/width) allowance stays well below 4 standard errors).
+# A fifth case repeats one with Rademacher noise (ξ = ±1, the weak Euler scheme of ndk_flax.optax): the theory is
+# the same continuous-time limit, so the same allowances apply.
 E2E_CASES = [
-    ("erf", 1, 512, 1.0, 1.0, 0.02),
-    ("erf", 2, 64, 1.4, 1.0, 0.012),
-    ("relu", 1, 512, 1.0, 1.4, 0.02),
-    ("relu", 2, 64, 1.0, 1.0, 0.02),
+    ("erf", 1, 512, 1.0, 1.0, 0.02, "gaussian"),
+    ("erf", 2, 64, 1.4, 1.0, 0.012, "gaussian"),
+    ("relu", 1, 512, 1.0, 1.4, 0.02, "gaussian"),
+    ("relu", 2, 64, 1.0, 1.0, 0.02, "gaussian"),
+    ("erf", 2, 64, 1.4, 1.0, 0.012, "rademacher"),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nonlin, depth, width, s0, s, eta", E2E_CASES,
-                         ids=[f"{c[0]}-{c[1]}hidden-s0_{c[3]}-s_{c[4]}" for c in E2E_CASES])
-def test_ensemble_matches_langevin_theory(nonlin, depth, width, s0, s, eta):
+@pytest.mark.parametrize("nonlin, depth, width, s0, s, eta, noise", E2E_CASES,
+                         ids=[f"{c[0]}-{c[1]}hidden-s0_{c[3]}-s_{c[4]}-{c[6]}" for c in E2E_CASES])
+def test_ensemble_matches_langevin_theory(nonlin, depth, width, s0, s, eta, noise):
     """128 members, T = 1, times 0 … 100η reaching ≥ 1/λ_W (diffusive phase, λ_W = T/σ_W² of the weights).
 
     Mean on train and test points and variance on train points vs ndk_flax.predict within 4 standard errors (under
@@ -192,7 +195,7 @@ def test_ensemble_matches_langevin_theory(nonlin, depth, width, s0, s, eta):
     assert E2E_STEPS[-1] * eta >= E2E_TEMPERATURE ** -1 * s**2  # t_max ≥ 1/λ_W: into the diffusive phase
     rec = train_ensemble(net, E2E_X, E2E_Y, temperature=E2E_TEMPERATURE, learning_rate=eta,
                          record_times=E2E_STEPS * eta, n_members=128, width=width, x_test=E2E_X_TEST, seed=1,
-                         progress=False, dtype=jnp.float32)
+                         progress=False, dtype=jnp.float32, noise=noise)
     rtol = 1e-2
     predictor = langevin_mse_ensemble(net, E2E_X, E2E_Y, temperature=E2E_TEMPERATURE, rtol=rtol, growth=0.5)
     k = np.arange(E2E_STEPS[-1] + 1)[:, None]

@@ -45,6 +45,34 @@ def test_one_step_is_the_discrete_langevin_formula():
     assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(xi)) > 0.1
 
 
+def test_rademacher_noise_is_the_langevin_step_with_random_signs():
+    """noise='rademacher': θ' − θ + η(g + T/σ²θ) = √(2ηT) ξ with every ξ exactly ±1; the signs are balanced
+    (|Σξ| < 4√n for n = 3·4096 fair signs: a 4-s.d. binomial bound), differ between leaves and between steps."""
+    eta, temp, sigma = 0.03, 0.4, 1.5
+    params = {"a": jnp.zeros((64, 64)), "b": jnp.zeros((64, 64)), "c": jnp.zeros(4096)}
+    grads = jax.tree.map(jnp.ones_like, params)
+    tx = langevin(eta, temp, sigma, key=3, noise="rademacher")
+    state = tx.init(params)
+    signs = []
+    for _ in range(2):
+        updates, state = tx.update(grads, state, params)
+        xi = jax.tree.map(lambda u, g, p: (u + eta * (g + temp / sigma**2 * p)) / np.sqrt(2 * eta * temp),
+                          updates, grads, params)
+        for leaf in jax.tree.leaves(xi):
+            np.testing.assert_allclose(np.abs(np.asarray(leaf)), 1.0, rtol=1e-12)
+        flat = np.concatenate([np.sign(np.asarray(x)).ravel() for x in jax.tree.leaves(xi)])
+        assert abs(flat.sum()) < 4 * np.sqrt(flat.size)
+        signs.append(flat)
+    leaves = [np.sign(np.asarray(x)).ravel() for x in jax.tree.leaves(xi)]
+    assert not np.array_equal(leaves[0], leaves[1][:4096]) and not np.array_equal(signs[0], signs[1])
+    assert abs(float(np.mean(signs[0] * signs[1]))) < 4 / np.sqrt(signs[0].size)  # steps uncorrelated
+
+
+def test_bad_noise_law():
+    with pytest.raises(ValueError, match="noise"):
+        langevin(0.1, 0.1, 1.0, key=0, noise="uniform")
+
+
 def test_zero_temperature_is_plain_gradient_descent():
     tx = langevin(0.05, 0.0, 1.0, key=0)
     u, _ = tx.update(GRADS, tx.init(PARAMS), PARAMS)
@@ -130,8 +158,9 @@ def test_schedule_uses_the_same_learning_rate_for_gradient_and_noise():
         params = optax.apply_updates(params, u)
 
 
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
 @pytest.mark.parametrize("curvatures", [(0.0, 0.0), (0.0, 0.5, 2.0, 8.0)], ids=["prior_only", "quadratic"])
-def test_stationary_law_is_the_exact_gaussian_posterior(curvatures):
+def test_stationary_law_is_the_exact_gaussian_posterior(curvatures, noise):
     """Quadratic potential E = ½ Σ a_i (θ_i − m_i)², prior N(0, σ²), temperature T.
 
     Posterior: mean a m/(a + λ), variance T/(a + λ), λ = T/σ² (prior-only a = 0: mean 0, variance σ²). The
@@ -142,6 +171,10 @@ def test_stationary_law_is_the_exact_gaussian_posterior(curvatures):
     effective sample sizes: Var(mean) = v(1+ρ)/((1−ρ) N C); Var(mean of (θ−μ)²) = 2v²(1+ρ²)/((1−ρ²) N C).
     Tolerance 5 standard errors. The test is sharp enough to reject the continuous-time variance where the O(η)
     gap exceeds 10 standard errors (checked below), so it can fail.
+
+    Rademacher noise (ξ = ±1) gives the same AR(1) mean and variance (they depend on ξ through E ξ, E ξ² only) and
+    the same autocorrelation ρ^{2k} of (θ − μ)²; its stationary law has negative excess kurtosis, so Var((θ − μ)²)
+    is below the Gaussian 2v² and the standard error above is conservative for it.
     """
     a = jnp.array(curvatures)
     m = jnp.linspace(-1.0, 2.0, a.size)
@@ -152,7 +185,7 @@ def test_stationary_law_is_the_exact_gaussian_posterior(curvatures):
     assert float(jnp.max(rho)) ** burn < 1e-8
 
     def chain(k):
-        tx = langevin(eta, temp, sigma, key=k)
+        tx = langevin(eta, temp, sigma, key=k, noise=noise)
         traj, _ = _run(tx, {"theta": jnp.zeros_like(a)}, lambda p: {"theta": a * (p["theta"] - m)}, burn + n_steps)
         return traj["theta"][burn:]
 
