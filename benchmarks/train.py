@@ -111,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (smoke run)")
     args = parser.parse_args()
-    n_steps, repeats, n_members = (20, 1, 4) if args.quick else (100, 3, 16)
+    n_steps, repeats, n_members = (20, 1, 4) if args.quick else (200, 5, 16)
     print(f"backend={jax.default_backend()} devices={jax.device_count()} float32, full batch, d={D_IN}, "
           f"one erf hidden layer, T={TEMPERATURE}, eta={ETA}")
     print(f"\nOptimizer: steps/s on one network ({n_steps} steps per timing, best of {repeats})")

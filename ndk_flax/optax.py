@@ -195,21 +195,19 @@ def _check_noise(noise: Any) -> str:
     return noise
 
 
-def _random_signs(key: jax.Array, shape: tuple, dtype: Any) -> jax.Array:
-    """Independent ±1 of the given shape: 32 signs from each random 32-bit word."""
-    n = math.prod(shape)
-    words = jax.random.bits(key, (-(-n // 32),), jnp.uint32)
-    bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
-    return (2 * bits.reshape(-1)[:n].astype(dtype) - 1).reshape(shape)
-
-
 def _tree_noise(key: jax.Array, tree: Any, noise: str) -> Any:
-    """ξ for every leaf of ``tree`` (same shapes and dtypes), one split key per leaf."""
+    """ξ for every leaf of ``tree`` (same shapes and dtypes). Gaussian: one split key per leaf. Rademacher: one draw
+    of random 32-bit words for the whole tree, 32 signs ±1 from each word, cut into the leaves."""
     if noise == "gaussian":
         return otu.tree_random_like(key, tree)
     leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([_random_signs(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)])
+    sizes = [math.prod(jnp.shape(x)) for x in leaves]
+    words = jax.random.bits(key, (-(-sum(sizes) // 32),), jnp.uint32)
+    bits = ((words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1).reshape(-1)
+    offsets = np.cumsum([0] + sizes)
+    return treedef.unflatten([
+        (2 * bits[start:stop].astype(jnp.result_type(x)) - 1).reshape(jnp.shape(x))
+        for start, stop, x in zip(offsets[:-1], offsets[1:], leaves)])
 
 
 def add_langevin_noise(learning_rate: optax.ScalarOrSchedule, temperature: float,
