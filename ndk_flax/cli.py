@@ -341,7 +341,7 @@ def validate(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[s
     record = ensemble.train_ensemble(layer, ds.x_train, ds.y_train, temperature=cfg.temperature,
                                      learning_rate=cfg.learning_rate, record_times=times, n_members=cfg.n_members,
                                      width=cfg.width, x_test=ds.x_test, seed=cfg.seed, progress=settings.progress,
-                                     dtype=jnp.float32)
+                                     dtype=jnp.float32, noise=cfg.noise)
     t_ensemble = time.perf_counter() - started - t_theory
 
     stage(names[2])

@@ -14,6 +14,7 @@ import math
 from typing import Any, Mapping
 
 from ndk_flax.data import KINDS
+from ndk_flax.optax import NOISE_LAWS
 
 ACTIVATIONS = ("erf", "relu")
 
@@ -40,6 +41,8 @@ class RunConfig:
     b_prior_std: float = _field(0.5, "sigma_b: prior std of every bias (only with --bias).")
     temperature: float = _field(0.05, "Langevin temperature T >= 0 (T = 0: plain gradient descent).")
     learning_rate: float = _field(0.02, "Step eta of the discrete Langevin rule; time t = eta * steps.")
+    noise: str = _field("gaussian", "Law of the Langevin noise xi: gaussian (Euler-Maruyama) or rademacher (+-1, the "
+                                    "weak Euler scheme: same mean and covariance, cheaper to draw).", NOISE_LAWS)
     n_members: int = _field(256, "Ensemble size M (independent initialisations and noise).")
     t_max: float = _field(80.0, "Last recorded time (in units of learning_rate * steps).")
     n_times: int = _field(12, "Number of record times (0 and a geometric grid up to t_max).")

@@ -36,7 +36,7 @@ Why these numbers.
   K = {n_comparisons} and α = {alpha:g} that is {bonferroni:.2f} (conservative: neighbouring times are strongly
   correlated). z_tol adds {margin:.2f} to it for two effects of the finite ensemble and step: the sample variance
   of M = {m} members is a skewed χ²-like statistic (relative s.e. √(2/M) = {rel_var_se:.2f}) whose upper tail is
-  heavier than the normal one; and the discrete Langevin rule (Euler–Maruyama, step η = {eta:g}) relaxes the
+  heavier than the normal one; and the discrete Langevin rule (step η = {eta:g}) relaxes the
   fastest mode by (1 − ηλ_max) per step instead of e^(−ηλ_max), a relative error O(ηλ_max/2) = {half_eta_lambda:.3f}
   in its time constant and stationary variance, at most ≈ {step_z:.2f} standard errors of a variance.
 * Finite width. The theory is the N → ∞ limit; the mean and covariance of a width-N network differ from it by
@@ -127,7 +127,9 @@ def render(results: Mapping[str, Any]) -> str:
         + (f", σ0_b = {fmt(cfg['b_std'])}, σ_b = {fmt(cfg['b_prior_std'])}" if cfg["bias"] else "") + ".",
         f"* Langevin dynamics on the summed ½-MSE loss: temperature T = {fmt(cfg['temperature'])}, "
         f"step η = {fmt(cfg['learning_rate'])}, time t = η × steps up to t_max = {fmt(cfg['t_max'])} "
-        f"({int(round(cfg['t_max'] / cfg['learning_rate']))} steps).",
+        f"({int(round(cfg['t_max'] / cfg['learning_rate']))} steps), noise ξ "
+        + ("~ N(0, 1) (Euler–Maruyama)." if cfg.get("noise", "gaussian") == "gaussian"
+           else "= ±1 (Rademacher: the weak Euler scheme, same mean and covariance as Gaussian increments)."),
         f"* Ensemble: M = {cfg['n_members']} independently initialised networks trained in float32 (the theory in "
         f"float64), seed {cfg['seed']}; data: built-in {cfg['dataset']} set, "
         f"P = {cfg['n_train']} training and {cfg['n_test']} test points on a circle in R³ "

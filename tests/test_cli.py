@@ -153,7 +153,10 @@ def test_disagreeing_ensemble_exits_1_with_a_failed_report(tmp_path, monkeypatch
             mean = np.zeros((len(t), n, 1))
             return Gaussian(mean, np.broadcast_to(np.eye(n), (len(t), n, n))) if compute_cov else mean
 
-    def shifted(layer, x_train, y_train, *, record_times, n_members, x_test, seed, **_):
+    seen = {}
+
+    def shifted(layer, x_train, y_train, *, record_times, n_members, x_test, seed, **kwargs):
+        seen.update(kwargs)
         rng = np.random.default_rng(seed)
         shape = (n_members, len(record_times))
         return ensemble.EnsembleRecord(np.asarray(record_times), 0.5 + rng.standard_normal(shape + (len(x_train), 1)),
@@ -162,8 +165,9 @@ def test_disagreeing_ensemble_exits_1_with_a_failed_report(tmp_path, monkeypatch
     monkeypatch.setattr(predict, "langevin_mse_ensemble", lambda *a, **k: StandardNormalTheory())
     monkeypatch.setattr(ensemble, "train_ensemble", shifted)
     status = cli.main(["ndk-flax", "validate", "--quick", "--n_train", "4", "--n_test", "2", "--noprogress",
-                       "--out", str(tmp_path)])
+                       "--noise", "rademacher", "--out", str(tmp_path)])
     assert status == cli.EXIT_FAIL
+    assert seen["noise"] == "rademacher" and "Rademacher" in (tmp_path / "report.md").read_text()
     assert sorted(os.listdir(tmp_path)) == sorted(VALIDATE_FILES)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["passed"] is False and results["max_abs_z"]["beyond_allowance"] > results["config"]["z_tol"]
@@ -180,6 +184,7 @@ BAD = [
     (["validate", "--width", "0"], "width"),
     (["validate", "--n_members", "1"], "n_members"),
     (["validate", "--learning_rate", "nan"], "learning_rate"),
+    (["validate", "--noise", "uniform"], "noise"),
     (["validate", "--t_max", "0.01", "--n_times", "12"], "t_max"),
     (["validate", "--config", "missing.json"], "missing.json"),
     (["validate", "--config", "not_json.json"], "not valid JSON"),
