@@ -35,12 +35,15 @@ class EnsembleRecord(NamedTuple):
       hidden: None, or (with ``record_hidden``) a tuple with one array per hidden representation (the inputs of the
         parametric layers after the first, see ``ndk_flax.nn.StaxModel``), each (M, n_t, P + n_test, ...) on the
         training inputs followed by the test inputs.
+      params: None, or (with ``record_params``) the member parameters θ_m(t) as an ``nnx.State`` of NumPy arrays
+        (M, n_t, *shape) with the structure of ``nnx.state(model, nnx.Param)`` (for ``ndk_flax.validate.empirical_ndk``).
     """
 
     times: np.ndarray
     train: np.ndarray
     test: Optional[np.ndarray]
     hidden: Optional[tuple]
+    params: Optional[Any] = None
 
 
 def record_steps(record_times: Any, learning_rate: float, *, rtol: float = 1e-6) -> np.ndarray:
@@ -148,7 +151,7 @@ def build_program(layer, x_train: jax.Array, y_train: jax.Array, *, temperature:
 
 def train_ensemble(layer, x_train: Any, y_train: Any, *, temperature: float, learning_rate: float,
                    record_times: Sequence[float], n_members: int, width: Optional[int] = None,
-                   x_test: Any = None, seed: int = 0, record_hidden: bool = False,
+                   x_test: Any = None, seed: int = 0, record_hidden: bool = False, record_params: bool = False,
                    progress: bool = True, dtype: Any = None, noise: str = "gaussian") -> EnsembleRecord:
     """Train M members with full-batch Langevin dynamics and record their outputs (THEORY.md §1).
 
@@ -166,6 +169,8 @@ def train_ensemble(layer, x_train: Any, y_train: Any, *, temperature: float, lea
       x_test: optional (n_test, ...) inputs at which outputs are also recorded.
       seed: int seed.
       record_hidden: also record the hidden representations (memory M · n_t · (P + n_test) · width per layer).
+      record_params: also record every member's parameters at the record times (memory M · n_t · parameters), for
+        the empirical NDK of ``ndk_flax.validate.empirical_ndk``.
       progress: show a tqdm progress bar over the record points.
       dtype: parameter and computation dtype (default: JAX's default float; ``jnp.float32`` is several times faster
         on CPU, mostly for drawing the noise).
@@ -214,7 +219,7 @@ def train_ensemble(layer, x_train: Any, y_train: Any, *, temperature: float, lea
     member_keys = jax.device_put(member_keys, sharding)
     params, opt_state = jax.jit(program.init, out_shardings=sharding)(member_keys)
     advance, observe = program.advance, program.observe
-    outputs, hiddens = [], []
+    outputs, hiddens, snapshots = [], [], []
     done = 0
     for target in tqdm(steps, desc="Langevin ensemble", unit="record", disable=not progress):
         params, opt_state, bad = advance(params, opt_state, jnp.asarray(done), jnp.asarray(int(target) - done))
@@ -234,9 +239,12 @@ def train_ensemble(layer, x_train: Any, y_train: Any, *, temperature: float, lea
         outputs.append(out)
         if record_hidden:
             hiddens.append(tuple(np.asarray(h)[:n_members] for h in observed[1]))
+        if record_params:
+            snapshots.append(jax.tree.map(lambda p: np.asarray(p)[:n_members], params))
     train_out = np.stack(outputs, axis=1)
     return EnsembleRecord(
         times=steps * learning_rate,
         train=train_out[:, :, :n_train],
         test=None if x_test is None else train_out[:, :, n_train:],
-        hidden=tuple(np.stack(h, axis=1) for h in zip(*hiddens)) if record_hidden else None)
+        hidden=tuple(np.stack(h, axis=1) for h in zip(*hiddens)) if record_hidden else None,
+        params=jax.tree.map(lambda *p: np.stack(p, axis=1), *snapshots) if record_params else None)

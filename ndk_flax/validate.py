@@ -5,15 +5,25 @@
 * :func:`two_time_overlap`: empirical two-time kernels from members, e.g. the hidden-layer overlap
   (1/N) Σ_i a_i(x, t) a_i(x', s) whose infinite-width limit is the two-time kernel C^l (THEORY.md §6), or the
   output two-time covariance.
+* :func:`empirical_ndk`: the Neural Dynamical Kernel of trained members, R̂(t, s, x, x') =
+  Σ_θ r_θ(t, s) ∂f(x; θ(t))/∂θ · ∂f(x'; θ(s))/∂θ with r_θ(t, s) = e^{−λ_θ(t − s)} (t ≥ s), λ_θ = T/σ_θ²: a kick of
+  the loss gradient at time s relaxes in the weights like a free Ornstein–Uhlenbeck process (THEORY.md §2), so this
+  is the response of f(x, t) to a force on f(x', s); its member average tends to R of ``ndk_fn`` as the width grows.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, NamedTuple, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-__all__ = ["KernelEstimate", "ValidationReport", "compare", "two_time_overlap"]
+from ndk_flax import _validation as V
+from ndk_flax import nn
+
+__all__ = ["KernelEstimate", "ValidationReport", "compare", "empirical_ndk", "two_time_overlap"]
 
 
 class ValidationReport(NamedTuple):
@@ -150,4 +160,62 @@ def two_time_overlap(features: Any, *, centre: bool = False) -> KernelEstimate:
     if centre:
         a = (a - a.mean(0)) * math.sqrt(m / (m - 1))
     per_member = np.einsum("mtxi,msyi->mtsxy", a, a) / n_units
+    return KernelEstimate(per_member.mean(0), per_member.std(0, ddof=1) / math.sqrt(m))
+
+
+def empirical_ndk(record: Any, model: nnx.Module, x1: Any, x2: Any = None, *, temperature: float) -> KernelEstimate:
+    """Member average of the empirical NDK R̂(t, s, x1, x2) at every pair of recorded times, with its standard error.
+
+    R̂_m(t, s, x, x') = (1/out) Σ_k Σ_θ r_θ(t, s) ∂f_k(x; θ_m(t))/∂θ · ∂f_k(x'; θ_m(s))/∂θ for member m, with
+    r_θ(t, s) = e^{−λ_θ(t − s)} for t ≥ s and 0 for t < s, λ_θ = T/σ_θ² (σ_θ the prior std of the parameter's group);
+    the output channels k are averaged (Neural Tangents' ``trace_axes``). At t = s = 0 it is the empirical raw NTK
+    of the members; its infinite-width limit is ``layer.ndk_fn(x1, x2, t, s, temperature=T).ndk``.
+
+    Args:
+      record: an ``EnsembleRecord`` from ``train_ensemble(..., record_params=True)``.
+      model: an ``ndk_flax.nn`` model of the trained architecture (e.g. ``nn.from_stax(layer, width, ...)``): its
+        graph and prior stds are used, its parameter values are not.
+      x1, x2: (n1, ...) and (n2, ...) inputs (``x2=None``: x1).
+      temperature: T ≥ 0 of the training run (T = 0: r ≡ 1).
+
+    Returns:
+      :class:`KernelEstimate` with (n_t, n_t, n1, n2) arrays (zero for t < s); ``se`` = std over members / √M.
+    """
+    if getattr(record, "params", None) is None:
+        raise ValueError("record has no parameters: train the ensemble with train_ensemble(..., record_params=True)")
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be an nnx.Module built by ndk_flax.nn, got {type(model).__name__}")
+    temperature = V.temperature(temperature)
+    graphdef, template = nnx.split(model, nnx.Param)
+    if jax.tree.structure(record.params) != jax.tree.structure(template):
+        raise ValueError("record.params does not have the parameter structure of model: build model with the same "
+                         "architecture and width as the trained ensemble")
+    x1 = V.batched_array("x1", x1)
+    x2 = x1 if x2 is None else V.inputs_like("x2", x2, x1, "x1")
+    leaves = jax.tree.leaves(record.params)
+    m, n_t = leaves[0].shape[:2]
+    if m < 2:
+        raise ValueError(f"need at least 2 members, got {m}")
+    times = jnp.asarray(record.times, x1.dtype)
+    lag = times[:, None] - times[None, :]
+    responses = [jnp.where(lag >= 0, jnp.exp(-temperature / float(std)**2 * jnp.maximum(lag, 0)), 0.)
+                 for std in jax.tree.leaves(nn.prior_std_tree(model))]
+
+    def jacobians(params, x):  # leaves (n_t, n, out, size) of ∂f/∂θ at every recorded time
+        def one(p):
+            jac = jax.jacrev(lambda q: nnx.merge(graphdef, q)(x))(p)
+            return [j.reshape(j.shape[:2] + (-1,)) for j in jax.tree.leaves(jac)]
+        return jax.vmap(one)(params)
+
+    @jax.jit
+    def member_kernel(params):
+        params = jax.tree.map(lambda p: p.astype(x1.dtype), params)
+        j1 = jacobians(params, x1)
+        j2 = j1 if x2 is x1 else jacobians(params, x2)
+        out = j1[0].shape[2]
+        return sum(r[:, :, None, None] * jnp.einsum("txok,syok->tsxy", a, b) / out
+                   for r, a, b in zip(responses, j1, j2))
+
+    per_member = np.stack([np.asarray(member_kernel(jax.tree.map(lambda p, i=i: p[i], record.params)))
+                           for i in range(m)])
     return KernelEstimate(per_member.mean(0), per_member.std(0, ddof=1) / math.sqrt(m))

@@ -219,7 +219,11 @@ class Report:
     self.lines.extend(lines)
 
   def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    fmt = lambda v: f'{v:.4g}' if isinstance(v, (float, np.floating)) else str(v)  # noqa: E731
+    def fmt(v):  # NaN marks a quantity the run did not reach (e.g. a crossing time): shown as '—'
+      if isinstance(v, (float, np.floating)):
+        return '—' if np.isnan(v) else f'{v:.4g}'
+      return str(v)
+
     self.lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     self.lines += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in rows]
     self.lines.append('')

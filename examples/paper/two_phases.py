@@ -80,9 +80,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                                't_half_T_over_sigma2', 'equilibrium_test_mse']}
   rep.add('## Several temperatures (σ0²/σ² = 4)', '',
           f'Gradient time scale 1/λ_max(Θ0) = {t_grad:.3g}; NTK-interpolant test MSE (end of the gradient phase, '
-          f'T → 0) = {ntk_err:.4f}. t_fit: training MSE at 1% of its initial value; plateau: t = √(t_grad σ²/T); '
-          't_half: the test MSE is halfway between the NTK interpolant and equilibrium; equilibrium: NNGP '
-          'posterior K(x*, X)[K + T I]⁻¹Y (closed form).', '')
+          f'T → 0) = {ntk_err:.4f}. t_fit: training MSE at 1% of its initial value (—: never, the O(T) plateau '
+          'lies above it); plateau: t = √(t_grad σ²/T); t_half: the test MSE is halfway between the NTK interpolant '
+          'and equilibrium; equilibrium: NNGP posterior K(x*, X)[K + T I]⁻¹Y (closed form).', '')
   rep.table(['T', 't_fit', 'train MSE (plateau)', 'test MSE (plateau)', 't_half', 't_half·T/σ²',
              'test MSE (equilibrium)'], rows)
 
