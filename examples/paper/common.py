@@ -200,6 +200,15 @@ def z_threshold(n_members: int, n_comparisons: int, alpha: float = 0.01) -> floa
   return float(student_t.ppf(1 - alpha / (2 * max(1, n_comparisons)), df=n_members - 1))
 
 
+def ensemble_agreement_claim(rep: 'Report', text: str, z, z_eq, n_members: int, where: str) -> None:
+  """Claim that a finite ensemble follows the theory: max |z| vs the solver (``z``) and vs the closed-form
+  equilibrium (``z_eq``) below the Bonferroni bound of all these comparisons (α = 1 %)."""
+  thr = z_threshold(n_members, np.size(z) + np.size(z_eq))
+  rep.claim(f'{text} (Bonferroni bound, α = 1 %)', bool(np.max(np.abs(z)) < thr and np.max(np.abs(z_eq)) < thr),
+            f'max |z| = {np.max(np.abs(z)):.2f} {where}, {np.max(np.abs(z_eq)):.2f} vs the equilibrium; bound '
+            f'{thr:.2f} for M = {n_members}')
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Output.
 

@@ -207,7 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             f'accuracy {relu01[2]:.3f} → {relu01[5]:.3f} at Δ = ∞; on 8×8 digits ‖x‖ separates 0 from 1 at best '
             f'{relu01[6]:.3f}, so this data cannot show it')
   relu49 = frozen[(tasks[(4, 9)].name, 'relu')]
-  rep.claim('Frozen readout, 4-vs-9, ReLU: accuracy decays to near chance', relu49[5] <= 0.65,
+  rep.claim('Frozen readout, 4-vs-9, ReLU: accuracy decays to near chance (within 0.15 of 0.5)',
+            abs(relu49[5] - 0.5) <= 0.15,
             f'accuracy {relu49[2]:.3f} → {relu49[5]:.3f} at Δ = ∞ (‖x‖-threshold bound {relu49[6]:.3f})')
   erf_rows = [frozen[(t.name, 'erf')] for t in tasks.values()]
   erf_inf = [r[5] for r in erf_rows]

@@ -164,11 +164,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 for key in {(r[0], r[1], r[3]) for r in rows}),
             'equilibrium MSE at T = 0.001 / 0.1: ' + ', '.join(f'{a} L={d}: {lo:.4f} / {hi:.4f}'
                                                                for a, d, lo, hi in eq_range[::3]))
-  thr = C.z_threshold(n_members, z.size + z_eq.size)
-  rep.claim('Finite-width ensemble agrees with the theory (Bonferroni bound, α = 1 %)',
-            bool(np.max(np.abs(z_eq)) < thr and np.max(np.abs(z)) < thr),
-            f'max |z| = {np.max(np.abs(z)):.2f} ({source}), {np.max(np.abs(z_eq)):.2f} (equilibrium); bound {thr:.2f} '
-            f'for M = {n_members}')
+  C.ensemble_agreement_claim(rep, 'Finite-width ensemble agrees with the theory', z, z_eq, n_members,
+                             f'vs the {source}')
   return rep.write()
 
 

@@ -193,11 +193,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             bool(np.ptp(ntk_errs) > 0.01 and np.ptp(eq_errs) < 1e-9),
             f'NTK-end test MSE {", ".join(f"{v:.3g}" for v in ntk_errs)}; equilibrium '
             f'{", ".join(f"{v:.4g}" for v in eq_errs)} for σ0²/σ² = {ratios}')
-  thr = C.z_threshold(n_members, z.size + z_eq.size)
-  rep.claim('Finite-width Langevin ensembles follow the theory (Bonferroni bound, α = 1 %)',
-            bool(np.max(np.abs(z)) < thr and np.max(np.abs(z_eq)) < thr),
-            f'max |z| = {np.max(np.abs(z)):.2f} vs the {source} over {len(ens.times)} times × {n_test} test points, '
-            f'{np.max(np.abs(z_eq)):.2f} vs the equilibrium; bound {thr:.2f} for M = {n_members}')
+  C.ensemble_agreement_claim(rep, 'Finite-width Langevin ensembles follow the theory', z, z_eq, n_members,
+                             f'vs the {source} over {len(ens.times)} times × {n_test} test points')
   return rep.write()
 
 
