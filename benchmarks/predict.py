@@ -5,7 +5,8 @@ n_t = 200 requested times from 0 to 3/λ (both learning phases). Rows:
   * mean (test points) for P ∈ {100, 300, 1000}, with the prior σ = σ0 (stationary kernel: the default network)
     and σ = 0.8 σ0 (non-stationary, a full kernel lattice) for P ≤ 300;
   * covariance (test points, σ = 0.8 σ0) for P ∈ {100, 300} at --cov-requested of the n_t times (default all
-    n_t = 200), on a covariance grid of about --cov-times times (its cost is O((n_c·P)² (P + n_test)) per requested time, see ndk_flax.predict);
+    n_t = 200), on a covariance grid of about --cov-times times (its cost is O((n_c·P)² (P + n_test)) per
+    requested time, see ndk_flax.predict);
   * T = 0 (closed form) against neural_tangents.predict.gradient_descent_mse_ensemble on the same problem, both
     timed in the same process (kernel, eigendecomposition and prediction; compilation included for both).
 Each configuration runs in its own subprocess, so the peak resident memory (ru_maxrss) is its own; "wall s" is the
@@ -111,7 +112,8 @@ def main():
   print(f'{"what":8} {"P":>5} {"σ/σ0":>5} {"wall s":>8} {"CPU s":>8} {"peak GiB":>9}  details')
   for kind, p, prior_std in configs:
     proc = subprocess.run([sys.executable, __file__, '--one', kind, str(p), str(prior_std),
-                           '--cov-times', str(args.cov_times), '--cov-requested', str(args.cov_requested)], capture_output=True, text=True)
+                           '--cov-times', str(args.cov_times), '--cov-requested', str(args.cov_requested)],
+                          capture_output=True, text=True)
     if proc.returncode:
       print(f'{kind:8} {p:>5} {prior_std:>5} failed: {proc.stderr.strip().splitlines()[-1]}')
       continue

@@ -36,7 +36,8 @@ class EnsembleRecord(NamedTuple):
         parametric layers after the first, see ``ndk_flax.nn.StaxModel``), each (M, n_t, P + n_test, ...) on the
         training inputs followed by the test inputs.
       params: None, or (with ``record_params``) the member parameters θ_m(t) as an ``nnx.State`` of NumPy arrays
-        (M, n_t, *shape) with the structure of ``nnx.state(model, nnx.Param)`` (for ``ndk_flax.validate.empirical_ndk``).
+        (M, n_t, *shape) with the structure of ``nnx.state(model, nnx.Param)`` (for
+        ``ndk_flax.validate.empirical_ndk``).
     """
 
     times: np.ndarray
@@ -107,7 +108,8 @@ def build_program(layer, x_train: jax.Array, y_train: jax.Array, *, temperature:
     if out_shape != tuple(y_train.shape):
         raise ValueError(f"y_train must have the network's output shape {out_shape} for x_train, got {y_train.shape}")
     prior = nn.prior_std_tree(template)
-    tx = langevin(learning_rate, temperature, prior, key=0, noise=noise)  # validates T, η, noise; update() is key-independent
+    # Validates T, η and the noise law; update() does not depend on the key.
+    tx = langevin(learning_rate, temperature, prior, key=0, noise=noise)
     graphdef, _ = nnx.split(template, nnx.Param)
 
     def init_member(key):

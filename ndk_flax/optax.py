@@ -20,9 +20,9 @@ Langevin SDE. ``'rademacher'`` draws independent signs ξ = ±1: the simplified 
 Gaussian ones. Both schemes converge weakly with order 1 to the same Langevin diffusion (ensemble averages of
 smooth functions err by O(η)), so the theory (THEORY.md) describes both ensembles to the same accuracy. For a
 quadratic potential (dynamics linear in θ) the mean and covariance of the chain are identical under both laws at
-every step: they depend on ξ only through E ξ = 0 and E ξξᵀ = I. Individual steps differ (E ξ⁴ = 1 instead of 3). A sign costs one random bit
-instead of a 32-bit word and an inverse-erf, about 10× less on CPU, where the Gaussian draw can cost as much as
-the gradient itself (``benchmarks/train.py``).
+every step: they depend on ξ only through E ξ = 0 and E ξξᵀ = I. Individual steps differ (E ξ⁴ = 1 instead of
+3). A sign costs one random bit instead of a 32-bit word and an inverse-erf, about 10× less on CPU, where the
+Gaussian draw can cost as much as the gradient itself (``benchmarks/train.py``).
 """
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ def _tree_noise(key: jax.Array, tree: Any, noise: str) -> Any:
 
 def add_langevin_noise(learning_rate: optax.ScalarOrSchedule, temperature: float,
                        key: Any, *, noise: str = "gaussian") -> optax.GradientTransformation:
-    """Gradient transformation u ↦ u + √(2 η_k T) ξ_k, ξ_k ~ N(0, I) (Optax update space: added to θ).
+    """Gradient transformation u ↦ u + √(2 η_k T) ξ_k, ξ_k ~ N(0, I) or ±1 (Optax update space: added to θ).
 
     Args:
       learning_rate: η (float) or an Optax schedule k ↦ η_k; evaluated at the same step count k as
