@@ -1,13 +1,14 @@
 """Flax NNX modules in the raw parameterisation of THEORY.md §1, and the Flax model of an ``ndk_flax.stax`` network.
 
-Parametric layers compute h = W a/√N + b with N the fan-in (Dense: input features; Conv: input channels × filter
-size) and train W and b themselves: W ~ N(0, σ0_W²), b ~ N(0, σ0_b²) at initialisation. Every ``nnx.Param``
-carries its initialisation std (metadata ``init_std`` = σ0) and its prior std (metadata ``prior_std`` = σ, the
-Gaussian prior N(0, σ²) of Langevin learning); :func:`prior_std_tree` collects the latter for
-``ndk_flax.optax.langevin``.
+Parametric layers compute h = W a/√N + b with N the fan-in (Dense: input features; Conv, ConvTranspose, ConvLocal:
+input channels × filter size) and train W and b themselves: W ~ N(0, σ0_W²), b ~ N(0, σ0_b²) at initialisation.
+Every ``nnx.Param`` carries its initialisation std (metadata ``init_std`` = σ0) and its prior std (metadata
+``prior_std`` = σ, the Gaussian prior N(0, σ²) of Langevin learning); :func:`prior_std_tree` collects the latter
+for ``ndk_flax.optax.langevin``.
 
 :func:`from_stax` builds the Flax model of an ``ndk_flax.stax`` architecture from its ``layer.spec``, with the same
-variances, so that theory (``layer.ndk_fn``) and simulation describe the same network.
+variances, so that theory (``layer.ndk_fn``) and simulation describe the same network. Supported parametric kinds:
+Dense, Conv, ConvTranspose, ConvLocal (GlobalSelfAttention is not).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from flax import nnx
 
 from ndk_flax import _validation as V
 
-__all__ = ["Conv", "Dense", "Free", "Parallel", "Serial", "StaxModel", "from_stax", "prior_std_tree"]
+__all__ = ["Conv", "ConvLocal", "ConvTranspose", "Dense", "Free", "Parallel", "Serial", "StaxModel", "from_stax",
+           "prior_std_tree"]
 
 Hidden = Optional[list]
 
@@ -90,6 +92,50 @@ def _default_dimension_numbers(n_spatial: int) -> tuple[str, str, str]:
     return "N" + spatial + "C", spatial + "IO", "N" + spatial + "C"
 
 
+def _conv_geometry(filter_shape, strides, padding, dimension_numbers):
+    """Validated (filter_shape, strides, padding, dimension_numbers) of a convolution (filter order: rhs spec)."""
+    filter_shape = tuple(_check_size("filter_shape entries", int(f)) for f in filter_shape)
+    n = len(filter_shape)
+    if n == 0:
+        raise ValueError("filter_shape must have at least one entry")
+    strides = (1,) * n if strides is None else tuple(_check_size("strides entries", int(s)) for s in strides)
+    if len(strides) != n:
+        raise ValueError(f"strides must have {n} entries (one per filter dimension), got {strides!r}")
+    padding = str(getattr(padding, "name", padding)).upper()
+    if padding not in ("VALID", "SAME", "CIRCULAR"):
+        raise ValueError(f"padding must be 'VALID', 'SAME' or 'CIRCULAR', got {padding!r}")
+    dimension_numbers = tuple(dimension_numbers or _default_dimension_numbers(n))
+    if len(dimension_numbers) != 3 or any(len(spec) != n + 2 for spec in dimension_numbers):
+        raise ValueError(f"dimension_numbers must be three specs with {n} spatial letters each, "
+                         f"got {dimension_numbers!r}")
+    return filter_shape, strides, padding, dimension_numbers
+
+
+def _spatial_axes(spec: str, rhs: str) -> list[int]:
+    """Axes of ``spec`` holding the spatial dimensions, in the order of the filter (rhs spec)."""
+    return [spec.index(c) for c in rhs if c not in "IO"]
+
+
+def _circular_pad(x: jax.Array, lhs: str, rhs: str, filter_shape, strides) -> jax.Array:
+    """Periodic padding such that a 'VALID' convolution gives the 'SAME' output size (Neural Tangents' CIRCULAR)."""
+    pads = [(0, 0)] * x.ndim
+    for ax, f, s in zip(_spatial_axes(lhs, rhs), filter_shape, strides):
+        total = max((-(-x.shape[ax] // s) - 1) * s + f - x.shape[ax], 0)
+        pads[ax] = (total // 2, total - total // 2)
+    return jnp.pad(x, pads, mode="wrap")
+
+
+def _check_channels(layer: str, x: jax.Array, lhs: str, in_channels: int) -> None:
+    if x.ndim != len(lhs) or x.shape[lhs.index("C")] != in_channels:
+        raise ValueError(f"{layer} expects {len(lhs)}-D inputs ({lhs}) with {in_channels} channels on axis "
+                         f"{lhs.index('C')}, got input shape {x.shape}")
+
+
+def _kernel_shape(rhs: str, in_size: int, out_size: int, spatial: Sequence[int]) -> tuple:
+    spatial = iter(spatial)
+    return tuple(out_size if c == "O" else in_size if c == "I" else next(spatial) for c in rhs)
+
+
 class Conv(nnx.Module):
     """Convolution h = W ⋆ a/√N + b with N = in_channels × ∏ filter_shape (raw parameterisation).
 
@@ -105,21 +151,11 @@ class Conv(nnx.Module):
                  record_input: bool = False, dtype=None, rngs: nnx.Rngs):
         self.in_channels = _check_size("in_channels", in_channels)
         self.out_channels = _check_size("out_channels", out_channels)
-        self.filter_shape = tuple(_check_size("filter_shape entries", int(f)) for f in filter_shape)
-        n = len(self.filter_shape)
-        self.strides = (1,) * n if strides is None else tuple(int(s) for s in strides)
-        if len(self.strides) != n:
-            raise ValueError(f"strides must have {n} entries (one per filter dimension), got {strides!r}")
-        padding = str(getattr(padding, "name", padding)).upper()
-        if padding not in ("VALID", "SAME", "CIRCULAR"):
-            raise ValueError(f"padding must be 'VALID', 'SAME' or 'CIRCULAR', got {padding!r}")
-        self.padding = padding
-        self.dimension_numbers = tuple(dimension_numbers or _default_dimension_numbers(n))
+        self.filter_shape, self.strides, self.padding, self.dimension_numbers = _conv_geometry(
+            filter_shape, strides, padding, dimension_numbers)
         W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
         self.record_input = record_input
-        lhs, rhs, _ = self.dimension_numbers
-        spatial = iter(self.filter_shape)
-        w_shape = tuple(out_channels if c == "O" else in_channels if c == "I" else next(spatial) for c in rhs)
+        w_shape = _kernel_shape(self.dimension_numbers[1], in_channels, out_channels, self.filter_shape)
         self.W = _raw_param(rngs, w_shape, W_std, W_prior_std, dtype)
         self.b = None if b_std is None else _raw_param(rngs, (out_channels,), b_std, b_prior_std, dtype)
 
@@ -127,23 +163,143 @@ class Conv(nnx.Module):
         if hidden is not None and self.record_input:
             hidden.append(x)
         lhs, rhs, out = self.dimension_numbers
-        if x.shape[lhs.index("C")] != self.in_channels:
-            raise ValueError(f"Conv expects {self.in_channels} channels on axis {lhs.index('C')}, "
-                             f"got input shape {x.shape}")
+        _check_channels("Conv", x, lhs, self.in_channels)
         padding = self.padding
         if padding == "CIRCULAR":
-            spatial_axes = [lhs.index(c) for c in rhs if c not in "IO"]
-            pads = [(0, 0)] * x.ndim
-            for ax, f, s in zip(spatial_axes, self.filter_shape, self.strides):
-                total = max((-(-x.shape[ax] // s) - 1) * s + f - x.shape[ax], 0)
-                pads[ax] = (total // 2, total - total // 2)
-            x, padding = jnp.pad(x, pads, mode="wrap"), "VALID"
+            x, padding = _circular_pad(x, lhs, rhs, self.filter_shape, self.strides), "VALID"
         fan_in = self.in_channels * math.prod(self.filter_shape)
         dtype = jnp.result_type(x, self.W.value)
         h = jax.lax.conv_general_dilated(x.astype(dtype), self.W.value.astype(dtype), self.strides, padding,
                                          dimension_numbers=self.dimension_numbers) / math.sqrt(fan_in)
         if self.b is not None:
             h = h + self.b.value.reshape([-1 if c == "C" else 1 for c in out])
+        return h
+
+
+def _circular_fold(h: jax.Array, axes: Sequence[int], sizes: Sequence[int]) -> jax.Array:
+    """Wraps each axis of ``h`` (length M ≥ L) periodically onto length L:
+
+        out[i] = Σ_{j ≡ i + (M − L)//2 mod L} h[j]
+    """
+    for ax, size in zip(axes, sizes):
+        length = h.shape[ax]
+        target = (jnp.arange(length) - (length - size) // 2) % size
+        moved = jnp.moveaxis(h, ax, 0)
+        h = jnp.moveaxis(jnp.zeros((size,) + moved.shape[1:], h.dtype).at[target].add(moved), 0, ax)
+    return h
+
+
+class ConvTranspose(nnx.Module):
+    """Transposed convolution h = W ⋆ᵀ a/√N + b with N = in_channels × ∏ filter_shape (raw parameterisation).
+
+    h = ``jax.lax.conv_transpose(a, W, strides, padding)``/√N + b: each input position scatters W·a into a
+    filter-sized window of the (stride-dilated) output. The normalisation is Neural Tangents' 'ntk' one, the
+    nominal fan-in N = in_channels × ∏ filter_shape (with strides > 1 an output position sums fewer terms).
+    'VALID' and 'SAME' are ``jax.lax.conv_transpose``'s paddings (output size (n−1)s + max(f, s), resp. n·s);
+    'CIRCULAR' wraps the 'VALID' output periodically onto the 'SAME' size n·s (as Neural Tangents).
+    W ~ N(0, W_std²) with the kernel-spec shape (``I`` = in_channels, ``O`` = out_channels), b: (out_channels,)
+    ~ N(0, b_std²). Same forward map as ``neural_tangents.stax.ConvTranspose(..., parameterization='ntk')``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, filter_shape: Sequence[int],
+                 strides: Optional[Sequence[int]] = None, padding: str = "VALID", *, W_std: float = 1.0,
+                 b_std: Optional[float] = None, W_prior_std: Optional[float] = None,
+                 b_prior_std: Optional[float] = None, dimension_numbers: Optional[tuple[str, str, str]] = None,
+                 record_input: bool = False, dtype=None, rngs: nnx.Rngs):
+        self.in_channels = _check_size("in_channels", in_channels)
+        self.out_channels = _check_size("out_channels", out_channels)
+        self.filter_shape, self.strides, self.padding, self.dimension_numbers = _conv_geometry(
+            filter_shape, strides, padding, dimension_numbers)
+        W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
+        self.record_input = record_input
+        w_shape = _kernel_shape(self.dimension_numbers[1], in_channels, out_channels, self.filter_shape)
+        self.W = _raw_param(rngs, w_shape, W_std, W_prior_std, dtype)
+        self.b = None if b_std is None else _raw_param(rngs, (out_channels,), b_std, b_prior_std, dtype)
+
+    def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
+        if hidden is not None and self.record_input:
+            hidden.append(x)
+        lhs, rhs, out = self.dimension_numbers
+        _check_channels("ConvTranspose", x, lhs, self.in_channels)
+        fan_in = self.in_channels * math.prod(self.filter_shape)
+        dtype = jnp.result_type(x, self.W.value)
+        padding = "VALID" if self.padding == "CIRCULAR" else self.padding
+        h = jax.lax.conv_transpose(x.astype(dtype), self.W.value.astype(dtype), self.strides, padding,
+                                   dimension_numbers=self.dimension_numbers) / math.sqrt(fan_in)
+        if self.padding == "CIRCULAR":
+            sizes = [x.shape[ax] * s for ax, s in zip(_spatial_axes(lhs, rhs), self.strides)]
+            h = _circular_fold(h, _spatial_axes(out, rhs), sizes)
+        if self.b is not None:
+            h = h + self.b.value.reshape([-1 if c == "C" else 1 for c in out])
+        return h
+
+
+class ConvLocal(nnx.Module):
+    """Locally connected (unshared) convolution, raw parameterisation, N = in_channels × ∏ filter_shape:
+
+        h_p = Σ_{q ∈ window(p)} W_p[q] a_q/√N + b_p
+
+    with a separate filter W_p and bias b_p at every output position p (``jax.lax.conv_general_dilated_local``).
+    The output positions depend on the input's spatial size, so it is fixed at construction:
+    ``input_spatial_shape`` lists the sizes of the input's spatial axes in the order they appear in the input
+    (the lhs spec). W ~ N(0, W_std²) with the kernel-spec shape (``O`` = out_channels, ``I`` = in_channels ×
+    ∏ filter_shape, the patch flattened channel-major; spatial letters = output sizes), b ~ N(0, b_std²) with the
+    output shape less the batch axis.
+    Padding as :class:`Conv`. Same forward map as ``neural_tangents.stax.ConvLocal(..., parameterization='ntk')``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, filter_shape: Sequence[int],
+                 strides: Optional[Sequence[int]] = None, padding: str = "VALID", *,
+                 input_spatial_shape: Sequence[int], W_std: float = 1.0, b_std: Optional[float] = None,
+                 W_prior_std: Optional[float] = None, b_prior_std: Optional[float] = None,
+                 dimension_numbers: Optional[tuple[str, str, str]] = None, record_input: bool = False, dtype=None,
+                 rngs: nnx.Rngs):
+        self.in_channels = _check_size("in_channels", in_channels)
+        self.out_channels = _check_size("out_channels", out_channels)
+        self.filter_shape, self.strides, self.padding, self.dimension_numbers = _conv_geometry(
+            filter_shape, strides, padding, dimension_numbers)
+        lhs, rhs, out = self.dimension_numbers
+        n = len(self.filter_shape)
+        input_spatial_shape = tuple(input_spatial_shape)
+        if len(input_spatial_shape) != n:
+            raise ValueError(f"input_spatial_shape must have {n} entries (the spatial sizes of the input), "
+                             f"got {input_spatial_shape!r}")
+        self.input_spatial_shape = tuple(_check_size("input_spatial_shape entries", s) for s in input_spatial_shape)
+        W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
+        self.record_input = record_input
+        in_sizes = dict(zip((c for c in lhs if c not in "NC"), self.input_spatial_shape))
+        out_sizes = {}
+        for c, f, s in zip((c for c in rhs if c not in "IO"), self.filter_shape, self.strides):
+            size = in_sizes[c] if self.padding != "VALID" else in_sizes[c] - f + 1
+            if size < 1:
+                raise ValueError(f"ConvLocal: the filter size {f} exceeds the input size {in_sizes[c]} "
+                                 f"of spatial axis {c!r} with 'VALID' padding")
+            out_sizes[c] = -(-size // s)
+        fan_in = in_channels * math.prod(self.filter_shape)
+        w_shape = _kernel_shape(rhs, fan_in, out_channels, [out_sizes[c] for c in rhs if c not in "IO"])
+        b_shape = tuple(out_channels if c == "C" else out_sizes[c] for c in out if c != "N")
+        self.W = _raw_param(rngs, w_shape, W_std, W_prior_std, dtype)
+        self.b = None if b_std is None else _raw_param(rngs, b_shape, b_std, b_prior_std, dtype)
+
+    def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
+        if hidden is not None and self.record_input:
+            hidden.append(x)
+        lhs, rhs, out = self.dimension_numbers
+        _check_channels("ConvLocal", x, lhs, self.in_channels)
+        spatial = tuple(s for s, c in zip(x.shape, lhs) if c not in "NC")
+        if spatial != self.input_spatial_shape:
+            raise ValueError(f"ConvLocal was built for inputs of spatial shape {self.input_spatial_shape}, "
+                             f"got input shape {x.shape}")
+        padding = self.padding
+        if padding == "CIRCULAR":
+            x, padding = _circular_pad(x, lhs, rhs, self.filter_shape, self.strides), "VALID"
+        fan_in = self.in_channels * math.prod(self.filter_shape)
+        dtype = jnp.result_type(x, self.W.value)
+        h = jax.lax.conv_general_dilated_local(x.astype(dtype), self.W.value.astype(dtype), self.strides, padding,
+                                               self.filter_shape, dimension_numbers=self.dimension_numbers)
+        h = h / math.sqrt(fan_in)
+        if self.b is not None:
+            h = h + jnp.expand_dims(self.b.value, out.index("N"))
         return h
 
 
@@ -204,7 +360,7 @@ class StaxModel(nnx.Module):
         return out, tuple(hidden)
 
 
-_PARAMETRIC_KINDS = ("Dense", "Conv")
+_PARAMETRIC_KINDS = ("Dense", "Conv", "ConvTranspose", "ConvLocal")
 
 
 def _parametric_specs(spec) -> list:
@@ -249,7 +405,7 @@ class _Builder:
             return Free(spec.params["name"], apply_fn, nt_params), out_shape, downstream
         if kind == "Dense":
             return self._dense(spec, shape, downstream)
-        if kind == "Conv":
+        if kind in ("Conv", "ConvTranspose", "ConvLocal"):
             return self._conv(spec, shape, downstream)
         raise NotImplementedError(f"ndk_flax.nn.from_stax does not support {kind!r} layers yet "
                                   f"(supported: {', '.join(_PARAMETRIC_KINDS)}, serial, parallel, "
@@ -277,9 +433,20 @@ class _Builder:
         n = len(p["filter_shape"])
         dimension_numbers = p.get("dimension_numbers") or _default_dimension_numbers(n)
         lhs = dimension_numbers[0]
-        module = Conv(shape[lhs.index("C")], self._out(spec, "out_chan"), p["filter_shape"], p.get("strides"),
-                      p.get("padding", "VALID"), dimension_numbers=dimension_numbers, record_input=downstream,
-                      dtype=self.dtype, rngs=self.rngs, **self._stds(spec))
+        if len(shape) != len(lhs):
+            raise ValueError(f"{spec.kind} with dimension numbers {dimension_numbers} needs {len(lhs)}-D inputs, "
+                             f"got shape {shape}")
+        kwargs = dict(dimension_numbers=dimension_numbers, record_input=downstream, dtype=self.dtype, rngs=self.rngs,
+                      **self._stds(spec))
+        if spec.kind == "ConvLocal":
+            spatial = tuple(s for s, c in zip(shape, lhs) if c not in "NC")
+            if any(s in (-1, None) for s in spatial):
+                raise ValueError(f"ConvLocal needs the input's spatial sizes (its weights differ per position), "
+                                 f"got input shape {shape}")
+            kwargs["input_spatial_shape"] = spatial
+        module_cls = {"Conv": Conv, "ConvTranspose": ConvTranspose, "ConvLocal": ConvLocal}[spec.kind]
+        module = module_cls(shape[lhs.index("C")], self._out(spec, "out_chan"), p["filter_shape"], p.get("strides"),
+                            p.get("padding", "VALID"), **kwargs)
         dummy = jax.ShapeDtypeStruct(tuple(1 if s in (-1, None) else s for s in shape), module.W.value.dtype)
         out_shape = jax.eval_shape(lambda z: module(z), dummy).shape
         out_shape = tuple(shape[0] if i == dimension_numbers[2].index("N") else s for i, s in enumerate(out_shape))
@@ -301,8 +468,10 @@ def from_stax(layer, width: Optional[int] = None, *, input_shape: Sequence[int],
       dtype: parameter dtype (default: JAX's default float).
 
     Returns:
-      :class:`StaxModel`. Parameter-free layers run their Neural Tangents ``apply_fn``; Dense and Conv are the
-      modules of this file. Supported parametric kinds: Dense, Conv.
+      :class:`StaxModel`. Parameter-free layers run their Neural Tangents ``apply_fn``; Dense, Conv, ConvTranspose
+      and ConvLocal are the modules of this file (ConvLocal's weights and biases, one per output position, are
+      sized from ``input_shape``). Supported parametric kinds: Dense, Conv, ConvTranspose, ConvLocal;
+      GlobalSelfAttention is not supported (TypeError: a layer with parameters but no Flax module here).
     """
     spec = getattr(layer, "spec", None)
     if spec is None or not hasattr(spec, "kind"):
@@ -319,7 +488,8 @@ def from_stax(layer, width: Optional[int] = None, *, input_shape: Sequence[int],
         raise ValueError(f"input_shape must include the batch axis and features, got {input_shape}")
     parametric = _parametric_specs(spec)
     if not parametric:
-        raise ValueError("the network has no parametric layer (Dense or Conv): nothing to train")
+        raise ValueError("the network has no parametric layer (Dense, Conv, ConvTranspose or ConvLocal): "
+                         "nothing to train")
     builder = _Builder(width, parametric[-1], rngs, dtype)
     root, out_shape, _ = builder.build(spec, input_shape, False)
     return StaxModel(root, input_shape, out_shape)

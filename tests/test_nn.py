@@ -22,9 +22,17 @@ def mlp(nonlin, depth, width=16, W_std=1.3, b_std=0.2, W_prior_std=None, out=1):
     return stax.serial(*layers, stax.Dense(out, W_std=W_std, W_prior_std=W_prior_std))
 
 
-def cnn(width=8, padding="SAME", strides=None):
-    return stax.serial(stax.Conv(width, (3, 3), strides=strides, padding=padding, W_std=1.2, b_std=0.3),
+def cnn(width=8, padding="SAME", strides=None, conv=stax.Conv):
+    return stax.serial(conv(width, (3, 3), strides=strides, padding=padding, W_std=1.2, b_std=0.3),
                        stax.Relu(), stax.Flatten(), stax.Dense(1, W_std=0.9))
+
+
+def local_transpose_cnn(width=6):
+    """ConvLocal (unshared weights and biases) -> ConvTranspose (strided, non-square filter) -> Dense readout."""
+    return stax.serial(stax.ConvLocal(width, (2, 3), strides=(1, 2), padding="SAME", W_std=1.3, b_std=0.2),
+                       stax.Erf(),
+                       stax.ConvTranspose(width, (3, 2), strides=(2, 1), padding="VALID", W_std=1.1, b_std=0.4),
+                       stax.Relu(), stax.Flatten(), stax.Dense(2, W_std=0.8))
 
 
 def resnet(width=16):
@@ -45,6 +53,8 @@ def nt_params(module, ndim):
     b = None if module.b is None else module.b.value / module.b.init_std
     if isinstance(module, nn.Dense):
         b = None if b is None else b.reshape((1,) * (ndim - 1) + (-1,))
+    elif isinstance(module, nn.ConvLocal):  # one bias per output position: NT's bias is the output shape, N = 1
+        b = None if b is None else jnp.expand_dims(b, module.dimension_numbers[2].index("N"))
     else:
         b = None if b is None else b.reshape([-1 if c == "C" else 1 for c in module.dimension_numbers[2]])
     return (w, b)
@@ -56,6 +66,15 @@ def nt_params(module, ndim):
     ("cnn_same", cnn(), IMAGES),
     ("cnn_valid_strided", cnn(padding="VALID", strides=(2, 1)), IMAGES),
     ("cnn_circular", cnn(padding="CIRCULAR"), IMAGES),
+    ("conv_transpose_same", cnn(conv=stax.ConvTranspose), IMAGES),
+    ("conv_transpose_valid", cnn(padding="VALID", conv=stax.ConvTranspose), IMAGES),
+    ("conv_transpose_same_strided", cnn(strides=(2, 2), conv=stax.ConvTranspose), IMAGES),
+    ("conv_transpose_valid_strided", cnn(padding="VALID", strides=(2, 1), conv=stax.ConvTranspose), IMAGES),
+    ("conv_transpose_circular_strided", cnn(padding="CIRCULAR", strides=(1, 2), conv=stax.ConvTranspose), IMAGES),
+    ("conv_local_valid_strided", cnn(padding="VALID", strides=(2, 1), conv=stax.ConvLocal), IMAGES),
+    ("conv_local_same", cnn(conv=stax.ConvLocal), IMAGES),
+    ("conv_local_circular", cnn(padding="CIRCULAR", conv=stax.ConvLocal), IMAGES),
+    ("local_then_transpose", local_transpose_cnn(), IMAGES),
     ("resnet", resnet(), X),
 ])
 def test_forward_is_neural_tangents_apply_fn(name, layer, x):
@@ -81,6 +100,26 @@ def test_dense_and_conv_raw_parameterisation():
                                jnp.einsum("nhwi,hwio->no", patch, c.W.value) / math.sqrt(2 * 9), rtol=1e-12)
 
 
+def test_conv_transpose_and_conv_local_raw_parameterisation():
+    """ConvTranspose: W (filter, in, out), fan-in in_channels × filter size (also when strided); ConvLocal: a
+    filter and a bias per output position; θ(0) ~ N(0, σ0²) with metadata σ0 and σ."""
+    t = nn.ConvTranspose(2, 4, (3, 3), strides=(2, 2), W_std=1.5, b_std=0.5, W_prior_std=0.8, rngs=nnx.Rngs(0))
+    assert t.W.value.shape == (3, 3, 2, 4) and t.b.value.shape == (4,)
+    assert (t.W.init_std, t.W.prior_std, t.b.init_std, t.b.prior_std) == (1.5, 0.8, 0.5, 0.5)
+    pixel = IMAGES[:, :1, :1, :]  # one input position: the (VALID) output is the flipped filter times a / √N
+    np.testing.assert_allclose(t(pixel) - t.b.value,
+                               jnp.einsum("ni,hwio->nhwo", pixel[:, 0, 0], t.W.value[::-1, ::-1]) / math.sqrt(2 * 9),
+                               rtol=1e-12, atol=1e-14)
+    loc = nn.ConvLocal(2, 4, (3, 3), padding="VALID", input_spatial_shape=(5, 5), W_std=1.0, b_std=0.3,
+                       rngs=nnx.Rngs(0))
+    assert loc.W.value.shape == (3, 3, 2 * 9, 4) and loc.b.value.shape == (3, 3, 4)
+    patch = IMAGES[:, 1:4, 2:5, :]  # the receptive field of output position (1, 2), flattened channel-major
+    expected = jnp.moveaxis(patch, -1, 1).reshape(3, -1) @ loc.W.value[1, 2] / math.sqrt(2 * 9)
+    np.testing.assert_allclose(loc(IMAGES)[:, 1, 2, :], expected + loc.b.value[1, 2], rtol=1e-12)
+    with pytest.raises(ValueError, match="spatial shape"):
+        loc(IMAGES[:, :4])
+
+
 def test_width_override_keeps_the_readout():
     layer = stax.serial(stax.Dense(7), stax.Relu(), stax.Dense(5), stax.Relu(), stax.Dense(2))
     model = nn.from_stax(layer, 32, input_shape=X.shape, rngs=nnx.Rngs(0))
@@ -90,6 +129,11 @@ def test_width_override_keeps_the_readout():
             if isinstance(m, nn.Dense)] == [(3, 7), (7, 5), (5, 2)]
     conv = nn.from_stax(cnn(width=3), 6, input_shape=IMAGES.shape, rngs=nnx.Rngs(0))
     assert conv.root.layers[0].W.value.shape == (3, 3, 2, 6) and conv(IMAGES).shape == (3, 1)
+    mixed = nn.from_stax(local_transpose_cnn(width=3), 5, input_shape=IMAGES.shape, rngs=nnx.Rngs(0))
+    local, transpose, readout = (mixed.root.layers[i] for i in (0, 2, 5))
+    assert local.W.value.shape == (5, 3, 2 * 6, 5) and local.b.value.shape == (5, 3, 5)
+    assert transpose.W.value.shape == (3, 2, 5, 5) and transpose.b.value.shape == (5,)
+    assert readout.W.value.shape == (11 * 4 * 5, 2) and mixed(IMAGES).shape == mixed.output_shape == (3, 2)
 
 
 def test_hidden_are_the_inputs_of_downstream_parametric_layers():
@@ -102,6 +146,12 @@ def test_hidden_are_the_inputs_of_downstream_parametric_layers():
     assert len(hidden) == 2
     chex.assert_trees_all_close(hidden, (a1, a2), rtol=1e-13)
     chex.assert_trees_all_close(out, model(X), rtol=0)
+    conv = nn.from_stax(local_transpose_cnn(), input_shape=IMAGES.shape, rngs=nnx.Rngs(0))
+    out, hidden = conv(IMAGES, return_hidden=True)
+    local, transpose = conv.root.layers[0], conv.root.layers[2]
+    a1 = jax.scipy.special.erf(local(IMAGES))
+    a2 = jax.nn.relu(transpose(a1)).reshape(IMAGES.shape[0], -1)
+    chex.assert_trees_all_close(hidden, (a1, a2), rtol=1e-13)
 
 
 def test_prior_std_tree_feeds_the_optimizer():
@@ -145,6 +195,9 @@ def _mean_and_se(samples):
     ("erf_1hidden", mlp(stax.Erf, 1), X, 512, 0),
     ("relu_2hidden", mlp(stax.Relu, 2, W_std=1.1), X, 512, 1),
     ("cnn", cnn(), IMAGES[:, :4, :4], 128, 0),
+    ("conv_transpose_strided", cnn(padding="VALID", strides=(2, 1), conv=stax.ConvTranspose), IMAGES[:, :4, :4],
+     128, 0),
+    ("conv_local", cnn(conv=stax.ConvLocal), IMAGES[:, :4, :4], 128, 0),
     ("resnet", resnet(), X, 512, 1),
 ])
 def test_empirical_ntk_at_init_matches_ndk_at_zero_temperature(name, layer, x, width, depth_bias):
@@ -173,6 +226,8 @@ def test_empirical_ntk_at_init_matches_ndk_at_zero_temperature(name, layer, x, w
     ("erf_1hidden", mlp(stax.Erf, 1), X, 256, 0),
     ("relu_2hidden", mlp(stax.Relu, 2, W_std=1.1), X, 256, 1),
     ("cnn", cnn(), IMAGES, 64, 0),
+    ("conv_transpose_strided", cnn(padding="VALID", strides=(2, 1), conv=stax.ConvTranspose), IMAGES, 64, 0),
+    ("conv_local", cnn(conv=stax.ConvLocal), IMAGES, 64, 0),
 ])
 def test_output_covariance_over_inits_matches_nngp(name, layer, x, width, depth_bias):
     """Cov_θ(0)[f(x), f(x')] over 2000 random initialisations vs ndk_fn(...).nngp = C(0, 0).
@@ -201,9 +256,16 @@ def test_errors():
         nn.from_stax(stax.serial(stax.Relu()), input_shape=X.shape, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="input_shape"):
         nn.from_stax(mlp(stax.Erf, 1), input_shape=(3,), rngs=nnx.Rngs(0))
-    with pytest.raises(NotImplementedError, match="ConvTranspose"):
-        nn.from_stax(stax.serial(stax.ConvTranspose(2, (2, 2)), stax.Flatten(), stax.Dense(1)),
-                     input_shape=IMAGES.shape, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="GlobalSelfAttention"):
+        attention = stax.GlobalSelfAttention(4, 4, 4, 1, linear_scaling=False)
+        nn.from_stax(stax.serial(stax.Dense(4), attention, stax.Flatten(), stax.Dense(1)), input_shape=(2, 3, 5),
+                     rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="spatial sizes"):
+        nn.from_stax(cnn(conv=stax.ConvLocal), input_shape=(-1, -1, 5, 2), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="exceeds the input size"):
+        nn.ConvLocal(2, 2, (7, 3), input_spatial_shape=(5, 5), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="channels"):
+        nn.ConvTranspose(3, 2, (3, 3), rngs=nnx.Rngs(0))(IMAGES)
     with pytest.raises(ValueError, match="W_std"):
         nn.Dense(3, 2, W_std=0.0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="b_prior_std"):
