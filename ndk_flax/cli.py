@@ -19,7 +19,9 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -176,13 +178,24 @@ def time_grid(cfg: RunConfig, t_first: float | None = None) -> "np.ndarray":  # 
 
 
 class _Stage:
-    """Progress messages on stderr; remembers the current stage for the interruption note."""
+    """Progress messages on stderr; remembers the current stage for the interruption note.
+
+    While a command runs, Ctrl-C (SIGINT) is also recorded here: Python raises KeyboardInterrupt at once, and if a
+    library swallows it (a C++ call that checks for signals and drops the error), the next stage change raises it.
+    """
 
     def __init__(self, total: int):
         self.total, self.count, self.name = total, 0, "start-up"
         self.started = time.perf_counter()
+        self.interrupted = False
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt
 
     def __call__(self, name: str) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
         self.count += 1
         self.name = name
         print(f"[{self.count}/{self.total}] {name} (at {time.perf_counter() - self.started:.0f} s)",
@@ -194,6 +207,8 @@ def _run_guarded(settings: Settings, body: Callable[..., int], owned: Sequence[s
     output directory was created, keep the complete files and write ``INTERRUPTED.md`` saying what is missing."""
     out = OutputDir(settings.out, owned)
     stage = _Stage(len(_STAGES[body.__name__]))
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, stage.on_sigint) if in_main_thread else None
     try:
         return body(settings, out, stage, argv)
     except ConfigError as e:  # raised only before anything is written (e.g. an unstable learning rate)
@@ -211,6 +226,9 @@ def _run_guarded(settings: Settings, body: Callable[..., int], owned: Sequence[s
         if not interrupted:
             raise
         return EXIT_INTERRUPTED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _command_line(argv: Sequence[str]) -> str:
