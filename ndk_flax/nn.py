@@ -136,13 +136,10 @@ def _kernel_shape(rhs: str, in_size: int, out_size: int, spatial: Sequence[int])
     return tuple(out_size if c == "O" else in_size if c == "I" else next(spatial) for c in rhs)
 
 
-class Conv(nnx.Module):
-    """Convolution h = W ⋆ a/√N + b with N = in_channels × ∏ filter_shape (raw parameterisation).
-
-    Padding 'VALID', 'SAME' or 'CIRCULAR' (periodic, SAME-sized), ``dimension_numbers`` as in ``jax.lax``
-    (default: channels last, as Neural Tangents). W ~ N(0, W_std²) with the shape given by the kernel spec,
-    b: (out_channels,) ~ N(0, b_std²). Same forward map as ``neural_tangents.stax.Conv(..., parameterization='ntk')``.
-    """
+class _SharedFilterConv(nnx.Module):
+    """Parameters shared by :class:`Conv` and :class:`ConvTranspose`: one filter W (kernel-spec shape,
+    ``I`` = in_channels, ``O`` = out_channels) ~ N(0, W_std²) and an optional bias b: (out_channels,) ~ N(0, b_std²),
+    normalised by the fan-in N = in_channels × ∏ filter_shape."""
 
     def __init__(self, in_channels: int, out_channels: int, filter_shape: Sequence[int],
                  strides: Optional[Sequence[int]] = None, padding: str = "VALID", *, W_std: float = 1.0,
@@ -159,21 +156,35 @@ class Conv(nnx.Module):
         self.W = _raw_param(rngs, w_shape, W_std, W_prior_std, dtype)
         self.b = None if b_std is None else _raw_param(rngs, (out_channels,), b_std, b_prior_std, dtype)
 
-    def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
+    def _fan_in_input(self, x: jax.Array, hidden: Hidden, layer: str) -> tuple[jax.Array, int]:
+        """Records the input when asked, checks its channels; returns it in the computation dtype, and N."""
         if hidden is not None and self.record_input:
             hidden.append(x)
-        lhs, rhs, out = self.dimension_numbers
-        _check_channels("Conv", x, lhs, self.in_channels)
+        _check_channels(layer, x, self.dimension_numbers[0], self.in_channels)
+        return x.astype(jnp.result_type(x, self.W.value)), self.in_channels * math.prod(self.filter_shape)
+
+    def _add_bias(self, h: jax.Array) -> jax.Array:
+        out = self.dimension_numbers[2]
+        return h if self.b is None else h + self.b.value.reshape([-1 if c == "C" else 1 for c in out])
+
+
+class Conv(_SharedFilterConv):
+    """Convolution h = W ⋆ a/√N + b with N = in_channels × ∏ filter_shape (raw parameterisation).
+
+    Padding 'VALID', 'SAME' or 'CIRCULAR' (periodic, SAME-sized), ``dimension_numbers`` as in ``jax.lax``
+    (default: channels last, as Neural Tangents). W ~ N(0, W_std²) with the shape given by the kernel spec,
+    b: (out_channels,) ~ N(0, b_std²). Same forward map as ``neural_tangents.stax.Conv(..., parameterization='ntk')``.
+    """
+
+    def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
+        x, fan_in = self._fan_in_input(x, hidden, "Conv")
+        lhs, rhs, _ = self.dimension_numbers
         padding = self.padding
         if padding == "CIRCULAR":
             x, padding = _circular_pad(x, lhs, rhs, self.filter_shape, self.strides), "VALID"
-        fan_in = self.in_channels * math.prod(self.filter_shape)
-        dtype = jnp.result_type(x, self.W.value)
-        h = jax.lax.conv_general_dilated(x.astype(dtype), self.W.value.astype(dtype), self.strides, padding,
+        h = jax.lax.conv_general_dilated(x, self.W.value.astype(x.dtype), self.strides, padding,
                                          dimension_numbers=self.dimension_numbers) / math.sqrt(fan_in)
-        if self.b is not None:
-            h = h + self.b.value.reshape([-1 if c == "C" else 1 for c in out])
-        return h
+        return self._add_bias(h)
 
 
 def _circular_fold(h: jax.Array, axes: Sequence[int], sizes: Sequence[int]) -> jax.Array:
@@ -189,7 +200,7 @@ def _circular_fold(h: jax.Array, axes: Sequence[int], sizes: Sequence[int]) -> j
     return h
 
 
-class ConvTranspose(nnx.Module):
+class ConvTranspose(_SharedFilterConv):
     """Transposed convolution h = W ⋆ᵀ a/√N + b with N = in_channels × ∏ filter_shape (raw parameterisation).
 
     h = ``jax.lax.conv_transpose(a, W, strides, padding)``/√N + b: each input position scatters W·a into a
@@ -201,37 +212,17 @@ class ConvTranspose(nnx.Module):
     ~ N(0, b_std²). Same forward map as ``neural_tangents.stax.ConvTranspose(..., parameterization='ntk')``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, filter_shape: Sequence[int],
-                 strides: Optional[Sequence[int]] = None, padding: str = "VALID", *, W_std: float = 1.0,
-                 b_std: Optional[float] = None, W_prior_std: Optional[float] = None,
-                 b_prior_std: Optional[float] = None, dimension_numbers: Optional[tuple[str, str, str]] = None,
-                 record_input: bool = False, dtype=None, rngs: nnx.Rngs):
-        self.in_channels = _check_size("in_channels", in_channels)
-        self.out_channels = _check_size("out_channels", out_channels)
-        self.filter_shape, self.strides, self.padding, self.dimension_numbers = _conv_geometry(
-            filter_shape, strides, padding, dimension_numbers)
-        W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
-        self.record_input = record_input
-        w_shape = _kernel_shape(self.dimension_numbers[1], in_channels, out_channels, self.filter_shape)
-        self.W = _raw_param(rngs, w_shape, W_std, W_prior_std, dtype)
-        self.b = None if b_std is None else _raw_param(rngs, (out_channels,), b_std, b_prior_std, dtype)
-
     def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
-        if hidden is not None and self.record_input:
-            hidden.append(x)
+        in_shape = x.shape
+        x, fan_in = self._fan_in_input(x, hidden, "ConvTranspose")
         lhs, rhs, out = self.dimension_numbers
-        _check_channels("ConvTranspose", x, lhs, self.in_channels)
-        fan_in = self.in_channels * math.prod(self.filter_shape)
-        dtype = jnp.result_type(x, self.W.value)
         padding = "VALID" if self.padding == "CIRCULAR" else self.padding
-        h = jax.lax.conv_transpose(x.astype(dtype), self.W.value.astype(dtype), self.strides, padding,
+        h = jax.lax.conv_transpose(x, self.W.value.astype(x.dtype), self.strides, padding,
                                    dimension_numbers=self.dimension_numbers) / math.sqrt(fan_in)
         if self.padding == "CIRCULAR":
-            sizes = [x.shape[ax] * s for ax, s in zip(_spatial_axes(lhs, rhs), self.strides)]
+            sizes = [in_shape[ax] * s for ax, s in zip(_spatial_axes(lhs, rhs), self.strides)]
             h = _circular_fold(h, _spatial_axes(out, rhs), sizes)
-        if self.b is not None:
-            h = h + self.b.value.reshape([-1 if c == "C" else 1 for c in out])
-        return h
+        return self._add_bias(h)
 
 
 class ConvLocal(nnx.Module):
