@@ -303,7 +303,7 @@ class LangevinPredictor:
     if x_test is None:
       raise ValueError('`x_test` must be given to compute the test MSE.')
     y_test = V.batched_array('y_test', y_test, 2)
-    x_test = None if x_test is None else V.inputs_like('x_test', x_test, self._x)
+    x_test = V.inputs_like('x_test', x_test, self._x)
     if y_test.shape != (x_test.shape[0], self._y.shape[1]):
       raise ValueError(f'`y_test` must have shape (n_test, out) = ({x_test.shape[0]}, {self._y.shape[1]}), '
                        f'got {y_test.shape}.')
