@@ -257,6 +257,12 @@ def test_precedence_defaults_quick_file_flags(tmp_path):
     assert s.config.width == 1024
 
 
+def test_noise_choices_are_the_optimizer_laws():
+    from ndk_flax import optax as ndk_optax
+
+    assert config.NOISE_LAWS == ndk_optax.NOISE_LAWS
+
+
 def test_config_types_are_strict():
     with pytest.raises(config.ConfigError, match="n_members"):
         config.resolve(file_values={"n_members": 64.0})
