@@ -60,13 +60,13 @@ def run_one(kind: str, p: int, prior_std: float, cov_times: int, cov_requested: 
   times = _times()
   start = time.perf_counter()
   if kind == 'zero_t':
-    import neural_tangents as nt
+    from ndk_flax._nt import nt_predict
     ours = predict.langevin_mse_ensemble(layer, x, y, temperature=0.)
     out = ours(times, x_test, compute_cov=True)
     jax.block_until_ready(out)
     t_ours = time.perf_counter() - start
     start = time.perf_counter()
-    theirs = nt.predict.gradient_descent_mse_ensemble(_network(prior_std).kernel_fn, x, y)
+    theirs = nt_predict.gradient_descent_mse_ensemble(_network(prior_std).kernel_fn, x, y)
     ref = theirs(times * y.size, x_test, 'ntk', compute_cov=True)
     jax.block_until_ready(ref)
     t_nt = time.perf_counter() - start

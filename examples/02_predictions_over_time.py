@@ -8,7 +8,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
-import neural_tangents as nt  # noqa: E402
+from ndk_flax._nt import nt_predict
 
 from ndk_flax import data, predict, stax  # noqa: E402
 
@@ -34,7 +34,7 @@ print("The test error dips inside the diffusive phase and rises to the NNGP post
 # T = 0 is NTK gradient flow: Neural Tangents' predictor with our conventions mapped (summed loss -> NT's
 # loss / y.size, raw NTK -> NT ntk = σ0² × raw NTK): t_NT = t · y.size / σ0².
 frozen = predict.langevin_mse_ensemble(net, ds.x_train, ds.y_train, temperature=0.0)
-nt_predict = nt.predict.gradient_descent_mse_ensemble(net.kernel_fn, ds.x_train, ds.y_train)
+nt_predict = nt_predict.gradient_descent_mse_ensemble(net.kernel_fn, ds.x_train, ds.y_train)
 t0 = np.array([0.1, 1.0, 10.0])
 ours = frozen(t0, ds.x_test, compute_cov=True)
 theirs = nt_predict(t0 * ds.y_train.size / sigma0**2, ds.x_test, "ntk", compute_cov=True)

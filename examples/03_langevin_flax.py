@@ -26,14 +26,14 @@ x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
 
 model = nn.from_stax(net, input_shape=x.shape, rngs=nnx.Rngs(0))  # θ(0) ~ N(0, σ0²), widths from the stax net
 tx = ndk_optax.langevin(eta, T, nn.prior_std_tree(model), key=1)  # prior decay T/σ² + noise √(2ηT)
-optimizer = nnx.Optimizer(model, tx)
+optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
 @nnx.jit
 def train_step(model, optimizer):
     """One Langevin step on E = ½ Σ_μ (f(x_μ) − y_μ)²."""
     loss, grads = nnx.value_and_grad(lambda m: 0.5 * jnp.sum((m(x) - y) ** 2))(model)
-    optimizer.update(grads)  # nnx.Optimizer passes the parameters to tx.update (needed for the prior decay)
+    optimizer.update(model, grads)  # nnx.Optimizer passes the parameters to tx.update (needed for the prior decay)
     return loss
 
 

@@ -10,9 +10,4 @@ Modules:
   * :mod:`ndk_flax.reduced`, :mod:`ndk_flax.drift`: small-T slow-time equations; representational drift.
   * :mod:`ndk_flax.cli`: the ``ndk-flax`` command (``validate``, ``kernels``).
 """
-import os as _os
-
-# Neural Tangents imports TensorFlow; keep its C++ start-up chatter out of the user's terminal.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 __version__ = "0.1.0"

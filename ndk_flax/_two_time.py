@@ -22,7 +22,7 @@ import math
 from typing import Callable, NamedTuple, Optional
 
 import jax.numpy as jnp
-from neural_tangents import Kernel
+from ndk_flax._nt import Kernel
 
 KernelFn = Callable[[Kernel], Kernel]
 

@@ -276,7 +276,7 @@ class _Tabulated:
 
     def __init__(self, grid, train, test):
         import numpy as np
-        from neural_tangents.predict import Gaussian
+        from ndk_flax._nt import Gaussian
 
         self.grid = np.asarray(grid)
         self.train = Gaussian(np.asarray(train.mean), np.asarray(train.covariance))
@@ -284,7 +284,7 @@ class _Tabulated:
 
     def __call__(self, t, x_test=None, compute_cov: bool = False):
         import numpy as np
-        from neural_tangents.predict import Gaussian
+        from ndk_flax._nt import Gaussian
 
         t = np.asarray(t, dtype=float)
         idx = np.clip(np.searchsorted(self.grid, t), 0, self.grid.size - 1)

@@ -353,7 +353,7 @@ def frozen_readout_ensemble(layers: Sequence, x_train, y_train, *, temperature: 
 
   def init(key):
     init_key, noise_key = jax.random.split(key)
-    params = nnx.state(nn.from_stax(network, width, input_shape=x.shape, rngs=nnx.Rngs(init_key)), nnx.Param)
+    params = nnx.as_pure(nnx.state(nn.from_stax(network, width, input_shape=x.shape, rngs=nnx.Rngs(init_key)), nnx.Param))
     return params, langevin(learning_rate, temperature, prior, key=noise_key).init(params)
 
   def loss(params):

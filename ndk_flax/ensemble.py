@@ -115,7 +115,7 @@ def build_program(layer, x_train: jax.Array, y_train: jax.Array, *, temperature:
     def init_member(key):
         init_key, noise_key = jax.random.split(key)
         model = nn.from_stax(layer, width, input_shape=x_train.shape, rngs=nnx.Rngs(init_key), dtype=dtype)
-        params = nnx.state(model, nnx.Param)
+        params = nnx.as_pure(nnx.state(model, nnx.Param))
         return params, langevin(learning_rate, temperature, prior, key=noise_key, noise=noise).init(params)
 
     def loss(params):

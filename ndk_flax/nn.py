@@ -80,9 +80,9 @@ class Dense(nnx.Module):
         if x.shape[axis] != self.in_features:
             raise ValueError(f"Dense expects {self.in_features} features on axis {self.channel_axis}, "
                              f"got input shape {x.shape}")
-        h = jnp.moveaxis(jnp.tensordot(x, self.W.value, (axis, 0)), -1, axis) / math.sqrt(self.in_features)
+        h = jnp.moveaxis(jnp.tensordot(x, self.W[...], (axis, 0)), -1, axis) / math.sqrt(self.in_features)
         if self.b is not None:
-            h = h + self.b.value.reshape([-1 if i == axis else 1 for i in range(x.ndim)])
+            h = h + self.b[...].reshape([-1 if i == axis else 1 for i in range(x.ndim)])
         return h
 
 
@@ -161,11 +161,11 @@ class _SharedFilterConv(nnx.Module):
         if hidden is not None and self.record_input:
             hidden.append(x)
         _check_channels(layer, x, self.dimension_numbers[0], self.in_channels)
-        return x.astype(jnp.result_type(x, self.W.value)), self.in_channels * math.prod(self.filter_shape)
+        return x.astype(jnp.result_type(x, self.W[...])), self.in_channels * math.prod(self.filter_shape)
 
     def _add_bias(self, h: jax.Array) -> jax.Array:
         out = self.dimension_numbers[2]
-        return h if self.b is None else h + self.b.value.reshape([-1 if c == "C" else 1 for c in out])
+        return h if self.b is None else h + self.b[...].reshape([-1 if c == "C" else 1 for c in out])
 
 
 class Conv(_SharedFilterConv):
@@ -182,7 +182,7 @@ class Conv(_SharedFilterConv):
         padding = self.padding
         if padding == "CIRCULAR":
             x, padding = _circular_pad(x, lhs, rhs, self.filter_shape, self.strides), "VALID"
-        h = jax.lax.conv_general_dilated(x, self.W.value.astype(x.dtype), self.strides, padding,
+        h = jax.lax.conv_general_dilated(x, self.W[...].astype(x.dtype), self.strides, padding,
                                          dimension_numbers=self.dimension_numbers) / math.sqrt(fan_in)
         return self._add_bias(h)
 
@@ -217,7 +217,7 @@ class ConvTranspose(_SharedFilterConv):
         x, fan_in = self._fan_in_input(x, hidden, "ConvTranspose")
         lhs, rhs, out = self.dimension_numbers
         padding = "VALID" if self.padding == "CIRCULAR" else self.padding
-        h = jax.lax.conv_transpose(x, self.W.value.astype(x.dtype), self.strides, padding,
+        h = jax.lax.conv_transpose(x, self.W[...].astype(x.dtype), self.strides, padding,
                                    dimension_numbers=self.dimension_numbers) / math.sqrt(fan_in)
         if self.padding == "CIRCULAR":
             sizes = [in_shape[ax] * s for ax, s in zip(_spatial_axes(lhs, rhs), self.strides)]
@@ -285,12 +285,12 @@ class ConvLocal(nnx.Module):
         if padding == "CIRCULAR":
             x, padding = _circular_pad(x, lhs, rhs, self.filter_shape, self.strides), "VALID"
         fan_in = self.in_channels * math.prod(self.filter_shape)
-        dtype = jnp.result_type(x, self.W.value)
-        h = jax.lax.conv_general_dilated_local(x.astype(dtype), self.W.value.astype(dtype), self.strides, padding,
+        dtype = jnp.result_type(x, self.W[...])
+        h = jax.lax.conv_general_dilated_local(x.astype(dtype), self.W[...].astype(dtype), self.strides, padding,
                                                self.filter_shape, dimension_numbers=self.dimension_numbers)
         h = h / math.sqrt(fan_in)
         if self.b is not None:
-            h = h + jnp.expand_dims(self.b.value, out.index("N"))
+            h = h + jnp.expand_dims(self.b[...], out.index("N"))
         return h
 
 
@@ -310,7 +310,7 @@ class Serial(nnx.Module):
     """Composition layers[-1] ∘ … ∘ layers[0]."""
 
     def __init__(self, layers: Sequence[nnx.Module]):
-        self.layers = list(layers)
+        self.layers = nnx.List(layers)
 
     def __call__(self, x, hidden: Hidden = None):
         for layer in self.layers:
@@ -322,7 +322,7 @@ class Parallel(nnx.Module):
     """Applies layers[i] to the i-th entry of a list of inputs (as ``stax.parallel``)."""
 
     def __init__(self, layers: Sequence[nnx.Module]):
-        self.layers = list(layers)
+        self.layers = nnx.List(layers)
 
     def __call__(self, xs, hidden: Hidden = None):
         if not isinstance(xs, (list, tuple)) or len(xs) != len(self.layers):
@@ -438,7 +438,7 @@ class _Builder:
         module_cls = {"Conv": Conv, "ConvTranspose": ConvTranspose, "ConvLocal": ConvLocal}[spec.kind]
         module = module_cls(shape[lhs.index("C")], self._out(spec, "out_chan"), p["filter_shape"], p.get("strides"),
                             p.get("padding", "VALID"), **kwargs)
-        dummy = jax.ShapeDtypeStruct(tuple(1 if s in (-1, None) else s for s in shape), module.W.value.dtype)
+        dummy = jax.ShapeDtypeStruct(tuple(1 if s in (-1, None) else s for s in shape), module.W[...].dtype)
         out_shape = jax.eval_shape(lambda z: module(z), dummy).shape
         out_shape = tuple(shape[0] if i == dimension_numbers[2].index("N") else s for i, s in enumerate(out_shape))
         return module, out_shape, True
@@ -487,21 +487,22 @@ def from_stax(layer, width: Optional[int] = None, *, input_shape: Sequence[int],
 
 
 def prior_std_tree(model: nnx.Module) -> nnx.State:
-    """The prior std σ of every parameter, as an ``nnx.State`` with the structure of ``nnx.state(model, nnx.Param)``.
+    """The prior std σ of every parameter, as a pure ``nnx.State`` (floats, no ``Variable`` wrappers).
 
-    Pass it as ``prior_std`` to ``ndk_flax.optax.langevin`` together with parameters ``nnx.state(model, nnx.Param)``
-    (e.g. through ``nnx.Optimizer`` or ``nnx.split(model, nnx.Param, ...)``).
+    Its structure is that of ``nnx.as_pure(nnx.state(model, nnx.Param))``, the parameter arrays that
+    ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` passes to ``tx.update``. Pass it as ``prior_std`` to
+    ``ndk_flax.optax.langevin``.
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}")
     state = nnx.state(model, nnx.Param)
-    is_var = lambda x: isinstance(x, nnx.VariableState)  # noqa: E731
+    is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
 
     def std(v):
         sigma = getattr(v, "prior_std", None)
         if sigma is None:
-            raise ValueError(f"parameter of type {v.type.__name__} has no prior_std metadata; build the model with "
+            raise ValueError(f"parameter of type {type(v).__name__} has no prior_std metadata; build the model with "
                              "ndk_flax.nn layers or pass prior_std to the optimizer directly")
-        return v.replace(value=sigma)
+        return sigma
 
     return jax.tree.map(std, state, is_leaf=is_var)

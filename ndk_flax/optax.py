@@ -127,11 +127,13 @@ def resolve_prior_std(prior_std: PriorStd, params: Any) -> Any:
         tree = jax.tree.map(lambda _: prior_std, params)
     else:
         tree = prior_std
-    p_def, s_def = jax.tree_util.tree_structure(params), jax.tree_util.tree_structure(tree)
-    if p_def != s_def:
+    try:  # a prefix of the parameter tree also matches (e.g. pure floats against nnx.Variable-wrapped parameters)
+        tree = jax.tree.map(lambda std, sub: jax.tree.map(lambda _: std, sub), tree, params)
+    except ValueError:
+        p_def, s_def = jax.tree_util.tree_structure(params), jax.tree_util.tree_structure(tree)
         raise ValueError(
             "prior_std must be a float, a callable (path, param) -> std, or a pytree with the same structure as the "
-            f"parameters; parameters have structure\n  {p_def}\nbut prior_std has structure\n  {s_def}")
+            f"parameters; parameters have structure\n  {p_def}\nbut prior_std has structure\n  {s_def}") from None
 
     def check(path, std, param):
         where = jax.tree_util.keystr(path) or "<root>"

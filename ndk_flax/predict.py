@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from neural_tangents.predict import Gaussian
+from ndk_flax._nt import Gaussian
 
 from ndk_flax import _validation as V
 from ndk_flax.reduced import composite_small_temperature_mean, reduced_small_temperature_mean

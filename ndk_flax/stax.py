@@ -23,18 +23,25 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from neural_tangents import Kernel
-from neural_tangents import stax as nt_stax
+from ndk_flax._nt import Kernel
+from ndk_flax._nt import nt_stax
 
 from ndk_flax import _two_time
 from ndk_flax import _validation as V
 from ndk_flax._two_time import ParamGroup
 
 # Re-exported unchanged: enums, helpers and decorators that are not layers.
-from neural_tangents.stax import (  # noqa: F401
-    AggregateImplementation, AttentionMechanism, Bool, Diagonal, MaskedArray, Padding, PositionalEmbedding,
-    requires, supports_masking, unmask_fn)
-from neural_tangents.stax import layer  # noqa: F401  (NT's layer decorator)
+AggregateImplementation = nt_stax.AggregateImplementation
+AttentionMechanism = nt_stax.AttentionMechanism
+Bool = nt_stax.Bool
+Diagonal = nt_stax.Diagonal
+MaskedArray = nt_stax.MaskedArray
+Padding = nt_stax.Padding
+PositionalEmbedding = nt_stax.PositionalEmbedding
+requires = nt_stax.requires
+supports_masking = nt_stax.supports_masking
+unmask_fn = nt_stax.unmask_fn
+layer = nt_stax.layer  # NT's layer decorator
 
 Rule = Callable[[Any, Any, Any, Any], Any]
 """A two-time rule: (kernel tree, t1, t2, temperature) -> kernel tree."""

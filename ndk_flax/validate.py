@@ -187,12 +187,13 @@ def empirical_ndk(record: Any, model: nnx.Module, x1: Any, x2: Any = None, *, te
         raise TypeError(f"model must be an nnx.Module built by ndk_flax.nn, got {type(model).__name__}")
     temperature = V.temperature(temperature)
     graphdef, template = nnx.split(model, nnx.Param)
-    if jax.tree.structure(record.params) != jax.tree.structure(template):
+    template, recorded = nnx.as_pure(template), nnx.as_pure(record.params)
+    if jax.tree.structure(recorded) != jax.tree.structure(template):
         raise ValueError("record.params does not have the parameter structure of model: build model with the same "
                          "architecture and width as the trained ensemble")
     x1 = V.batched_array("x1", x1)
     x2 = x1 if x2 is None else V.inputs_like("x2", x2, x1, "x1")
-    leaves = jax.tree.leaves(record.params)
+    leaves = jax.tree.leaves(recorded)
     m, n_t = leaves[0].shape[:2]
     if m < 2:
         raise ValueError(f"need at least 2 members, got {m}")
@@ -216,6 +217,6 @@ def empirical_ndk(record: Any, model: nnx.Module, x1: Any, x2: Any = None, *, te
         return sum(r[:, :, None, None] * jnp.einsum("txok,syok->tsxy", a, b) / out
                    for r, a, b in zip(responses, j1, j2))
 
-    per_member = np.stack([np.asarray(member_kernel(jax.tree.map(lambda p, i=i: p[i], record.params)))
+    per_member = np.stack([np.asarray(member_kernel(jax.tree.map(lambda p, i=i: p[i], recorded)))
                            for i in range(m)])
     return KernelEstimate(per_member.mean(0), per_member.std(0, ddof=1) / math.sqrt(m))

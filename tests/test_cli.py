@@ -141,7 +141,7 @@ def test_disagreeing_ensemble_exits_1_with_a_failed_report(tmp_path, monkeypatch
     """Theory N(0, 1) at every time and point, "ensemble" N(0.5, 1): the mean is off by 0.5 = 4 s.e. at M = 64 at each
     of the 60 mean comparisons, so the run must fail (exit 1) and still write every file. (The comparison itself is
     tested in tests/test_validate.py; the real theory and ensemble in the slow end-to-end test.)"""
-    from neural_tangents.predict import Gaussian
+    from ndk_flax._nt import Gaussian
 
     from ndk_flax import ensemble, predict
 
@@ -298,7 +298,7 @@ def test_data_is_deterministic_and_on_the_circle():
 
 
 def test_kernels_command_matches_neural_tangents_at_t0(tmp_path):
-    from neural_tangents import stax as nt_stax
+    from ndk_flax._nt import nt_stax
 
     status = cli.main(["ndk-flax", "kernels", "--depth", "2", "--activation", "relu", "--n_times", "5", "--t_max", "2",
                        "--n_train", "3", "--W_std", "1.5", "--W_prior_std", "0.7", "--out", str(tmp_path / "k")])

@@ -257,6 +257,7 @@ def test_empirical_ndk_contraction_is_the_response_weighted_gradient_product():
     net = _network("erf", 1, 16, 1.3, 0.9)
     model = nn.from_stax(net, input_shape=E2E_X.shape, rngs=nnx.Rngs(4))
     graphdef, params = nnx.split(model, nnx.Param)
+    params = nnx.as_pure(params)
     times, temp = np.array([0.3, 1.1]), 0.7
     stacked = jax.tree.map(lambda p: np.broadcast_to(np.asarray(p), (2, 2) + p.shape), params)
     record = EnsembleRecord(times, None, None, None, params=stacked)

@@ -49,8 +49,8 @@ def nt_params(module, ndim):
         return tuple(nt_params(m, ndim) for m in module.layers)
     if isinstance(module, nn.Free):
         return module.nt_params
-    w = module.W.value / module.W.init_std
-    b = None if module.b is None else module.b.value / module.b.init_std
+    w = module.W[...] / module.W.init_std
+    b = None if module.b is None else module.b[...] / module.b.init_std
     if isinstance(module, nn.Dense):
         b = None if b is None else b.reshape((1,) * (ndim - 1) + (-1,))
     elif isinstance(module, nn.ConvLocal):  # one bias per output position: NT's bias is the output shape, N = 1
@@ -88,34 +88,34 @@ def test_forward_is_neural_tangents_apply_fn(name, layer, x):
 def test_dense_and_conv_raw_parameterisation():
     """Dense: h = W a/√N + b; Conv fan-in = in_channels × filter size; θ(0) ~ N(0, σ0²); metadata σ0 and σ."""
     d = nn.Dense(3, 2, W_std=2.0, b_std=0.5, W_prior_std=1.5, rngs=nnx.Rngs(0))
-    np.testing.assert_allclose(d(X), X @ d.W.value / math.sqrt(3) + d.b.value, rtol=1e-13)
+    np.testing.assert_allclose(d(X), X @ d.W[...] / math.sqrt(3) + d.b[...], rtol=1e-13)
     assert (d.W.init_std, d.W.prior_std, d.b.init_std, d.b.prior_std) == (2.0, 1.5, 0.5, 0.5)
     big = nn.Dense(400, 500, W_std=2.0, rngs=nnx.Rngs(1))
     # Sample std of 2e5 N(0, 4) draws: relative standard error 1/√(2n) = 1.6e-3; allow 5 of them.
-    np.testing.assert_allclose(np.std(big.W.value), 2.0, rtol=5 * 1.6e-3)
+    np.testing.assert_allclose(np.std(big.W[...]), 2.0, rtol=5 * 1.6e-3)
     assert big.b is None
     c = nn.Conv(2, 4, (3, 3), W_std=1.0, rngs=nnx.Rngs(0))
     patch = IMAGES[:, :3, :3, :]  # the single VALID position of a 3×3 filter on the top-left corner
     np.testing.assert_allclose(c(IMAGES)[:, 0, 0, :],
-                               jnp.einsum("nhwi,hwio->no", patch, c.W.value) / math.sqrt(2 * 9), rtol=1e-12)
+                               jnp.einsum("nhwi,hwio->no", patch, c.W[...]) / math.sqrt(2 * 9), rtol=1e-12)
 
 
 def test_conv_transpose_and_conv_local_raw_parameterisation():
     """ConvTranspose: W (filter, in, out), fan-in in_channels × filter size (also when strided); ConvLocal: a
     filter and a bias per output position; θ(0) ~ N(0, σ0²) with metadata σ0 and σ."""
     t = nn.ConvTranspose(2, 4, (3, 3), strides=(2, 2), W_std=1.5, b_std=0.5, W_prior_std=0.8, rngs=nnx.Rngs(0))
-    assert t.W.value.shape == (3, 3, 2, 4) and t.b.value.shape == (4,)
+    assert t.W[...].shape == (3, 3, 2, 4) and t.b[...].shape == (4,)
     assert (t.W.init_std, t.W.prior_std, t.b.init_std, t.b.prior_std) == (1.5, 0.8, 0.5, 0.5)
     pixel = IMAGES[:, :1, :1, :]  # one input position: the (VALID) output is the flipped filter times a / √N
-    np.testing.assert_allclose(t(pixel) - t.b.value,
-                               jnp.einsum("ni,hwio->nhwo", pixel[:, 0, 0], t.W.value[::-1, ::-1]) / math.sqrt(2 * 9),
+    np.testing.assert_allclose(t(pixel) - t.b[...],
+                               jnp.einsum("ni,hwio->nhwo", pixel[:, 0, 0], t.W[...][::-1, ::-1]) / math.sqrt(2 * 9),
                                rtol=1e-12, atol=1e-14)
     loc = nn.ConvLocal(2, 4, (3, 3), padding="VALID", input_spatial_shape=(5, 5), W_std=1.0, b_std=0.3,
                        rngs=nnx.Rngs(0))
-    assert loc.W.value.shape == (3, 3, 2 * 9, 4) and loc.b.value.shape == (3, 3, 4)
+    assert loc.W[...].shape == (3, 3, 2 * 9, 4) and loc.b[...].shape == (3, 3, 4)
     patch = IMAGES[:, 1:4, 2:5, :]  # the receptive field of output position (1, 2), flattened channel-major
-    expected = jnp.moveaxis(patch, -1, 1).reshape(3, -1) @ loc.W.value[1, 2] / math.sqrt(2 * 9)
-    np.testing.assert_allclose(loc(IMAGES)[:, 1, 2, :], expected + loc.b.value[1, 2], rtol=1e-12)
+    expected = jnp.moveaxis(patch, -1, 1).reshape(3, -1) @ loc.W[...][1, 2] / math.sqrt(2 * 9)
+    np.testing.assert_allclose(loc(IMAGES)[:, 1, 2, :], expected + loc.b[...][1, 2], rtol=1e-12)
     with pytest.raises(ValueError, match="spatial shape"):
         loc(IMAGES[:, :4])
 
@@ -123,17 +123,17 @@ def test_conv_transpose_and_conv_local_raw_parameterisation():
 def test_width_override_keeps_the_readout():
     layer = stax.serial(stax.Dense(7), stax.Relu(), stax.Dense(5), stax.Relu(), stax.Dense(2))
     model = nn.from_stax(layer, 32, input_shape=X.shape, rngs=nnx.Rngs(0))
-    shapes = [m.W.value.shape for m in model.root.layers if isinstance(m, nn.Dense)]
+    shapes = [m.W[...].shape for m in model.root.layers if isinstance(m, nn.Dense)]
     assert shapes == [(3, 32), (32, 32), (32, 2)]
-    assert [m.W.value.shape for m in nn.from_stax(layer, input_shape=X.shape, rngs=nnx.Rngs(0)).root.layers
+    assert [m.W[...].shape for m in nn.from_stax(layer, input_shape=X.shape, rngs=nnx.Rngs(0)).root.layers
             if isinstance(m, nn.Dense)] == [(3, 7), (7, 5), (5, 2)]
     conv = nn.from_stax(cnn(width=3), 6, input_shape=IMAGES.shape, rngs=nnx.Rngs(0))
-    assert conv.root.layers[0].W.value.shape == (3, 3, 2, 6) and conv(IMAGES).shape == (3, 1)
+    assert conv.root.layers[0].W[...].shape == (3, 3, 2, 6) and conv(IMAGES).shape == (3, 1)
     mixed = nn.from_stax(local_transpose_cnn(width=3), 5, input_shape=IMAGES.shape, rngs=nnx.Rngs(0))
     local, transpose, readout = (mixed.root.layers[i] for i in (0, 2, 5))
-    assert local.W.value.shape == (5, 3, 2 * 6, 5) and local.b.value.shape == (5, 3, 5)
-    assert transpose.W.value.shape == (3, 2, 5, 5) and transpose.b.value.shape == (5,)
-    assert readout.W.value.shape == (11 * 4 * 5, 2) and mixed(IMAGES).shape == mixed.output_shape == (3, 2)
+    assert local.W[...].shape == (5, 3, 2 * 6, 5) and local.b[...].shape == (5, 3, 5)
+    assert transpose.W[...].shape == (3, 2, 5, 5) and transpose.b[...].shape == (5,)
+    assert readout.W[...].shape == (11 * 4 * 5, 2) and mixed(IMAGES).shape == mixed.output_shape == (3, 2)
 
 
 def test_hidden_are_the_inputs_of_downstream_parametric_layers():
@@ -157,7 +157,7 @@ def test_hidden_are_the_inputs_of_downstream_parametric_layers():
 def test_prior_std_tree_feeds_the_optimizer():
     layer = mlp(stax.Relu, 1, W_prior_std=0.7)
     model = nn.from_stax(layer, input_shape=X.shape, rngs=nnx.Rngs(0))
-    params = nnx.state(model, nnx.Param)
+    params = nnx.as_pure(nnx.state(model, nnx.Param))  # what nnx.Optimizer(..., wrt=nnx.Param) passes to tx.update
     stds = nn.prior_std_tree(model)
     assert jax.tree.structure(stds) == jax.tree.structure(params)
     assert sorted(set(jax.tree.leaves(stds))) == [0.2, 0.7]  # W prior 0.7, bias prior = its init std 0.2
@@ -165,13 +165,14 @@ def test_prior_std_tree_feeds_the_optimizer():
     grads = jax.tree.map(jnp.zeros_like, params)
     updates, _ = decay.update(grads, decay.init(params), params)
     layers = model.root.layers
-    expected = {0: (0.5 / 0.7**2 * layers[0].W.value, 0.5 / 0.2**2 * layers[0].b.value),
-                2: (0.5 / 0.7**2 * layers[2].W.value, None)}
+    expected = {0: (0.5 / 0.7**2 * layers[0].W[...], 0.5 / 0.2**2 * layers[0].b[...]),
+                2: (0.5 / 0.7**2 * layers[2].W[...], None)}
     for i, (w, b) in expected.items():
-        np.testing.assert_allclose(updates["root"]["layers"][i]["W"].value, w, rtol=1e-14)
+        np.testing.assert_allclose(updates["root"]["layers"][i]["W"], w, rtol=1e-14)
         if b is not None:
-            np.testing.assert_allclose(updates["root"]["layers"][i]["b"].value, b, rtol=1e-14)
+            np.testing.assert_allclose(updates["root"]["layers"][i]["b"], b, rtol=1e-14)
     langevin(0.1, 0.5, stds, key=0).init(params)  # the tree is accepted by the full optimizer
+    langevin(0.1, 0.5, stds, key=0).init(nnx.state(model, nnx.Param))  # and against Variable-wrapped parameters
 
 
 def _over_inits(layer, width, x, n, seed, fn):

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
-import neural_tangents as nt
+from ndk_flax._nt import nt_predict
 import numpy as np
 import pytest
 
@@ -285,7 +285,7 @@ def test_zero_temperature_equals_neural_tangents(make, shape):
   x, x_test, y = rng.normal(size=(5,) + shape), rng.normal(size=(3,) + shape), rng.normal(size=(5, 1))
   layer = make()
   ours = predict.langevin_mse_ensemble(layer, x, y, temperature=0.)
-  theirs = nt.predict.gradient_descent_mse_ensemble(make().kernel_fn, x, y)
+  theirs = nt_predict.gradient_descent_mse_ensemble(make().kernel_fn, x, y)
   times = np.array([0., 0.2, 1., 5.])
   for points in (None, x_test):
     a = ours(times, points, compute_cov=True)

@@ -8,7 +8,7 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from neural_tangents import stax as nt_stax
+from ndk_flax._nt import nt_stax
 
 from ndk_flax import stax
 from ndk_flax.reduced import composite_small_temperature_mean, reduced_small_temperature_mean

@@ -1,10 +1,10 @@
 """Two-time kernels of `ndk_flax.stax` against Neural Tangents, an independent recursion and THEORY.md identities."""
 import jax
 import jax.numpy as jnp
-import neural_tangents as nt
+from ndk_flax._nt import nt_predict
 import numpy as np
 import pytest
-from neural_tangents import stax as nt_stax
+from ndk_flax._nt import nt_stax
 
 from ndk_flax import stax
 from tests import reference_kernels as ref
@@ -240,7 +240,7 @@ def test_layers_unpack_as_neural_tangents_triples():
   assert_close(kernel_fn(X1, X2, 'ntk'), expected(X1, X2, 'ntk'))
   # Our layers also work inside Neural Tangents' own combinators and predictors.
   nt_net = nt_stax.serial(stax.Dense(8), stax.Erf(), stax.Dense(1))
-  predict = nt.predict.gradient_descent_mse_ensemble(nt_net[2], X1, jnp.ones((4, 1)))
+  predict = nt_predict.gradient_descent_mse_ensemble(nt_net[2], X1, jnp.ones((4, 1)))
   assert predict(1.0, X2, 'ntk').shape == (3, 1)
 
 

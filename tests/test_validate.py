@@ -1,7 +1,7 @@
 """Tests of ndk_flax.validate on synthetic ensembles drawn from a known Gaussian (exact null distribution)."""
 import numpy as np
 import pytest
-from neural_tangents.predict import Gaussian
+from ndk_flax._nt import Gaussian
 
 from ndk_flax.ensemble import EnsembleRecord
 from ndk_flax.validate import compare, two_time_overlap
