@@ -28,9 +28,7 @@ print(time.perf_counter() - start)
 
 
 def import_seconds(code: str) -> float:
-  out = subprocess.run(
-    [sys.executable, '-c', TIMER.format(code=code)], capture_output=True, text=True, check=True
-  )
+  out = subprocess.run([sys.executable, '-c', TIMER.format(code=code)], capture_output=True, text=True, check=True)
   return float(out.stdout.strip().splitlines()[-1])
 
 

@@ -6,16 +6,17 @@ Run: `python benchmarks/kernels.py [--p 256] [--grid 64] [--repeats 5]`. Prints 
   on the same network and inputs; ratio = ours / NT (target ≤ 2×).
 * "grid": `ndk_fn` on a G×G time grid in one call; pairs/s and the equivalent number of NT kernel evaluations.
 """
+
 import argparse
 import os
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 
-from ndk_flax import stax  # noqa: E402
+from ndk_flax import stax
 
 
 def best_time(fn, repeats):
@@ -29,12 +30,24 @@ def best_time(fn, repeats):
 
 
 def architectures():
-  mlp = stax.serial(stax.Dense(512, W_std=1.5, b_std=0.1), stax.Erf(), stax.Dense(512, W_std=1.5, b_std=0.1),
-                    stax.Erf(), stax.Dense(512, W_std=1.5, b_std=0.1), stax.Erf(), stax.Dense(1, W_std=1.5))
+  mlp = stax.serial(
+    stax.Dense(512, W_std=1.5, b_std=0.1),
+    stax.Erf(),
+    stax.Dense(512, W_std=1.5, b_std=0.1),
+    stax.Erf(),
+    stax.Dense(512, W_std=1.5, b_std=0.1),
+    stax.Erf(),
+    stax.Dense(1, W_std=1.5),
+  )
   # Flatten readout keeps only location-diagonal covariances (pooling would need the full spatial ones).
-  cnn = stax.serial(stax.Conv(32, (3, 3), W_std=1.4, padding='SAME'), stax.Relu(),
-                    stax.Conv(32, (3, 3), W_std=1.4, padding='SAME'), stax.Relu(), stax.Flatten(),
-                    stax.Dense(1, W_std=1.4))
+  cnn = stax.serial(
+    stax.Conv(32, (3, 3), W_std=1.4, padding='SAME'),
+    stax.Relu(),
+    stax.Conv(32, (3, 3), W_std=1.4, padding='SAME'),
+    stax.Relu(),
+    stax.Flatten(),
+    stax.Dense(1, W_std=1.4),
+  )
   return {'3-layer Erf MLP': (mlp, (16,)), 'CNN 6x6x1 (2 conv)': (cnn, (6, 6, 1))}
 
 
@@ -42,8 +55,12 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument('--p', type=int, default=256, help='number of inputs P')
   parser.add_argument('--grid', type=int, default=64, help='time grid size G (G×G pairs)')
-  parser.add_argument('--cnn-grid', type=int, default=16,
-                      help='time grid size for the CNN (a 64x64 CNN grid at P=256 takes ~10 min on 2 cores)')
+  parser.add_argument(
+    '--cnn-grid',
+    type=int,
+    default=16,
+    help='time grid size for the CNN (a 64x64 CNN grid at P=256 takes ~10 min on 2 cores)',
+  )
   parser.add_argument('--repeats', type=int, default=5)
   args = parser.parse_args()
   rows = []
@@ -56,10 +73,13 @@ def main():
     times = jnp.geomspace(1e-2, 1e2, grid).astype(jnp.float32)
     t_grid = best_time(lambda: net.ndk_fn(x, x, times, times, temperature=0.1).ndk, max(1, args.repeats // 2))
     pairs = grid**2
-    rows.append((f'{name} G={grid}', t_nt * 1e3, t_pair * 1e3, t_pair / t_nt, t_grid, pairs / t_grid,
-                 t_grid / pairs / t_nt))
-  header = (f'{"network (P=%d)" % args.p:<30} {"NT kernel_fn ms":>16} {"ndk_fn pair ms":>15} {"ratio":>7} '
-            f'{"GxG grid s":>13} {"pairs/s":>9} {"grid per pair / NT":>19}')
+    rows.append(
+      (f'{name} G={grid}', t_nt * 1e3, t_pair * 1e3, t_pair / t_nt, t_grid, pairs / t_grid, t_grid / pairs / t_nt)
+    )
+  header = (
+    f'{"network (P=%d)" % args.p:<30} {"NT kernel_fn ms":>16} {"ndk_fn pair ms":>15} {"ratio":>7} '
+    f'{"GxG grid s":>13} {"pairs/s":>9} {"grid per pair / NT":>19}'
+  )
   print(f'jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPU cores, float32')
   print(header)
   print('-' * len(header))

@@ -16,6 +16,7 @@ included), which is the fairer number on a shared machine.
 Usage: python benchmarks/predict.py [--sizes 100 300 1000] [--cov-sizes 100 300] [--cov-times 40] [--cov-requested 200]
                                     [--kinds mean cov zero_t] [--priors 1.0 0.8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,14 @@ D, N_TEST, N_T, TEMPERATURE = 16, 100, 200, 0.01
 
 def _network(prior_std):
   from ndk_flax import stax
-  dense = lambda n: stax.Dense(n, W_std=1., W_prior_std=prior_std)  # noqa: E731
+
+  dense = lambda n: stax.Dense(n, W_std=1.0, W_prior_std=prior_std)
   return stax.serial(dense(512), stax.Erf(), dense(512), stax.Erf(), dense(512), stax.Erf(), dense(1))
 
 
 def _data(p):
   import numpy as np
+
   rng = np.random.default_rng(0)
   x = rng.normal(size=(p + N_TEST, D)).astype(np.float32)
   x /= np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(D)
@@ -48,20 +51,24 @@ def _data(p):
 
 def _times():
   import numpy as np
-  return np.concatenate([[0.], np.geomspace(1e-2, 3 / TEMPERATURE, N_T - 1)])
+
+  return np.concatenate([[0.0], np.geomspace(1e-2, 3 / TEMPERATURE, N_T - 1)])
 
 
 def run_one(kind: str, p: int, prior_std: float, cov_times: int, cov_requested: int) -> dict:
   import jax
   import numpy as np
+
   from ndk_flax import predict
+
   x, y, x_test = _data(p)
   layer = _network(prior_std)
   times = _times()
   start = time.perf_counter()
   if kind == 'zero_t':
     from ndk_flax._nt import nt_predict
-    ours = predict.langevin_mse_ensemble(layer, x, y, temperature=0.)
+
+    ours = predict.langevin_mse_ensemble(layer, x, y, temperature=0.0)
     out = ours(times, x_test, compute_cov=True)
     jax.block_until_ready(out)
     t_ours = time.perf_counter() - start
@@ -76,11 +83,16 @@ def run_one(kind: str, p: int, prior_std: float, cov_times: int, cov_requested: 
   if kind == 'mean':
     jax.block_until_ready(predictor(times, x_test))
     lattice, _, fine = predictor._mean
-    info = dict(grid=len(fine["grid"]), lattice=lattice.size, stationary=bool(lattice.stationary),
-                error_estimate=predictor.error_estimate)
+    info = dict(
+      grid=len(fine['grid']),
+      lattice=lattice.size,
+      stationary=bool(lattice.stationary),
+      error_estimate=predictor.error_estimate,
+    )
   else:
-    grid = predict.time_grid(float(times[-1]), first_step=predictor._first_step, growth=0.5,
-                             max_step=float(times[-1]) / cov_times)
+    grid = predict.time_grid(
+      float(times[-1]), first_step=predictor._first_step, growth=0.5, max_step=float(times[-1]) / cov_times
+    )
     predictor = predict.langevin_mse_ensemble(layer, x, y, temperature=TEMPERATURE, cov_grid=grid)
     requested = times[np.unique(np.linspace(0, N_T - 1, cov_requested).astype(int))]
     jax.block_until_ready(predictor(requested, x_test, compute_cov=True))
@@ -95,7 +107,7 @@ def main():
   parser.add_argument('--cov-times', type=int, default=40)
   parser.add_argument('--cov-requested', type=int, default=N_T, help='covariance rows: this many of the n_t times')
   parser.add_argument('--kinds', nargs='*', default=['mean', 'cov', 'zero_t'], choices=['mean', 'cov', 'zero_t'])
-  parser.add_argument('--priors', type=float, nargs='*', default=[1., 0.8], help='σ/σ0 of the mean rows')
+  parser.add_argument('--priors', type=float, nargs='*', default=[1.0, 0.8], help='σ/σ0 of the mean rows')
   parser.add_argument('--one', nargs=3, metavar=('KIND', 'P', 'PRIOR_STD'), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.one:
@@ -106,14 +118,27 @@ def main():
     result['cpu_seconds'] = usage.ru_utime + usage.ru_stime
     print(json.dumps(result))
     return
-  configs = [('mean', p, prior) for prior in args.priors for p in args.sizes if prior == 1. or p <= 300]
-  configs += [('cov', p, 0.8) for p in args.cov_sizes] + [('zero_t', p, 1.) for p in args.sizes]
+  configs = [('mean', p, prior) for prior in args.priors for p in args.sizes if prior == 1.0 or p <= 300]
+  configs += [('cov', p, 0.8) for p in args.cov_sizes] + [('zero_t', p, 1.0) for p in args.sizes]
   configs = [c for c in configs if c[0] in args.kinds]
   print(f'{"what":8} {"P":>5} {"σ/σ0":>5} {"wall s":>8} {"CPU s":>8} {"peak GiB":>9}  details')
   for kind, p, prior_std in configs:
-    proc = subprocess.run([sys.executable, __file__, '--one', kind, str(p), str(prior_std),
-                           '--cov-times', str(args.cov_times), '--cov-requested', str(args.cov_requested)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+      [
+        sys.executable,
+        __file__,
+        '--one',
+        kind,
+        str(p),
+        str(prior_std),
+        '--cov-times',
+        str(args.cov_times),
+        '--cov-requested',
+        str(args.cov_requested),
+      ],
+      capture_output=True,
+      text=True,
+    )
     if proc.returncode:
       print(f'{kind:8} {p:>5} {prior_std:>5} failed: {proc.stderr.strip().splitlines()[-1]}')
       continue

@@ -10,4 +10,5 @@ Modules:
   * :mod:`ndk_flax.reduced`, :mod:`ndk_flax.drift`: small-T slow-time equations; representational drift.
   * :mod:`ndk_flax.cli`: the ``ndk-flax`` command (``validate``, ``kernels``).
 """
-__version__ = "0.1.0"
+
+__version__ = '0.1.0'

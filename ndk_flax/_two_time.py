@@ -16,12 +16,14 @@ with B the bias covariance pattern (all ones for a shared bias). Σ̃ and B come
 `kernel_fn` of the same layer, called with unit (respectively zero) weight std, so every layer NT supports with
 the 'ntk' parameterisation gets the rule without re-deriving its geometry.
 """
+
 from __future__ import annotations
 
 import math
 from typing import Callable, NamedTuple, Optional
 
 import jax.numpy as jnp
+
 from ndk_flax._nt import Kernel
 
 KernelFn = Callable[[Kernel], Kernel]
@@ -29,6 +31,7 @@ KernelFn = Callable[[Kernel], Kernel]
 
 class ParamGroup(NamedTuple):
   """Initialisation std σ0 and prior std σ of one parameter group (weights or biases of a layer)."""
+
   init_std: float
   prior_std: float
 
@@ -54,8 +57,10 @@ def make_group(kind: str, init_std, prior_std) -> ParamGroup:
   init = check_std(f'{kind}_std', init_std, allow_zero=True)
   if prior_std is None:
     if init == 0:
-      raise ValueError(f'`{kind}_std` is 0, so `{kind}_prior_std` must be given explicitly '
-                       f'(the prior variance σ² must be > 0; λ = T/σ²).')
+      raise ValueError(
+        f'`{kind}_std` is 0, so `{kind}_prior_std` must be given explicitly '
+        f'(the prior variance σ² must be > 0; λ = T/σ²).'
+      )
     prior_std = init
   prior = check_std(f'{kind}_prior_std', prior_std, allow_zero=False)
   return ParamGroup(init, prior)
@@ -64,13 +69,13 @@ def make_group(kind: str, init_std, prior_std) -> ParamGroup:
 def _decay_times(rate, t):
   """λ·t with the convention 0·∞ = 0 (T = 0: frozen weights at every time, including t = ∞)."""
   frozen = rate == 0
-  return jnp.where(frozen, 0., rate * jnp.where(frozen, 0., t))
+  return jnp.where(frozen, 0.0, rate * jnp.where(frozen, 0.0, t))
 
 
 def _abs_gap(t, s):
   """|t − s| with ∞ − ∞ := 0 (equal times)."""
   same = t == s
-  return jnp.where(same, 0., jnp.abs(jnp.where(same, 0., t - s)))
+  return jnp.where(same, 0.0, jnp.abs(jnp.where(same, 0.0, t - s)))
 
 
 def ou_covariance(group: ParamGroup, temperature, t, s):
@@ -85,13 +90,12 @@ def ou_response(group: ParamGroup, temperature, t, s):
   """r(t, s) = e^{−λ(t−s)} for t ≥ s, 0 for t < s."""
   rate = group.decay_rate(temperature)
   causal = t >= s
-  return jnp.where(causal, jnp.exp(-_decay_times(rate, jnp.where(causal, _abs_gap(t, s), 0.))), 0.)
+  return jnp.where(causal, jnp.exp(-_decay_times(rate, jnp.where(causal, _abs_gap(t, s), 0.0))), 0.0)
 
 
-def parametric_rule(unit_kernel_fn: KernelFn,
-                    weight: ParamGroup,
-                    bias: Optional[ParamGroup],
-                    bias_pattern_fn: Optional[KernelFn] = None) -> Callable:
+def parametric_rule(
+  unit_kernel_fn: KernelFn, weight: ParamGroup, bias: Optional[ParamGroup], bias_pattern_fn: Optional[KernelFn] = None
+) -> Callable:
   """The two-time rule of a parametric layer (THEORY.md §3), as `rule(k, t1, t2, temperature) -> Kernel`.
 
   Args:
@@ -116,7 +120,7 @@ def parametric_rule(unit_kernel_fn: KernelFn,
     ndk = ou_response(weight, temperature, t1, t2) * unit.nngp + c_w(t1, t2) * mapped_response
     if bias is not None:
       if bias_pattern_fn is None:
-        pattern = pattern1 = pattern2 = 1.
+        pattern = pattern1 = pattern2 = 1.0
       else:
         b_k = bias_pattern_fn(k)
         pattern, pattern1, pattern2 = b_k.nngp, b_k.cov1, b_k.cov2

@@ -3,6 +3,7 @@
 Every check names the argument, says what was expected and shows what was given. Traced values (inside ``jax.jit``
 or ``jax.vmap``) cannot be inspected and pass through unchanged where the callers accept them.
 """
+
 from __future__ import annotations
 
 import math
@@ -83,6 +84,8 @@ def inputs_like(name: str, x: Any, reference: jax.Array, reference_name: str = '
   """Inputs with the per-point shape of ``reference`` (checked like :func:`batched_array`), in its dtype."""
   x = batched_array(name, x, 2)
   if x.shape[1:] != reference.shape[1:]:
-    raise ValueError(f'`{name}` must have shape (n, {", ".join(map(str, reference.shape[1:]))}) like '
-                     f'`{reference_name}`, got {x.shape}.')
+    raise ValueError(
+      f'`{name}` must have shape (n, {", ".join(map(str, reference.shape[1:]))}) like '
+      f'`{reference_name}`, got {x.shape}.'
+    )
   return x.astype(reference.dtype)

@@ -6,6 +6,7 @@ file (``{"W_std": 0.8}``). Conventions (see THEORY.md §1): raw parameterisation
 (``W_std``, ``b_std``), prior stds σ (``W_prior_std``, ``b_prior_std``), temperature T, decay λ = T/σ², summed ½-MSE
 loss, time t = learning_rate × steps.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,126 +16,141 @@ from typing import Any, Mapping
 
 from ndk_flax.data import KINDS
 
-ACTIVATIONS = ("erf", "relu")
+ACTIVATIONS = ('erf', 'relu')
 # ndk_flax.optax.NOISE_LAWS, written out so that the CLI parses flags without importing JAX (a test checks they agree).
-NOISE_LAWS = ("gaussian", "rademacher")
+NOISE_LAWS = ('gaussian', 'rademacher')
 
 
 class ConfigError(ValueError):
-    """A setting is missing, of the wrong type or out of range; the message is one line naming the key."""
+  """A setting is missing, of the wrong type or out of range; the message is one line naming the key."""
 
 
 def _field(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+  return dataclasses.field(default=default, metadata={'help': help, 'choices': choices})
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a validation run (and, for ``kernels``, the architecture and time grid)."""
+  """Everything that defines a validation run (and, for ``kernels``, the architecture and time grid)."""
 
-    activation: str = _field("erf", "Nonlinearity of every hidden layer.", ACTIVATIONS)
-    depth: int = _field(1, "Number of hidden layers (each Dense(width) followed by the nonlinearity).")
-    width: int = _field(1024, "Hidden width N of the trained Flax networks (the theory is N -> infinity).")
-    bias: bool = _field(False, "Give every Dense layer a bias (std b_std, prior std b_prior_std).")
-    W_std: float = _field(2.0, "sigma0_W: initial std of every weight (NT's W_std, ntk parameterisation).")
-    W_prior_std: float = _field(1.0, "sigma_W: prior std of every weight; weight decay lambda = T / sigma_W^2.")
-    b_std: float = _field(0.5, "sigma0_b: initial std of every bias (only with --bias).")
-    b_prior_std: float = _field(0.5, "sigma_b: prior std of every bias (only with --bias).")
-    temperature: float = _field(0.05, "Langevin temperature T >= 0 (T = 0: plain gradient descent).")
-    learning_rate: float = _field(0.02, "Step eta of the discrete Langevin rule; time t = eta * steps.")
-    noise: str = _field("gaussian", "Law of the Langevin noise xi: gaussian (Euler-Maruyama) or rademacher (+-1, the "
-                                    "weak Euler scheme: same mean and covariance, cheaper to draw).", NOISE_LAWS)
-    n_members: int = _field(256, "Ensemble size M (independent initialisations and noise).")
-    t_max: float = _field(80.0, "Last recorded time (in units of learning_rate * steps).")
-    n_times: int = _field(12, "Number of record times (0 and a geometric grid up to t_max).")
-    seed: int = _field(0, "Seed of the ensemble (initialisations and Langevin noise).")
-    dataset: str = _field("regression", "Built-in synthetic data set.", KINDS)
-    n_train: int = _field(6, "Number P of training points.")
-    n_test: int = _field(4, "Number of test points.")
-    data_seed: int = _field(0, "Seed of the synthetic data set.")
-    z_tol: float = _field(4.5, "Tolerance in standard errors: pass if |ensemble - theory| <= z_tol * s.e. + "
-                                     "delta (finite-width allowance) at every time and point.")
+  activation: str = _field('erf', 'Nonlinearity of every hidden layer.', ACTIVATIONS)
+  depth: int = _field(1, 'Number of hidden layers (each Dense(width) followed by the nonlinearity).')
+  width: int = _field(1024, 'Hidden width N of the trained Flax networks (the theory is N -> infinity).')
+  bias: bool = _field(False, 'Give every Dense layer a bias (std b_std, prior std b_prior_std).')
+  W_std: float = _field(2.0, "sigma0_W: initial std of every weight (NT's W_std, ntk parameterisation).")
+  W_prior_std: float = _field(1.0, 'sigma_W: prior std of every weight; weight decay lambda = T / sigma_W^2.')
+  b_std: float = _field(0.5, 'sigma0_b: initial std of every bias (only with --bias).')
+  b_prior_std: float = _field(0.5, 'sigma_b: prior std of every bias (only with --bias).')
+  temperature: float = _field(0.05, 'Langevin temperature T >= 0 (T = 0: plain gradient descent).')
+  learning_rate: float = _field(0.02, 'Step eta of the discrete Langevin rule; time t = eta * steps.')
+  noise: str = _field(
+    'gaussian',
+    'Law of the Langevin noise xi: gaussian (Euler-Maruyama) or rademacher (+-1, the '
+    'weak Euler scheme: same mean and covariance, cheaper to draw).',
+    NOISE_LAWS,
+  )
+  n_members: int = _field(256, 'Ensemble size M (independent initialisations and noise).')
+  t_max: float = _field(80.0, 'Last recorded time (in units of learning_rate * steps).')
+  n_times: int = _field(12, 'Number of record times (0 and a geometric grid up to t_max).')
+  seed: int = _field(0, 'Seed of the ensemble (initialisations and Langevin noise).')
+  dataset: str = _field('regression', 'Built-in synthetic data set.', KINDS)
+  n_train: int = _field(6, 'Number P of training points.')
+  n_test: int = _field(4, 'Number of test points.')
+  data_seed: int = _field(0, 'Seed of the synthetic data set.')
+  z_tol: float = _field(
+    4.5,
+    'Tolerance in standard errors: pass if |ensemble - theory| <= z_tol * s.e. + '
+    'delta (finite-width allowance) at every time and point.',
+  )
 
-    def __post_init__(self) -> None:
-        _check(self)
+  def __post_init__(self) -> None:
+    _check(self)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
 
 
 # The ``--quick`` preset: same problem, smaller network / ensemble / grid (under a minute on 2 CPU cores).
-QUICK = {"width": 256, "n_members": 64, "n_times": 6, "t_max": 40.0}
+QUICK = {'width': 256, 'n_members': 64, 'n_times': 6, 't_max': 40.0}
 
 
 def _coerce(name: str, type_name: str, value: Any, source: str) -> Any:
-    """Strict JSON -> field type: ints must be integers (not bools), floats may be ints, bools must be bools."""
-    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "bool": isinstance(value, bool),
-          "str": isinstance(value, str)}[type_name]
-    if not ok:
-        raise ConfigError(f"{source}: {name} must be of type {type_name}, got {value!r}")
-    return float(value) if type_name == "float" else value
+  """Strict JSON -> field type: ints must be integers (not bools), floats may be ints, bools must be bools."""
+  ok = {
+    'int': isinstance(value, int) and not isinstance(value, bool),
+    'float': isinstance(value, (int, float)) and not isinstance(value, bool),
+    'bool': isinstance(value, bool),
+    'str': isinstance(value, str),
+  }[type_name]
+  if not ok:
+    raise ConfigError(f'{source}: {name} must be of type {type_name}, got {value!r}')
+  return float(value) if type_name == 'float' else value
 
 
 def _check(c: RunConfig) -> None:
-    """Raise ConfigError (one line, naming the key) for the first out-of-range value."""
-    for f in dataclasses.fields(c):
-        value = getattr(c, f.name)
-        choices = f.metadata["choices"]
-        if choices is not None and value not in choices:
-            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
-        if f.type == "float" and not math.isfinite(value):
-            raise ConfigError(f"{f.name} must be finite, got {value!r}")
-    positive = ["depth", "width", "W_std", "W_prior_std", "learning_rate", "t_max", "n_train", "n_test", "z_tol"]
-    if c.bias:
-        positive += ["b_std", "b_prior_std"]
-    for name in positive:
-        if getattr(c, name) <= 0:
-            raise ConfigError(f"{name} must be > 0, got {getattr(c, name)!r}")
-    for name in ("temperature", "seed", "data_seed", "b_std", "b_prior_std"):
-        if getattr(c, name) < 0:
-            raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)!r}")
-    if c.n_members < 2:
-        raise ConfigError(f"n_members must be >= 2 (standard errors need two members), got {c.n_members!r}")
-    if c.n_times < 2:
-        raise ConfigError(f"n_times must be >= 2 (t = 0 and t_max), got {c.n_times!r}")
-    if c.t_max < c.learning_rate * (c.n_times - 1):
-        raise ConfigError(f"t_max = {c.t_max!r} is shorter than n_times - 1 = {c.n_times - 1} steps of "
-                          f"learning_rate = {c.learning_rate!r}")
+  """Raise ConfigError (one line, naming the key) for the first out-of-range value."""
+  for f in dataclasses.fields(c):
+    value = getattr(c, f.name)
+    choices = f.metadata['choices']
+    if choices is not None and value not in choices:
+      raise ConfigError(f'{f.name} must be one of {", ".join(choices)}; got {value!r}')
+    if f.type == 'float' and not math.isfinite(value):
+      raise ConfigError(f'{f.name} must be finite, got {value!r}')
+  positive = ['depth', 'width', 'W_std', 'W_prior_std', 'learning_rate', 't_max', 'n_train', 'n_test', 'z_tol']
+  if c.bias:
+    positive += ['b_std', 'b_prior_std']
+  for name in positive:
+    if getattr(c, name) <= 0:
+      raise ConfigError(f'{name} must be > 0, got {getattr(c, name)!r}')
+  for name in ('temperature', 'seed', 'data_seed', 'b_std', 'b_prior_std'):
+    if getattr(c, name) < 0:
+      raise ConfigError(f'{name} must be >= 0, got {getattr(c, name)!r}')
+  if c.n_members < 2:
+    raise ConfigError(f'n_members must be >= 2 (standard errors need two members), got {c.n_members!r}')
+  if c.n_times < 2:
+    raise ConfigError(f'n_times must be >= 2 (t = 0 and t_max), got {c.n_times!r}')
+  if c.t_max < c.learning_rate * (c.n_times - 1):
+    raise ConfigError(
+      f't_max = {c.t_max!r} is shorter than n_times - 1 = {c.n_times - 1} steps of learning_rate = {c.learning_rate!r}'
+    )
 
 
 def load_json(path: str) -> dict[str, Any]:
-    """The JSON object stored at ``path``; ConfigError (one line) if unreadable, not JSON or not an object."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            values = json.load(fh)
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path!r}: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config {path!r} is not valid JSON: {e}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"config {path!r} must hold a JSON object of settings, got {type(values).__name__}")
-    return values
+  """The JSON object stored at ``path``; ConfigError (one line) if unreadable, not JSON or not an object."""
+  try:
+    with open(path, encoding='utf-8') as fh:
+      values = json.load(fh)
+  except OSError as e:
+    raise ConfigError(f'cannot read config {path!r}: {e.strerror or e}') from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ConfigError(f'config {path!r} is not valid JSON: {e}') from None
+  if not isinstance(values, dict):
+    raise ConfigError(f'config {path!r} must hold a JSON object of settings, got {type(values).__name__}')
+  return values
 
 
-def resolve(*, quick: bool = False, file_values: Mapping[str, Any] | None = None,
-            explicit: Mapping[str, Any] | None = None, config_path: str = "config") -> RunConfig:
-    """Defaults <- ``QUICK`` preset (if ``quick``) <- ``file_values`` <- ``explicit`` (flags given on the command line).
+def resolve(
+  *,
+  quick: bool = False,
+  file_values: Mapping[str, Any] | None = None,
+  explicit: Mapping[str, Any] | None = None,
+  config_path: str = 'config',
+) -> RunConfig:
+  """Defaults <- ``QUICK`` preset (if ``quick``) <- ``file_values`` <- ``explicit`` (flags given on the command line).
 
-    Keys and types are checked per source (the message names the source); ranges are checked on the final
-    combination only, so e.g. a file may set ``bias`` and ``b_std`` in either order.
-    """
-    merged: dict[str, Any] = dict(QUICK) if quick else {}
-    merged.update(_typed(file_values or {}, config_path))
-    merged.update(_typed(explicit or {}, "flags"))
-    return dataclasses.replace(RunConfig(), **merged)
+  Keys and types are checked per source (the message names the source); ranges are checked on the final
+  combination only, so e.g. a file may set ``bias`` and ``b_std`` in either order.
+  """
+  merged: dict[str, Any] = dict(QUICK) if quick else {}
+  merged.update(_typed(file_values or {}, config_path))
+  merged.update(_typed(explicit or {}, 'flags'))
+  return dataclasses.replace(RunConfig(), **merged)
 
 
 def _typed(values: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """``values`` with every key known and every value of its field's type; ConfigError naming ``source`` if not."""
-    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(fields)}")
-    return {name: _coerce(name, fields[name].type, value, source) for name, value in values.items()}
+  """``values`` with every key known and every value of its field's type; ConfigError naming ``source`` if not."""
+  fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ConfigError(f'{source}: unknown key(s) {", ".join(map(repr, unknown))}; known keys: {", ".join(fields)}')
+  return {name: _coerce(name, fields[name].type, value, source) for name, value in values.items()}

@@ -24,6 +24,7 @@ Finite networks: :func:`empirical_autocorrelation` measures ρ^l on hidden activ
 ``ndk_flax.ensemble.train_ensemble(..., record_hidden=True)``; :func:`frozen_readout_ensemble` trains members with
 Langevin dynamics up to t0, freezes their readout and lets the hidden weights drift (sampled exactly).
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,18 +38,29 @@ import optax
 from flax import nnx
 
 from ndk_flax import _validation as V
-from ndk_flax import nn
-from ndk_flax import stax
+from ndk_flax import nn, stax
 from ndk_flax.optax import langevin
 
-__all__ = ['AutocorrelationEstimate', 'FrozenReadoutRecord', 'empirical_autocorrelation', 'frozen_readout_ensemble',
-           'frozen_readout_mean', 'hidden_kernel', 'hidden_network', 'linear_readout_accuracy', 'mean_activation',
-           'normalised_autocorrelation', 'autocorrelation_floor', 'gaussian_mean', 'pre_activation_variance']
+__all__ = [
+  'AutocorrelationEstimate',
+  'FrozenReadoutRecord',
+  'empirical_autocorrelation',
+  'frozen_readout_ensemble',
+  'frozen_readout_mean',
+  'hidden_kernel',
+  'hidden_network',
+  'linear_readout_accuracy',
+  'mean_activation',
+  'normalised_autocorrelation',
+  'autocorrelation_floor',
+  'gaussian_mean',
+  'pre_activation_variance',
+]
 
-_STATIONARY_DECAYS = 40.
+_STATIONARY_DECAYS = 40.0
 """t0 = 40/λ_min: the initialisation's weight e^{−λ(t+s)} ≤ e^{−80} is below float64 resolution (stationary kernels)."""
 _QUADRATURE_NODES = 96
-_QUADRATURE_CUTOFF = 12.
+_QUADRATURE_CUTOFF = 12.0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -57,8 +69,10 @@ _QUADRATURE_CUTOFF = 12.
 
 def _check_layers(layers) -> tuple:
   if isinstance(layers, stax.NDKLayer) or not isinstance(layers, (list, tuple)):
-    raise TypeError('`layers` must be the list of layers of the network (stax.serial(*layers) is the network), '
-                    f'got {type(layers).__name__}.')
+    raise TypeError(
+      '`layers` must be the list of layers of the network (stax.serial(*layers) is the network), '
+      f'got {type(layers).__name__}.'
+    )
   if not layers:
     raise ValueError('`layers` must not be empty.')
   return tuple(stax.as_ndk_layer(l) for l in layers)
@@ -78,10 +92,15 @@ def _hidden_slice(layers: tuple, layer_index: int) -> tuple[int, int]:
   """(position of the l-th parametric layer, position of the (l + 1)-th) in ``layers``."""
   positions = _parametric_positions(layers)
   n_hidden = len(positions) - 1
-  if isinstance(layer_index, bool) or not isinstance(layer_index, (int, np.integer)) or not (
-      1 <= layer_index <= n_hidden):
-    raise ValueError(f'`layer_index` must be an int in [1, {n_hidden}] (the network has {len(positions)} parametric '
-                     f'layers, so {n_hidden} hidden layers), got {layer_index!r}.')
+  if (
+    isinstance(layer_index, bool)
+    or not isinstance(layer_index, (int, np.integer))
+    or not (1 <= layer_index <= n_hidden)
+  ):
+    raise ValueError(
+      f'`layer_index` must be an int in [1, {n_hidden}] (the network has {len(positions)} parametric '
+      f'layers, so {n_hidden} hidden layers), got {layer_index!r}.'
+    )
   return positions[layer_index - 1], positions[layer_index]
 
 
@@ -93,8 +112,9 @@ def hidden_network(layers: Sequence, layer_index: int) -> stax.NDKLayer:
   return _serial(layers[:end])
 
 
-def hidden_kernel(layers: Sequence, layer_index: int, x1, x2=None, t1=0., t2=0., *,
-                  temperature: float) -> stax.TwoTimeKernel:
+def hidden_kernel(
+  layers: Sequence, layer_index: int, x1, x2=None, t1=0.0, t2=0.0, *, temperature: float
+) -> stax.TwoTimeKernel:
   """Two-time kernels of hidden layer l: ``nngp`` = C^l(t1, t2, x1, x2) = lim (1/N) Σ_i φ_i(x1, t1) φ_i(x2, t2),
   ``cov1`` = C^l(t1, t1, x1, x1), ``cov2`` = C^l(t2, t2, x2, x2) (shapes as ``NDKLayer.ndk_fn``)."""
   return hidden_network(layers, layer_index).ndk_fn(x1, x2, t1, t2, temperature=temperature)
@@ -108,21 +128,44 @@ def normalised_autocorrelation(layers: Sequence, layer_index: int, x, t, s, *, t
   return rho[tuple(0 if jnp.ndim(v) == 0 else slice(None) for v in (t, s))]
 
 
-_ELEMENTWISE = frozenset(('ABRelu', 'Abs', 'Cos', 'Elementwise', 'ElementwiseNumerical', 'Erf', 'Exp', 'Gabor',
-                          'Gaussian', 'Gelu', 'Hermite', 'Identity', 'LeakyRelu', 'Monomial', 'Polynomial',
-                          'RectifiedMonomial', 'Relu', 'Sigmoid_like', 'Sign', 'Sin'))
+_ELEMENTWISE = frozenset(
+  (
+    'ABRelu',
+    'Abs',
+    'Cos',
+    'Elementwise',
+    'ElementwiseNumerical',
+    'Erf',
+    'Exp',
+    'Gabor',
+    'Gaussian',
+    'Gelu',
+    'Hermite',
+    'Identity',
+    'LeakyRelu',
+    'Monomial',
+    'Polynomial',
+    'RectifiedMonomial',
+    'Relu',
+    'Sigmoid_like',
+    'Sign',
+    'Sin',
+  )
+)
 """Parameter-free ``stax`` layers acting unit by unit (their mean activation is a one-dimensional Gaussian mean)."""
 
 
 def _activation(layers: tuple, layer_index: int) -> stax.NDKLayer:
   start, end = _hidden_slice(layers, layer_index)
-  free = layers[start + 1:end]
+  free = layers[start + 1 : end]
   for layer in free:
     name = layer.spec.params.get('name')
     if name not in _ELEMENTWISE:
-      raise ValueError(f'The layers between hidden layer {layer_index} and the next parametric layer must be '
-                       f'elementwise activations (one of {sorted(_ELEMENTWISE)}) for the mean activation; got '
-                       f'{name!r}.')
+      raise ValueError(
+        f'The layers between hidden layer {layer_index} and the next parametric layer must be '
+        f'elementwise activations (one of {sorted(_ELEMENTWISE)}) for the mean activation; got '
+        f'{name!r}.'
+      )
   return _serial(free) if free else stax.Identity()
 
 
@@ -130,7 +173,7 @@ def pre_activation_variance(layers: Sequence, layer_index: int, x) -> jax.Array:
   """q^l(x) = C(∞, ∞, x, x) of the pre-activation of hidden layer l at equilibrium (prior variances σ²), (n,)."""
   layers = _check_layers(layers)
   start, _ = _hidden_slice(layers, layer_index)
-  return _serial(layers[:start + 1]).ndk_fn(x, x, jnp.inf, jnp.inf, temperature=1.).cov1
+  return _serial(layers[: start + 1]).ndk_fn(x, x, jnp.inf, jnp.inf, temperature=1.0).cov1
 
 
 def gaussian_mean(activation, variance) -> jax.Array:
@@ -143,7 +186,7 @@ def gaussian_mean(activation, variance) -> jax.Array:
     raise ValueError(f'`variance` must be finite and >= 0, got {variance!r}.')
   z, w = np.polynomial.legendre.leggauss(_QUADRATURE_NODES)
   z = np.concatenate([(z - 1) / 2, (z + 1) / 2]) * _QUADRATURE_CUTOFF
-  w = np.concatenate([w, w]) * _QUADRATURE_CUTOFF / 2 * np.exp(-z**2 / 2) / math.sqrt(2 * math.pi)
+  w = np.concatenate([w, w]) * _QUADRATURE_CUTOFF / 2 * np.exp(-(z**2) / 2) / math.sqrt(2 * math.pi)
   z, w = jnp.asarray(z, q.dtype), jnp.asarray(w, q.dtype)
   points = jnp.sqrt(q).reshape(-1, 1) * z[None, :]
   _, params = layer.init_fn(jax.random.PRNGKey(0), points.shape)
@@ -162,8 +205,8 @@ def mean_activation(layers: Sequence, layer_index: int, x) -> jax.Array:
 
 def autocorrelation_floor(layers: Sequence, layer_index: int, x) -> jax.Array:
   """lim_{t−s→∞} ρ^l(t, s, x) at equilibrium = ⟨φ(x)⟩²/C^l(∞, ∞, x, x), shape (n,)."""
-  second = hidden_kernel(layers, layer_index, x, x, jnp.inf, jnp.inf, temperature=1.).cov1
-  return mean_activation(layers, layer_index, x)**2 / second
+  second = hidden_kernel(layers, layer_index, x, x, jnp.inf, jnp.inf, temperature=1.0).cov1
+  return mean_activation(layers, layer_index, x) ** 2 / second
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -186,7 +229,7 @@ def _readout_variances(layers: tuple) -> tuple[float, float]:
   if spec.kind != 'Dense':
     raise ValueError(f'The last layer must be the Dense readout for a frozen readout, got {spec.kind!r}.')
   b = spec.params['b_prior_std']
-  return spec.params['W_prior_std']**2, 0. if b is None else b**2
+  return spec.params['W_prior_std'] ** 2, 0.0 if b is None else b**2
 
 
 def _check_drift_times(drift_times) -> np.ndarray:
@@ -196,8 +239,9 @@ def _check_drift_times(drift_times) -> np.ndarray:
   return d
 
 
-def frozen_readout_mean(layers: Sequence, x_train, y_train, *, temperature: float, drift_times,
-                        x_test=None) -> jax.Array:
+def frozen_readout_mean(
+  layers: Sequence, x_train, y_train, *, temperature: float, drift_times, x_test=None
+) -> jax.Array:
   """f̄(x, t0 + Δ) = [σ_a² A^L(t0 + Δ, t0, x, X) + σ_b²] [K + T I]⁻¹ Y for every drift time Δ (``inf``: the
   mean-activation limit [σ_a² ⟨φ(x)⟩⟨φ(X)⟩ᵀ + σ_b²][K + T I]⁻¹ Y), shape (len(Δ), n, out).
 
@@ -220,7 +264,7 @@ def frozen_readout_mean(layers: Sequence, x_train, y_train, *, temperature: floa
   finite = drift[np.isfinite(drift)]
   if finite.size:
     t0 = _STATIONARY_DECAYS / min(hidden.relaxation_rates(temperature))
-    overlap = hidden.ndk_fn(xt, x, t0 + finite, t0, temperature=temperature).nngp   # (n_Δ, n, P)
+    overlap = hidden.ndk_fn(xt, x, t0 + finite, t0, temperature=temperature).nngp  # (n_Δ, n, P)
     out.append((var_a * overlap + var_b) @ alpha)
   if finite.size < drift.size:
     m_x = mean_activation(layers, n_hidden, x)
@@ -237,13 +281,15 @@ def linear_readout_accuracy(f_train, y_train, f_test, y_test) -> np.ndarray:
   (..., P, 1), f_test (..., n) or (..., n, 1), labels (P,)/(P, 1) and (n,)/(n, 1) with signs as classes; leading
   axes (e.g. time) give one accuracy each.
   """
+
   def squeeze(name, a, n):
     a = np.asarray(a, dtype=np.float64)
     if a.shape[-1:] == (1,) and a.ndim >= 2 and a.shape[-2] == n:
       a = a[..., 0]
     if a.shape[-1:] != (n,) or not np.all(np.isfinite(a)):
-      raise ValueError(f'`{name}` must be finite with a trailing axis of {n} points (optionally then 1), '
-                       f'got shape {a.shape}.')
+      raise ValueError(
+        f'`{name}` must be finite with a trailing axis of {n} points (optionally then 1), got shape {a.shape}.'
+      )
     return a
 
   y_tr = np.sign(np.asarray(y_train, dtype=np.float64).reshape(-1))
@@ -259,9 +305,9 @@ def linear_readout_accuracy(f_train, y_train, f_test, y_test) -> np.ndarray:
     centred = a - a.mean()
     scale = np.sqrt(np.mean(centred**2))
     # Least squares of y on (1, f): β = ȳ − α f̄, α = cov(f, y)/var(f) (α = 0 for constant predictions).
-    alpha = 0. if scale <= 1e-12 * max(1., abs(a.mean())) else np.mean(centred * y_tr) / scale**2
+    alpha = 0.0 if scale <= 1e-12 * max(1.0, abs(a.mean())) else np.mean(centred * y_tr) / scale**2
     beta = y_tr.mean() - alpha * a.mean()
-    acc[i] = np.mean(np.where(alpha * b + beta >= 0, 1., -1.) == y_te)
+    acc[i] = np.mean(np.where(alpha * b + beta >= 0, 1.0, -1.0) == y_te)
   return acc.reshape(lead)
 
 
@@ -271,13 +317,14 @@ def linear_readout_accuracy(f_train, y_train, f_test, y_test) -> np.ndarray:
 
 class AutocorrelationEstimate(NamedTuple):
   """Member average of the normalised autocorrelation ρ(t_k, t_ref, x), shape (n_t, n), and its standard error."""
+
   mean: np.ndarray
   se: np.ndarray
 
 
 def empirical_autocorrelation(hidden, reference: int = 0, *, average_points: bool = False) -> AutocorrelationEstimate:
-  """ρ_m(t_k, t_ref, x) = o(t_k, t_ref, x)/√(o(t_k, t_k, x) o(t_ref, t_ref, x)), o(t, s, x) = (1/N) Σ_i a_i(x, t) a_i(x, s),
-  per member, averaged over the M members (standard error across members).
+  """ρ_m(t_k, t_ref, x) = o(t_k, t_ref, x)/√(o(t_k, t_k, x) o(t_ref, t_ref, x)),
+  o(t, s, x) = (1/N) Σ_i a_i(x, t) a_i(x, s), per member, averaged over the M members (standard error across members).
 
   Args:
     hidden: (M, n_t, n, ...) hidden activations of one layer (e.g. ``record.hidden[l - 1]``); N = trailing size.
@@ -306,6 +353,7 @@ def empirical_autocorrelation(hidden, reference: int = 0, *, average_points: boo
 class FrozenReadoutRecord(NamedTuple):
   """Member outputs with the readout frozen at t0: ``drift_times`` (n_Δ,), ``train`` (M, n_Δ, P, out), ``test``
   (M, n_Δ, n_test, out) or None."""
+
   drift_times: np.ndarray
   train: np.ndarray
   test: Optional[np.ndarray]
@@ -313,15 +361,28 @@ class FrozenReadoutRecord(NamedTuple):
 
 def _readout_mask(params: nnx.State, readout_position: int):
   """True on the leaves of the readout (the last layer of the model's root Serial)."""
+
   def is_readout(path, _):
     keys = [getattr(k, 'key', getattr(k, 'idx', None)) for k in path]
     return 'layers' in keys and keys[keys.index('layers') + 1] == readout_position
+
   return jax.tree_util.tree_map_with_path(is_readout, params)
 
 
-def frozen_readout_ensemble(layers: Sequence, x_train, y_train, *, temperature: float, learning_rate: float,
-                            equilibration_time: float, drift_times, n_members: int, width: int, x_test=None,
-                            seed: int = 0) -> FrozenReadoutRecord:
+def frozen_readout_ensemble(
+  layers: Sequence,
+  x_train,
+  y_train,
+  *,
+  temperature: float,
+  learning_rate: float,
+  equilibration_time: float,
+  drift_times,
+  n_members: int,
+  width: int,
+  x_test=None,
+  seed: int = 0,
+) -> FrozenReadoutRecord:
   """Finite-width check of :func:`frozen_readout_mean`.
 
   Each member (Flax model of ``stax.serial(*layers)``, ``ndk_flax.nn.from_stax`` with hidden ``width``) is trained
@@ -353,11 +414,13 @@ def frozen_readout_ensemble(layers: Sequence, x_train, y_train, *, temperature: 
 
   def init(key):
     init_key, noise_key = jax.random.split(key)
-    params = nnx.as_pure(nnx.state(nn.from_stax(network, width, input_shape=x.shape, rngs=nnx.Rngs(init_key)), nnx.Param))
+    params = nnx.as_pure(
+      nnx.state(nn.from_stax(network, width, input_shape=x.shape, rngs=nnx.Rngs(init_key)), nnx.Param)
+    )
     return params, langevin(learning_rate, temperature, prior, key=noise_key).init(params)
 
   def loss(params):
-    return 0.5 * jnp.sum((nnx.merge(graphdef, params)(x) - y)**2)
+    return 0.5 * jnp.sum((nnx.merge(graphdef, params)(x) - y) ** 2)
 
   def step(_, carry):
     params, opt_state = carry
@@ -378,8 +441,9 @@ def frozen_readout_ensemble(layers: Sequence, x_train, y_train, *, temperature: 
   @jax.jit
   def drift_to(params, key, delta):
     leaves, treedef = jax.tree.flatten(params)
-    noise = jax.tree.unflatten(treedef, [jax.random.normal(k, l.shape, l.dtype) for k, l in
-                                         zip(jax.random.split(key, len(leaves)), leaves)])
+    noise = jax.tree.unflatten(
+      treedef, [jax.random.normal(k, l.shape, l.dtype) for k, l in zip(jax.random.split(key, len(leaves)), leaves)]
+    )
 
     def move(p, s, xi, keep):
       decay = jnp.exp(-temperature / s**2 * delta)
@@ -388,7 +452,7 @@ def frozen_readout_ensemble(layers: Sequence, x_train, y_train, *, temperature: 
     return jax.tree.map(move, params, sigma, noise, frozen)
 
   observe = jax.jit(jax.vmap(lambda p: nnx.merge(graphdef, p)(x_all)))
-  outputs, previous = [], 0.
+  outputs, previous = [], 0.0
   key = jax.random.fold_in(jax.random.PRNGKey(seed), n_members + 1)
   for i, delta in enumerate(drift):
     params = drift_to(params, jax.random.fold_in(key, i), delta - previous)
@@ -396,7 +460,9 @@ def frozen_readout_ensemble(layers: Sequence, x_train, y_train, *, temperature: 
     outputs.append(np.asarray(observe(params)))
   out = np.stack(outputs, axis=1)
   if not np.all(np.isfinite(out)):
-    raise FloatingPointError('The frozen-readout ensemble produced NaN/inf outputs: the Langevin phase diverged; '
-                             f'use a smaller learning_rate than {learning_rate:g}.')
+    raise FloatingPointError(
+      'The frozen-readout ensemble produced NaN/inf outputs: the Langevin phase diverged; '
+      f'use a smaller learning_rate than {learning_rate:g}.'
+    )
   n = x.shape[0]
   return FrozenReadoutRecord(drift, out[:, :, :n], None if xt is None else out[:, :, n:])

@@ -10,6 +10,7 @@ for ``ndk_flax.optax.langevin``.
 variances, so that theory (``layer.ndk_fn``) and simulation describe the same network. Supported parametric kinds:
 Dense, Conv, ConvTranspose, ConvLocal (GlobalSelfAttention is not).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,487 +23,563 @@ from flax import nnx
 
 from ndk_flax import _validation as V
 
-__all__ = ["Conv", "ConvLocal", "ConvTranspose", "Dense", "Free", "Parallel", "Serial", "StaxModel", "from_stax",
-           "prior_std_tree"]
+__all__ = [
+  'Conv',
+  'ConvLocal',
+  'ConvTranspose',
+  'Dense',
+  'Free',
+  'Parallel',
+  'Serial',
+  'StaxModel',
+  'from_stax',
+  'prior_std_tree',
+]
 
 Hidden = Optional[list]
 
 
 def _check_std(name: str, value: Any, *, allow_none: bool = False) -> Optional[float]:
-    return None if value is None and allow_none else V.positive(name, value)
+  return None if value is None and allow_none else V.positive(name, value)
 
 
 def _check_size(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f'{name} must be a positive integer, got {value!r}')
+  return value
 
 
 def _raw_param(rngs: nnx.Rngs, shape: tuple, init_std: float, prior_std: Optional[float], dtype) -> nnx.Param:
-    """θ ~ N(0, σ0²) of the given shape, tagged with σ0 (``init_std``) and σ (``prior_std``, default σ0)."""
-    value = init_std * jax.random.normal(rngs.params(), shape, dtype or jnp.result_type(float))
-    return nnx.Param(value, init_std=init_std, prior_std=init_std if prior_std is None else prior_std)
+  """θ ~ N(0, σ0²) of the given shape, tagged with σ0 (``init_std``) and σ (``prior_std``, default σ0)."""
+  value = init_std * jax.random.normal(rngs.params(), shape, dtype or jnp.result_type(float))
+  return nnx.Param(value, init_std=init_std, prior_std=init_std if prior_std is None else prior_std)
 
 
 def _parametric_stds(W_std, b_std, W_prior_std, b_prior_std):
-    W_std = _check_std("W_std", W_std)
-    W_prior_std = _check_std("W_prior_std", W_prior_std, allow_none=True)
-    b_std = _check_std("b_std", b_std, allow_none=True)
-    b_prior_std = _check_std("b_prior_std", b_prior_std, allow_none=True)
-    if b_std is None and b_prior_std is not None:
-        raise ValueError("b_prior_std is given but b_std is None (the layer has no bias); pass b_std to add one")
-    return W_std, b_std, W_prior_std, b_prior_std
+  W_std = _check_std('W_std', W_std)
+  W_prior_std = _check_std('W_prior_std', W_prior_std, allow_none=True)
+  b_std = _check_std('b_std', b_std, allow_none=True)
+  b_prior_std = _check_std('b_prior_std', b_prior_std, allow_none=True)
+  if b_std is None and b_prior_std is not None:
+    raise ValueError('b_prior_std is given but b_std is None (the layer has no bias); pass b_std to add one')
+  return W_std, b_std, W_prior_std, b_prior_std
 
 
 class Dense(nnx.Module):
-    """Dense layer h = W a/√N + b along ``channel_axis`` (N = in_features), W: (in, out), b: (out,).
+  """Dense layer h = W a/√N + b along ``channel_axis`` (N = in_features), W: (in, out), b: (out,).
 
-    W ~ N(0, W_std²), b ~ N(0, b_std²) (no bias if ``b_std`` is None); prior stds default to the init stds.
-    Same forward map as ``neural_tangents.stax.Dense(out, W_std, b_std, parameterization='ntk')`` with its
-    unit-variance parameters scaled by W_std, b_std.
-    """
+  W ~ N(0, W_std²), b ~ N(0, b_std²) (no bias if ``b_std`` is None); prior stds default to the init stds.
+  Same forward map as ``neural_tangents.stax.Dense(out, W_std, b_std, parameterization='ntk')`` with its
+  unit-variance parameters scaled by W_std, b_std.
+  """
 
-    def __init__(self, in_features: int, out_features: int, *, W_std: float = 1.0, b_std: Optional[float] = None,
-                 W_prior_std: Optional[float] = None, b_prior_std: Optional[float] = None, channel_axis: int = -1,
-                 record_input: bool = False, dtype=None, rngs: nnx.Rngs):
-        self.in_features = _check_size("in_features", in_features)
-        self.out_features = _check_size("out_features", out_features)
-        W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
-        self.channel_axis = channel_axis
-        self.record_input = record_input
-        self.W = _raw_param(rngs, (in_features, out_features), W_std, W_prior_std, dtype)
-        self.b = None if b_std is None else _raw_param(rngs, (out_features,), b_std, b_prior_std, dtype)
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    W_std: float = 1.0,
+    b_std: Optional[float] = None,
+    W_prior_std: Optional[float] = None,
+    b_prior_std: Optional[float] = None,
+    channel_axis: int = -1,
+    record_input: bool = False,
+    dtype=None,
+    rngs: nnx.Rngs,
+  ):
+    self.in_features = _check_size('in_features', in_features)
+    self.out_features = _check_size('out_features', out_features)
+    W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
+    self.channel_axis = channel_axis
+    self.record_input = record_input
+    self.W = _raw_param(rngs, (in_features, out_features), W_std, W_prior_std, dtype)
+    self.b = None if b_std is None else _raw_param(rngs, (out_features,), b_std, b_prior_std, dtype)
 
-    def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
-        if hidden is not None and self.record_input:
-            hidden.append(x)
-        axis = self.channel_axis % x.ndim
-        if x.shape[axis] != self.in_features:
-            raise ValueError(f"Dense expects {self.in_features} features on axis {self.channel_axis}, "
-                             f"got input shape {x.shape}")
-        h = jnp.moveaxis(jnp.tensordot(x, self.W[...], (axis, 0)), -1, axis) / math.sqrt(self.in_features)
-        if self.b is not None:
-            h = h + self.b[...].reshape([-1 if i == axis else 1 for i in range(x.ndim)])
-        return h
-
-
-def _default_dimension_numbers(n_spatial: int) -> tuple[str, str, str]:
-    """Neural Tangents' default: channels last, spatial axes named by letters other than N, C, I, O."""
-    spatial = "".join(c for c in string.ascii_uppercase if c not in "NCIO")[:n_spatial]
-    return "N" + spatial + "C", spatial + "IO", "N" + spatial + "C"
-
-
-def _conv_geometry(filter_shape, strides, padding, dimension_numbers):
-    """Validated (filter_shape, strides, padding, dimension_numbers) of a convolution (filter order: rhs spec)."""
-    filter_shape = tuple(_check_size("filter_shape entries", int(f)) for f in filter_shape)
-    n = len(filter_shape)
-    if n == 0:
-        raise ValueError("filter_shape must have at least one entry")
-    strides = (1,) * n if strides is None else tuple(_check_size("strides entries", int(s)) for s in strides)
-    if len(strides) != n:
-        raise ValueError(f"strides must have {n} entries (one per filter dimension), got {strides!r}")
-    padding = str(getattr(padding, "name", padding)).upper()
-    if padding not in ("VALID", "SAME", "CIRCULAR"):
-        raise ValueError(f"padding must be 'VALID', 'SAME' or 'CIRCULAR', got {padding!r}")
-    dimension_numbers = tuple(dimension_numbers or _default_dimension_numbers(n))
-    if len(dimension_numbers) != 3 or any(len(spec) != n + 2 for spec in dimension_numbers):
-        raise ValueError(f"dimension_numbers must be three specs with {n} spatial letters each, "
-                         f"got {dimension_numbers!r}")
-    return filter_shape, strides, padding, dimension_numbers
-
-
-def _spatial_axes(spec: str, rhs: str) -> list[int]:
-    """Axes of ``spec`` holding the spatial dimensions, in the order of the filter (rhs spec)."""
-    return [spec.index(c) for c in rhs if c not in "IO"]
-
-
-def _circular_pad(x: jax.Array, lhs: str, rhs: str, filter_shape, strides) -> jax.Array:
-    """Periodic padding such that a 'VALID' convolution gives the 'SAME' output size (Neural Tangents' CIRCULAR)."""
-    pads = [(0, 0)] * x.ndim
-    for ax, f, s in zip(_spatial_axes(lhs, rhs), filter_shape, strides):
-        total = max((-(-x.shape[ax] // s) - 1) * s + f - x.shape[ax], 0)
-        pads[ax] = (total // 2, total - total // 2)
-    return jnp.pad(x, pads, mode="wrap")
-
-
-def _check_channels(layer: str, x: jax.Array, lhs: str, in_channels: int) -> None:
-    if x.ndim != len(lhs) or x.shape[lhs.index("C")] != in_channels:
-        raise ValueError(f"{layer} expects {len(lhs)}-D inputs ({lhs}) with {in_channels} channels on axis "
-                         f"{lhs.index('C')}, got input shape {x.shape}")
-
-
-def _kernel_shape(rhs: str, in_size: int, out_size: int, spatial: Sequence[int]) -> tuple:
-    spatial = iter(spatial)
-    return tuple(out_size if c == "O" else in_size if c == "I" else next(spatial) for c in rhs)
-
-
-class _SharedFilterConv(nnx.Module):
-    """Parameters shared by :class:`Conv` and :class:`ConvTranspose`: one filter W (kernel-spec shape,
-    ``I`` = in_channels, ``O`` = out_channels) ~ N(0, W_std²) and an optional bias b: (out_channels,) ~ N(0, b_std²),
-    normalised by the fan-in N = in_channels × ∏ filter_shape."""
-
-    def __init__(self, in_channels: int, out_channels: int, filter_shape: Sequence[int],
-                 strides: Optional[Sequence[int]] = None, padding: str = "VALID", *, W_std: float = 1.0,
-                 b_std: Optional[float] = None, W_prior_std: Optional[float] = None,
-                 b_prior_std: Optional[float] = None, dimension_numbers: Optional[tuple[str, str, str]] = None,
-                 record_input: bool = False, dtype=None, rngs: nnx.Rngs):
-        self.in_channels = _check_size("in_channels", in_channels)
-        self.out_channels = _check_size("out_channels", out_channels)
-        self.filter_shape, self.strides, self.padding, self.dimension_numbers = _conv_geometry(
-            filter_shape, strides, padding, dimension_numbers)
-        W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
-        self.record_input = record_input
-        w_shape = _kernel_shape(self.dimension_numbers[1], in_channels, out_channels, self.filter_shape)
-        self.W = _raw_param(rngs, w_shape, W_std, W_prior_std, dtype)
-        self.b = None if b_std is None else _raw_param(rngs, (out_channels,), b_std, b_prior_std, dtype)
-
-    def _fan_in_input(self, x: jax.Array, hidden: Hidden, layer: str) -> tuple[jax.Array, int]:
-        """Records the input when asked, checks its channels; returns it in the computation dtype, and N."""
-        if hidden is not None and self.record_input:
-            hidden.append(x)
-        _check_channels(layer, x, self.dimension_numbers[0], self.in_channels)
-        return x.astype(jnp.result_type(x, self.W[...])), self.in_channels * math.prod(self.filter_shape)
-
-    def _add_bias(self, h: jax.Array) -> jax.Array:
-        out = self.dimension_numbers[2]
-        return h if self.b is None else h + self.b[...].reshape([-1 if c == "C" else 1 for c in out])
-
-
-class Conv(_SharedFilterConv):
-    """Convolution h = W ⋆ a/√N + b with N = in_channels × ∏ filter_shape (raw parameterisation).
-
-    Padding 'VALID', 'SAME' or 'CIRCULAR' (periodic, SAME-sized), ``dimension_numbers`` as in ``jax.lax``
-    (default: channels last, as Neural Tangents). W ~ N(0, W_std²) with the shape given by the kernel spec,
-    b: (out_channels,) ~ N(0, b_std²). Same forward map as ``neural_tangents.stax.Conv(..., parameterization='ntk')``.
-    """
-
-    def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
-        x, fan_in = self._fan_in_input(x, hidden, "Conv")
-        lhs, rhs, _ = self.dimension_numbers
-        padding = self.padding
-        if padding == "CIRCULAR":
-            x, padding = _circular_pad(x, lhs, rhs, self.filter_shape, self.strides), "VALID"
-        h = jax.lax.conv_general_dilated(x, self.W[...].astype(x.dtype), self.strides, padding,
-                                         dimension_numbers=self.dimension_numbers) / math.sqrt(fan_in)
-        return self._add_bias(h)
-
-
-def _circular_fold(h: jax.Array, axes: Sequence[int], sizes: Sequence[int]) -> jax.Array:
-    """Wraps each axis of ``h`` (length M ≥ L) periodically onto length L:
-
-        out[i] = Σ_{j ≡ i + (M − L)//2 mod L} h[j]
-    """
-    for ax, size in zip(axes, sizes):
-        length = h.shape[ax]
-        target = (jnp.arange(length) - (length - size) // 2) % size
-        moved = jnp.moveaxis(h, ax, 0)
-        h = jnp.moveaxis(jnp.zeros((size,) + moved.shape[1:], h.dtype).at[target].add(moved), 0, ax)
+  def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
+    if hidden is not None and self.record_input:
+      hidden.append(x)
+    axis = self.channel_axis % x.ndim
+    if x.shape[axis] != self.in_features:
+      raise ValueError(
+        f'Dense expects {self.in_features} features on axis {self.channel_axis}, got input shape {x.shape}'
+      )
+    h = jnp.moveaxis(jnp.tensordot(x, self.W[...], (axis, 0)), -1, axis) / math.sqrt(self.in_features)
+    if self.b is not None:
+      h = h + self.b[...].reshape([-1 if i == axis else 1 for i in range(x.ndim)])
     return h
 
 
+def _default_dimension_numbers(n_spatial: int) -> tuple[str, str, str]:
+  """Neural Tangents' default: channels last, spatial axes named by letters other than N, C, I, O."""
+  spatial = ''.join(c for c in string.ascii_uppercase if c not in 'NCIO')[:n_spatial]
+  return 'N' + spatial + 'C', spatial + 'IO', 'N' + spatial + 'C'
+
+
+def _conv_geometry(filter_shape, strides, padding, dimension_numbers):
+  """Validated (filter_shape, strides, padding, dimension_numbers) of a convolution (filter order: rhs spec)."""
+  filter_shape = tuple(_check_size('filter_shape entries', int(f)) for f in filter_shape)
+  n = len(filter_shape)
+  if n == 0:
+    raise ValueError('filter_shape must have at least one entry')
+  strides = (1,) * n if strides is None else tuple(_check_size('strides entries', int(s)) for s in strides)
+  if len(strides) != n:
+    raise ValueError(f'strides must have {n} entries (one per filter dimension), got {strides!r}')
+  padding = str(getattr(padding, 'name', padding)).upper()
+  if padding not in ('VALID', 'SAME', 'CIRCULAR'):
+    raise ValueError(f"padding must be 'VALID', 'SAME' or 'CIRCULAR', got {padding!r}")
+  dimension_numbers = tuple(dimension_numbers or _default_dimension_numbers(n))
+  if len(dimension_numbers) != 3 or any(len(spec) != n + 2 for spec in dimension_numbers):
+    raise ValueError(f'dimension_numbers must be three specs with {n} spatial letters each, got {dimension_numbers!r}')
+  return filter_shape, strides, padding, dimension_numbers
+
+
+def _spatial_axes(spec: str, rhs: str) -> list[int]:
+  """Axes of ``spec`` holding the spatial dimensions, in the order of the filter (rhs spec)."""
+  return [spec.index(c) for c in rhs if c not in 'IO']
+
+
+def _circular_pad(x: jax.Array, lhs: str, rhs: str, filter_shape, strides) -> jax.Array:
+  """Periodic padding such that a 'VALID' convolution gives the 'SAME' output size (Neural Tangents' CIRCULAR)."""
+  pads = [(0, 0)] * x.ndim
+  for ax, f, s in zip(_spatial_axes(lhs, rhs), filter_shape, strides):
+    total = max((-(-x.shape[ax] // s) - 1) * s + f - x.shape[ax], 0)
+    pads[ax] = (total // 2, total - total // 2)
+  return jnp.pad(x, pads, mode='wrap')
+
+
+def _check_channels(layer: str, x: jax.Array, lhs: str, in_channels: int) -> None:
+  if x.ndim != len(lhs) or x.shape[lhs.index('C')] != in_channels:
+    raise ValueError(
+      f'{layer} expects {len(lhs)}-D inputs ({lhs}) with {in_channels} channels on axis '
+      f'{lhs.index("C")}, got input shape {x.shape}'
+    )
+
+
+def _kernel_shape(rhs: str, in_size: int, out_size: int, spatial: Sequence[int]) -> tuple:
+  spatial = iter(spatial)
+  return tuple(out_size if c == 'O' else in_size if c == 'I' else next(spatial) for c in rhs)
+
+
+class _SharedFilterConv(nnx.Module):
+  """Parameters shared by :class:`Conv` and :class:`ConvTranspose`: one filter W (kernel-spec shape,
+  ``I`` = in_channels, ``O`` = out_channels) ~ N(0, W_std²) and an optional bias b: (out_channels,) ~ N(0, b_std²),
+  normalised by the fan-in N = in_channels × ∏ filter_shape."""
+
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    filter_shape: Sequence[int],
+    strides: Optional[Sequence[int]] = None,
+    padding: str = 'VALID',
+    *,
+    W_std: float = 1.0,
+    b_std: Optional[float] = None,
+    W_prior_std: Optional[float] = None,
+    b_prior_std: Optional[float] = None,
+    dimension_numbers: Optional[tuple[str, str, str]] = None,
+    record_input: bool = False,
+    dtype=None,
+    rngs: nnx.Rngs,
+  ):
+    self.in_channels = _check_size('in_channels', in_channels)
+    self.out_channels = _check_size('out_channels', out_channels)
+    self.filter_shape, self.strides, self.padding, self.dimension_numbers = _conv_geometry(
+      filter_shape, strides, padding, dimension_numbers
+    )
+    W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
+    self.record_input = record_input
+    w_shape = _kernel_shape(self.dimension_numbers[1], in_channels, out_channels, self.filter_shape)
+    self.W = _raw_param(rngs, w_shape, W_std, W_prior_std, dtype)
+    self.b = None if b_std is None else _raw_param(rngs, (out_channels,), b_std, b_prior_std, dtype)
+
+  def _fan_in_input(self, x: jax.Array, hidden: Hidden, layer: str) -> tuple[jax.Array, int]:
+    """Records the input when asked, checks its channels; returns it in the computation dtype, and N."""
+    if hidden is not None and self.record_input:
+      hidden.append(x)
+    _check_channels(layer, x, self.dimension_numbers[0], self.in_channels)
+    return x.astype(jnp.result_type(x, self.W[...])), self.in_channels * math.prod(self.filter_shape)
+
+  def _add_bias(self, h: jax.Array) -> jax.Array:
+    out = self.dimension_numbers[2]
+    return h if self.b is None else h + self.b[...].reshape([-1 if c == 'C' else 1 for c in out])
+
+
+class Conv(_SharedFilterConv):
+  """Convolution h = W ⋆ a/√N + b with N = in_channels × ∏ filter_shape (raw parameterisation).
+
+  Padding 'VALID', 'SAME' or 'CIRCULAR' (periodic, SAME-sized), ``dimension_numbers`` as in ``jax.lax``
+  (default: channels last, as Neural Tangents). W ~ N(0, W_std²) with the shape given by the kernel spec,
+  b: (out_channels,) ~ N(0, b_std²). Same forward map as ``neural_tangents.stax.Conv(..., parameterization='ntk')``.
+  """
+
+  def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
+    x, fan_in = self._fan_in_input(x, hidden, 'Conv')
+    lhs, rhs, _ = self.dimension_numbers
+    padding = self.padding
+    if padding == 'CIRCULAR':
+      x, padding = _circular_pad(x, lhs, rhs, self.filter_shape, self.strides), 'VALID'
+    h = jax.lax.conv_general_dilated(
+      x, self.W[...].astype(x.dtype), self.strides, padding, dimension_numbers=self.dimension_numbers
+    ) / math.sqrt(fan_in)
+    return self._add_bias(h)
+
+
+def _circular_fold(h: jax.Array, axes: Sequence[int], sizes: Sequence[int]) -> jax.Array:
+  """Wraps each axis of ``h`` (length M ≥ L) periodically onto length L:
+
+  out[i] = Σ_{j ≡ i + (M − L)//2 mod L} h[j]
+  """
+  for ax, size in zip(axes, sizes):
+    length = h.shape[ax]
+    target = (jnp.arange(length) - (length - size) // 2) % size
+    moved = jnp.moveaxis(h, ax, 0)
+    h = jnp.moveaxis(jnp.zeros((size,) + moved.shape[1:], h.dtype).at[target].add(moved), 0, ax)
+  return h
+
+
 class ConvTranspose(_SharedFilterConv):
-    """Transposed convolution h = W ⋆ᵀ a/√N + b with N = in_channels × ∏ filter_shape (raw parameterisation).
+  """Transposed convolution h = W ⋆ᵀ a/√N + b with N = in_channels × ∏ filter_shape (raw parameterisation).
 
-    h = ``jax.lax.conv_transpose(a, W, strides, padding)``/√N + b: each input position scatters W·a into a
-    filter-sized window of the (stride-dilated) output. The normalisation is Neural Tangents' 'ntk' one, the
-    nominal fan-in N = in_channels × ∏ filter_shape (with strides > 1 an output position sums fewer terms).
-    'VALID' and 'SAME' are ``jax.lax.conv_transpose``'s paddings (output size (n−1)s + max(f, s), resp. n·s);
-    'CIRCULAR' wraps the 'VALID' output periodically onto the 'SAME' size n·s (as Neural Tangents).
-    W ~ N(0, W_std²) with the kernel-spec shape (``I`` = in_channels, ``O`` = out_channels), b: (out_channels,)
-    ~ N(0, b_std²). Same forward map as ``neural_tangents.stax.ConvTranspose(..., parameterization='ntk')``.
-    """
+  h = ``jax.lax.conv_transpose(a, W, strides, padding)``/√N + b: each input position scatters W·a into a
+  filter-sized window of the (stride-dilated) output. The normalisation is Neural Tangents' 'ntk' one, the
+  nominal fan-in N = in_channels × ∏ filter_shape (with strides > 1 an output position sums fewer terms).
+  'VALID' and 'SAME' are ``jax.lax.conv_transpose``'s paddings (output size (n−1)s + max(f, s), resp. n·s);
+  'CIRCULAR' wraps the 'VALID' output periodically onto the 'SAME' size n·s (as Neural Tangents).
+  W ~ N(0, W_std²) with the kernel-spec shape (``I`` = in_channels, ``O`` = out_channels), b: (out_channels,)
+  ~ N(0, b_std²). Same forward map as ``neural_tangents.stax.ConvTranspose(..., parameterization='ntk')``.
+  """
 
-    def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
-        in_shape = x.shape
-        x, fan_in = self._fan_in_input(x, hidden, "ConvTranspose")
-        lhs, rhs, out = self.dimension_numbers
-        padding = "VALID" if self.padding == "CIRCULAR" else self.padding
-        h = jax.lax.conv_transpose(x, self.W[...].astype(x.dtype), self.strides, padding,
-                                   dimension_numbers=self.dimension_numbers) / math.sqrt(fan_in)
-        if self.padding == "CIRCULAR":
-            sizes = [in_shape[ax] * s for ax, s in zip(_spatial_axes(lhs, rhs), self.strides)]
-            h = _circular_fold(h, _spatial_axes(out, rhs), sizes)
-        return self._add_bias(h)
+  def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
+    in_shape = x.shape
+    x, fan_in = self._fan_in_input(x, hidden, 'ConvTranspose')
+    lhs, rhs, out = self.dimension_numbers
+    padding = 'VALID' if self.padding == 'CIRCULAR' else self.padding
+    h = jax.lax.conv_transpose(
+      x, self.W[...].astype(x.dtype), self.strides, padding, dimension_numbers=self.dimension_numbers
+    ) / math.sqrt(fan_in)
+    if self.padding == 'CIRCULAR':
+      sizes = [in_shape[ax] * s for ax, s in zip(_spatial_axes(lhs, rhs), self.strides)]
+      h = _circular_fold(h, _spatial_axes(out, rhs), sizes)
+    return self._add_bias(h)
 
 
 class ConvLocal(nnx.Module):
-    """Locally connected (unshared) convolution, raw parameterisation, N = in_channels × ∏ filter_shape:
+  """Locally connected (unshared) convolution, raw parameterisation, N = in_channels × ∏ filter_shape:
 
-        h_p = Σ_{q ∈ window(p)} W_p[q] a_q/√N + b_p
+      h_p = Σ_{q ∈ window(p)} W_p[q] a_q/√N + b_p
 
-    with a separate filter W_p and bias b_p at every output position p (``jax.lax.conv_general_dilated_local``).
-    The output positions depend on the input's spatial size, so it is fixed at construction:
-    ``input_spatial_shape`` lists the sizes of the input's spatial axes in the order they appear in the input
-    (the lhs spec). W ~ N(0, W_std²) with the kernel-spec shape (``O`` = out_channels, ``I`` = in_channels ×
-    ∏ filter_shape, the patch flattened channel-major; spatial letters = output sizes), b ~ N(0, b_std²) with the
-    output shape less the batch axis.
-    Padding as :class:`Conv`. Same forward map as ``neural_tangents.stax.ConvLocal(..., parameterization='ntk')``.
-    """
+  with a separate filter W_p and bias b_p at every output position p (``jax.lax.conv_general_dilated_local``).
+  The output positions depend on the input's spatial size, so it is fixed at construction:
+  ``input_spatial_shape`` lists the sizes of the input's spatial axes in the order they appear in the input
+  (the lhs spec). W ~ N(0, W_std²) with the kernel-spec shape (``O`` = out_channels, ``I`` = in_channels ×
+  ∏ filter_shape, the patch flattened channel-major; spatial letters = output sizes), b ~ N(0, b_std²) with the
+  output shape less the batch axis.
+  Padding as :class:`Conv`. Same forward map as ``neural_tangents.stax.ConvLocal(..., parameterization='ntk')``.
+  """
 
-    def __init__(self, in_channels: int, out_channels: int, filter_shape: Sequence[int],
-                 strides: Optional[Sequence[int]] = None, padding: str = "VALID", *,
-                 input_spatial_shape: Sequence[int], W_std: float = 1.0, b_std: Optional[float] = None,
-                 W_prior_std: Optional[float] = None, b_prior_std: Optional[float] = None,
-                 dimension_numbers: Optional[tuple[str, str, str]] = None, record_input: bool = False, dtype=None,
-                 rngs: nnx.Rngs):
-        self.in_channels = _check_size("in_channels", in_channels)
-        self.out_channels = _check_size("out_channels", out_channels)
-        self.filter_shape, self.strides, self.padding, self.dimension_numbers = _conv_geometry(
-            filter_shape, strides, padding, dimension_numbers)
-        lhs, rhs, out = self.dimension_numbers
-        n = len(self.filter_shape)
-        input_spatial_shape = tuple(input_spatial_shape)
-        if len(input_spatial_shape) != n:
-            raise ValueError(f"input_spatial_shape must have {n} entries (the spatial sizes of the input), "
-                             f"got {input_spatial_shape!r}")
-        self.input_spatial_shape = tuple(_check_size("input_spatial_shape entries", s) for s in input_spatial_shape)
-        W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
-        self.record_input = record_input
-        in_sizes = dict(zip((c for c in lhs if c not in "NC"), self.input_spatial_shape))
-        out_sizes = {}
-        for c, f, s in zip((c for c in rhs if c not in "IO"), self.filter_shape, self.strides):
-            size = in_sizes[c] if self.padding != "VALID" else in_sizes[c] - f + 1
-            if size < 1:
-                raise ValueError(f"ConvLocal: the filter size {f} exceeds the input size {in_sizes[c]} "
-                                 f"of spatial axis {c!r} with 'VALID' padding")
-            out_sizes[c] = -(-size // s)
-        fan_in = in_channels * math.prod(self.filter_shape)
-        w_shape = _kernel_shape(rhs, fan_in, out_channels, [out_sizes[c] for c in rhs if c not in "IO"])
-        b_shape = tuple(out_channels if c == "C" else out_sizes[c] for c in out if c != "N")
-        self.W = _raw_param(rngs, w_shape, W_std, W_prior_std, dtype)
-        self.b = None if b_std is None else _raw_param(rngs, b_shape, b_std, b_prior_std, dtype)
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    filter_shape: Sequence[int],
+    strides: Optional[Sequence[int]] = None,
+    padding: str = 'VALID',
+    *,
+    input_spatial_shape: Sequence[int],
+    W_std: float = 1.0,
+    b_std: Optional[float] = None,
+    W_prior_std: Optional[float] = None,
+    b_prior_std: Optional[float] = None,
+    dimension_numbers: Optional[tuple[str, str, str]] = None,
+    record_input: bool = False,
+    dtype=None,
+    rngs: nnx.Rngs,
+  ):
+    self.in_channels = _check_size('in_channels', in_channels)
+    self.out_channels = _check_size('out_channels', out_channels)
+    self.filter_shape, self.strides, self.padding, self.dimension_numbers = _conv_geometry(
+      filter_shape, strides, padding, dimension_numbers
+    )
+    lhs, rhs, out = self.dimension_numbers
+    n = len(self.filter_shape)
+    input_spatial_shape = tuple(input_spatial_shape)
+    if len(input_spatial_shape) != n:
+      raise ValueError(
+        f'input_spatial_shape must have {n} entries (the spatial sizes of the input), got {input_spatial_shape!r}'
+      )
+    self.input_spatial_shape = tuple(_check_size('input_spatial_shape entries', s) for s in input_spatial_shape)
+    W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
+    self.record_input = record_input
+    in_sizes = dict(zip((c for c in lhs if c not in 'NC'), self.input_spatial_shape))
+    out_sizes = {}
+    for c, f, s in zip((c for c in rhs if c not in 'IO'), self.filter_shape, self.strides):
+      size = in_sizes[c] if self.padding != 'VALID' else in_sizes[c] - f + 1
+      if size < 1:
+        raise ValueError(
+          f'ConvLocal: the filter size {f} exceeds the input size {in_sizes[c]} '
+          f"of spatial axis {c!r} with 'VALID' padding"
+        )
+      out_sizes[c] = -(-size // s)
+    fan_in = in_channels * math.prod(self.filter_shape)
+    w_shape = _kernel_shape(rhs, fan_in, out_channels, [out_sizes[c] for c in rhs if c not in 'IO'])
+    b_shape = tuple(out_channels if c == 'C' else out_sizes[c] for c in out if c != 'N')
+    self.W = _raw_param(rngs, w_shape, W_std, W_prior_std, dtype)
+    self.b = None if b_std is None else _raw_param(rngs, b_shape, b_std, b_prior_std, dtype)
 
-    def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
-        if hidden is not None and self.record_input:
-            hidden.append(x)
-        lhs, rhs, out = self.dimension_numbers
-        _check_channels("ConvLocal", x, lhs, self.in_channels)
-        spatial = tuple(s for s, c in zip(x.shape, lhs) if c not in "NC")
-        if spatial != self.input_spatial_shape:
-            raise ValueError(f"ConvLocal was built for inputs of spatial shape {self.input_spatial_shape}, "
-                             f"got input shape {x.shape}")
-        padding = self.padding
-        if padding == "CIRCULAR":
-            x, padding = _circular_pad(x, lhs, rhs, self.filter_shape, self.strides), "VALID"
-        fan_in = self.in_channels * math.prod(self.filter_shape)
-        dtype = jnp.result_type(x, self.W[...])
-        h = jax.lax.conv_general_dilated_local(x.astype(dtype), self.W[...].astype(dtype), self.strides, padding,
-                                               self.filter_shape, dimension_numbers=self.dimension_numbers)
-        h = h / math.sqrt(fan_in)
-        if self.b is not None:
-            h = h + jnp.expand_dims(self.b[...], out.index("N"))
-        return h
+  def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
+    if hidden is not None and self.record_input:
+      hidden.append(x)
+    lhs, rhs, out = self.dimension_numbers
+    _check_channels('ConvLocal', x, lhs, self.in_channels)
+    spatial = tuple(s for s, c in zip(x.shape, lhs) if c not in 'NC')
+    if spatial != self.input_spatial_shape:
+      raise ValueError(
+        f'ConvLocal was built for inputs of spatial shape {self.input_spatial_shape}, got input shape {x.shape}'
+      )
+    padding = self.padding
+    if padding == 'CIRCULAR':
+      x, padding = _circular_pad(x, lhs, rhs, self.filter_shape, self.strides), 'VALID'
+    fan_in = self.in_channels * math.prod(self.filter_shape)
+    dtype = jnp.result_type(x, self.W[...])
+    h = jax.lax.conv_general_dilated_local(
+      x.astype(dtype),
+      self.W[...].astype(dtype),
+      self.strides,
+      padding,
+      self.filter_shape,
+      dimension_numbers=self.dimension_numbers,
+    )
+    h = h / math.sqrt(fan_in)
+    if self.b is not None:
+      h = h + jnp.expand_dims(self.b[...], out.index('N'))
+    return h
 
 
 class Free(nnx.Module):
-    """A parameter-free Neural Tangents layer (nonlinearity, pooling, Flatten, FanOut, ...): its own apply_fn."""
+  """A parameter-free Neural Tangents layer (nonlinearity, pooling, Flatten, FanOut, ...): its own apply_fn."""
 
-    def __init__(self, name: str, apply_fn: Callable, nt_params: Any = ()):
-        self.name = name
-        self.apply_fn = apply_fn
-        self.nt_params = nt_params
+  def __init__(self, name: str, apply_fn: Callable, nt_params: Any = ()):
+    self.name = name
+    self.apply_fn = apply_fn
+    self.nt_params = nt_params
 
-    def __call__(self, x, hidden: Hidden = None):
-        return self.apply_fn(self.nt_params, x)
+  def __call__(self, x, hidden: Hidden = None):
+    return self.apply_fn(self.nt_params, x)
 
 
 class Serial(nnx.Module):
-    """Composition layers[-1] ∘ … ∘ layers[0]."""
+  """Composition layers[-1] ∘ … ∘ layers[0]."""
 
-    def __init__(self, layers: Sequence[nnx.Module]):
-        self.layers = nnx.List(layers)
+  def __init__(self, layers: Sequence[nnx.Module]):
+    self.layers = nnx.List(layers)
 
-    def __call__(self, x, hidden: Hidden = None):
-        for layer in self.layers:
-            x = layer(x, hidden)
-        return x
+  def __call__(self, x, hidden: Hidden = None):
+    for layer in self.layers:
+      x = layer(x, hidden)
+    return x
 
 
 class Parallel(nnx.Module):
-    """Applies layers[i] to the i-th entry of a list of inputs (as ``stax.parallel``)."""
+  """Applies layers[i] to the i-th entry of a list of inputs (as ``stax.parallel``)."""
 
-    def __init__(self, layers: Sequence[nnx.Module]):
-        self.layers = nnx.List(layers)
+  def __init__(self, layers: Sequence[nnx.Module]):
+    self.layers = nnx.List(layers)
 
-    def __call__(self, xs, hidden: Hidden = None):
-        if not isinstance(xs, (list, tuple)) or len(xs) != len(self.layers):
-            raise ValueError(f"Parallel of {len(self.layers)} layers needs a list of {len(self.layers)} inputs")
-        return [layer(x, hidden) for layer, x in zip(self.layers, xs)]
+  def __call__(self, xs, hidden: Hidden = None):
+    if not isinstance(xs, (list, tuple)) or len(xs) != len(self.layers):
+      raise ValueError(f'Parallel of {len(self.layers)} layers needs a list of {len(self.layers)} inputs')
+    return [layer(x, hidden) for layer, x in zip(self.layers, xs)]
 
 
 class StaxModel(nnx.Module):
-    """The Flax model built by :func:`from_stax`.
+  """The Flax model built by :func:`from_stax`.
 
-    ``model(x)`` is the network output; ``model(x, return_hidden=True)`` returns ``(output, hidden)`` with
-    ``hidden`` the tuple of inputs of every parametric layer that lies downstream of another parametric layer (the
-    hidden representations a^l = φ(h^l) of THEORY.md §6, in forward order; the input of the first layer is data).
-    """
+  ``model(x)`` is the network output; ``model(x, return_hidden=True)`` returns ``(output, hidden)`` with
+  ``hidden`` the tuple of inputs of every parametric layer that lies downstream of another parametric layer (the
+  hidden representations a^l = φ(h^l) of THEORY.md §6, in forward order; the input of the first layer is data).
+  """
 
-    def __init__(self, root: nnx.Module, input_shape: tuple, output_shape: Any):
-        self.root = root
-        self.input_shape = tuple(input_shape)
-        self.output_shape = output_shape
+  def __init__(self, root: nnx.Module, input_shape: tuple, output_shape: Any):
+    self.root = root
+    self.input_shape = tuple(input_shape)
+    self.output_shape = output_shape
 
-    def __call__(self, x: jax.Array, *, return_hidden: bool = False):
-        if not return_hidden:
-            return self.root(x)
-        hidden: list = []
-        out = self.root(x, hidden)
-        return out, tuple(hidden)
+  def __call__(self, x: jax.Array, *, return_hidden: bool = False):
+    if not return_hidden:
+      return self.root(x)
+    hidden: list = []
+    out = self.root(x, hidden)
+    return out, tuple(hidden)
 
 
-_PARAMETRIC_KINDS = ("Dense", "Conv", "ConvTranspose", "ConvLocal")
+_PARAMETRIC_KINDS = ('Dense', 'Conv', 'ConvTranspose', 'ConvLocal')
 
 
 def _parametric_specs(spec) -> list:
-    if spec.kind in _PARAMETRIC_KINDS:
-        return [spec]
-    return [s for child in spec.children for s in _parametric_specs(child)]
+  if spec.kind in _PARAMETRIC_KINDS:
+    return [spec]
+  return [s for child in spec.children for s in _parametric_specs(child)]
 
 
 def _is_shape_list(shape) -> bool:
-    """Whether ``shape`` is a list of input shapes (after FanOut), as opposed to one shape."""
-    return isinstance(shape, list) or (isinstance(shape, tuple) and len(shape) > 0
-                                       and isinstance(shape[0], (tuple, list)))
+  """Whether ``shape`` is a list of input shapes (after FanOut), as opposed to one shape."""
+  return isinstance(shape, list) or (
+    isinstance(shape, tuple) and len(shape) > 0 and isinstance(shape[0], (tuple, list))
+  )
 
 
 class _Builder:
-    """Walks a ``LayerSpec`` tree, propagating shapes with each layer's own init rule."""
+  """Walks a ``LayerSpec`` tree, propagating shapes with each layer's own init rule."""
 
-    def __init__(self, width: Optional[int], readout, rngs: nnx.Rngs, dtype):
-        self.width, self.readout, self.rngs, self.dtype = width, readout, rngs, dtype
+  def __init__(self, width: Optional[int], readout, rngs: nnx.Rngs, dtype):
+    self.width, self.readout, self.rngs, self.dtype = width, readout, rngs, dtype
 
-    def build(self, spec, shape, downstream):
-        """Returns (module, output shape, whether the output lies downstream of a parametric layer)."""
-        kind = spec.kind
-        if kind == "serial":
-            layers = []
-            for child in spec.children:
-                module, shape, downstream = self.build(child, shape, downstream)
-                layers.append(module)
-            return Serial(layers), shape, downstream
-        if kind == "parallel":
-            if not _is_shape_list(shape) or len(shape) != len(spec.children):
-                raise ValueError(f"parallel of {len(spec.children)} layers needs as many inputs, got shape {shape}")
-            built = [self.build(child, s, downstream) for child, s in zip(spec.children, shape)]
-            return (Parallel([b[0] for b in built]), [b[1] for b in built],
-                    downstream or any(b[2] for b in built))
-        if kind == "free":
-            init_fn, apply_fn, _ = spec.params["layer"]
-            out_shape, nt_params = init_fn(jax.random.PRNGKey(0), shape)
-            if jax.tree.leaves(nt_params):
-                raise TypeError(f"layer {spec.params['name']!r} has parameters; only parameter-free layers may be "
-                                "'free' (build parametric layers with ndk_flax.stax)")
-            return Free(spec.params["name"], apply_fn, nt_params), out_shape, downstream
-        if kind == "Dense":
-            return self._dense(spec, shape, downstream)
-        if kind in ("Conv", "ConvTranspose", "ConvLocal"):
-            return self._conv(spec, shape, downstream)
-        raise NotImplementedError(f"ndk_flax.nn.from_stax does not support {kind!r} layers yet "
-                                  f"(supported: {', '.join(_PARAMETRIC_KINDS)}, serial, parallel, "
-                                  "parameter-free layers)")
+  def build(self, spec, shape, downstream):
+    """Returns (module, output shape, whether the output lies downstream of a parametric layer)."""
+    kind = spec.kind
+    if kind == 'serial':
+      layers = []
+      for child in spec.children:
+        module, shape, downstream = self.build(child, shape, downstream)
+        layers.append(module)
+      return Serial(layers), shape, downstream
+    if kind == 'parallel':
+      if not _is_shape_list(shape) or len(shape) != len(spec.children):
+        raise ValueError(f'parallel of {len(spec.children)} layers needs as many inputs, got shape {shape}')
+      built = [self.build(child, s, downstream) for child, s in zip(spec.children, shape)]
+      return (Parallel([b[0] for b in built]), [b[1] for b in built], downstream or any(b[2] for b in built))
+    if kind == 'free':
+      init_fn, apply_fn, _ = spec.params['layer']
+      out_shape, nt_params = init_fn(jax.random.PRNGKey(0), shape)
+      if jax.tree.leaves(nt_params):
+        raise TypeError(
+          f'layer {spec.params["name"]!r} has parameters; only parameter-free layers may be '
+          "'free' (build parametric layers with ndk_flax.stax)"
+        )
+      return Free(spec.params['name'], apply_fn, nt_params), out_shape, downstream
+    if kind == 'Dense':
+      return self._dense(spec, shape, downstream)
+    if kind in ('Conv', 'ConvTranspose', 'ConvLocal'):
+      return self._conv(spec, shape, downstream)
+    raise NotImplementedError(
+      f'ndk_flax.nn.from_stax does not support {kind!r} layers yet '
+      f'(supported: {", ".join(_PARAMETRIC_KINDS)}, serial, parallel, '
+      'parameter-free layers)'
+    )
 
-    def _out(self, spec, key):
-        return spec.params[key] if self.width is None or spec is self.readout else self.width
+  def _out(self, spec, key):
+    return spec.params[key] if self.width is None or spec is self.readout else self.width
 
-    def _stds(self, spec):
-        p = spec.params
-        return dict(W_std=p["W_std"], b_std=p["b_std"], W_prior_std=p["W_prior_std"],
-                    b_prior_std=p["b_prior_std"])
+  def _stds(self, spec):
+    p = spec.params
+    return dict(W_std=p['W_std'], b_std=p['b_std'], W_prior_std=p['W_prior_std'], b_prior_std=p['b_prior_std'])
 
-    def _dense(self, spec, shape, downstream):
-        axis = spec.params.get("channel_axis", -1)
-        out = self._out(spec, "out_dim")
-        module = Dense(shape[axis], out, channel_axis=axis, record_input=downstream, dtype=self.dtype,
-                       rngs=self.rngs, **self._stds(spec))
-        out_shape = list(shape)
-        out_shape[axis] = out
-        return module, tuple(out_shape), True
+  def _dense(self, spec, shape, downstream):
+    axis = spec.params.get('channel_axis', -1)
+    out = self._out(spec, 'out_dim')
+    module = Dense(
+      shape[axis], out, channel_axis=axis, record_input=downstream, dtype=self.dtype, rngs=self.rngs, **self._stds(spec)
+    )
+    out_shape = list(shape)
+    out_shape[axis] = out
+    return module, tuple(out_shape), True
 
-    def _conv(self, spec, shape, downstream):
-        p = spec.params
-        n = len(p["filter_shape"])
-        dimension_numbers = p.get("dimension_numbers") or _default_dimension_numbers(n)
-        lhs = dimension_numbers[0]
-        if len(shape) != len(lhs):
-            raise ValueError(f"{spec.kind} with dimension numbers {dimension_numbers} needs {len(lhs)}-D inputs, "
-                             f"got shape {shape}")
-        kwargs = dict(dimension_numbers=dimension_numbers, record_input=downstream, dtype=self.dtype, rngs=self.rngs,
-                      **self._stds(spec))
-        if spec.kind == "ConvLocal":
-            spatial = tuple(s for s, c in zip(shape, lhs) if c not in "NC")
-            if any(s in (-1, None) for s in spatial):
-                raise ValueError(f"ConvLocal needs the input's spatial sizes (its weights differ per position), "
-                                 f"got input shape {shape}")
-            kwargs["input_spatial_shape"] = spatial
-        module_cls = {"Conv": Conv, "ConvTranspose": ConvTranspose, "ConvLocal": ConvLocal}[spec.kind]
-        module = module_cls(shape[lhs.index("C")], self._out(spec, "out_chan"), p["filter_shape"], p.get("strides"),
-                            p.get("padding", "VALID"), **kwargs)
-        dummy = jax.ShapeDtypeStruct(tuple(1 if s in (-1, None) else s for s in shape), module.W[...].dtype)
-        out_shape = jax.eval_shape(lambda z: module(z), dummy).shape
-        out_shape = tuple(shape[0] if i == dimension_numbers[2].index("N") else s for i, s in enumerate(out_shape))
-        return module, out_shape, True
+  def _conv(self, spec, shape, downstream):
+    p = spec.params
+    n = len(p['filter_shape'])
+    dimension_numbers = p.get('dimension_numbers') or _default_dimension_numbers(n)
+    lhs = dimension_numbers[0]
+    if len(shape) != len(lhs):
+      raise ValueError(
+        f'{spec.kind} with dimension numbers {dimension_numbers} needs {len(lhs)}-D inputs, got shape {shape}'
+      )
+    kwargs = dict(
+      dimension_numbers=dimension_numbers, record_input=downstream, dtype=self.dtype, rngs=self.rngs, **self._stds(spec)
+    )
+    if spec.kind == 'ConvLocal':
+      spatial = tuple(s for s, c in zip(shape, lhs) if c not in 'NC')
+      if any(s in (-1, None) for s in spatial):
+        raise ValueError(
+          f"ConvLocal needs the input's spatial sizes (its weights differ per position), got input shape {shape}"
+        )
+      kwargs['input_spatial_shape'] = spatial
+    module_cls = {'Conv': Conv, 'ConvTranspose': ConvTranspose, 'ConvLocal': ConvLocal}[spec.kind]
+    module = module_cls(
+      shape[lhs.index('C')],
+      self._out(spec, 'out_chan'),
+      p['filter_shape'],
+      p.get('strides'),
+      p.get('padding', 'VALID'),
+      **kwargs,
+    )
+    dummy = jax.ShapeDtypeStruct(tuple(1 if s in (-1, None) else s for s in shape), module.W[...].dtype)
+    out_shape = jax.eval_shape(lambda z: module(z), dummy).shape
+    out_shape = tuple(shape[0] if i == dimension_numbers[2].index('N') else s for i, s in enumerate(out_shape))
+    return module, out_shape, True
 
 
-def from_stax(layer, width: Optional[int] = None, *, input_shape: Sequence[int], rngs: nnx.Rngs,
-              dtype=None) -> StaxModel:
-    """The Flax NNX model of an ``ndk_flax.stax`` network (raw parameterisation, same σ0 and σ per layer).
+def from_stax(
+  layer, width: Optional[int] = None, *, input_shape: Sequence[int], rngs: nnx.Rngs, dtype=None
+) -> StaxModel:
+  """The Flax NNX model of an ``ndk_flax.stax`` network (raw parameterisation, same σ0 and σ per layer).
 
-    Args:
-      layer: an ``ndk_flax.stax`` layer (anything with a ``spec`` :class:`ndk_flax.stax.LayerSpec`).
-      width: if given, the output size (``out_dim`` / ``out_chan``) of every parametric layer except the readout,
-        i.e. the last parametric layer in forward order, which keeps its own; None keeps every layer's own size.
-        (All hidden layers get the same width, so residual branches stay compatible.)
-      input_shape: shape of an input batch, batch axis first as in Neural Tangents (e.g. ``x_train.shape`` or
-        ``(-1, d)``); parameter shapes follow from it.
-      rngs: ``nnx.Rngs`` for the initial parameters θ(0) ~ N(0, σ0²).
-      dtype: parameter dtype (default: JAX's default float).
+  Args:
+    layer: an ``ndk_flax.stax`` layer (anything with a ``spec`` :class:`ndk_flax.stax.LayerSpec`).
+    width: if given, the output size (``out_dim`` / ``out_chan``) of every parametric layer except the readout,
+      i.e. the last parametric layer in forward order, which keeps its own; None keeps every layer's own size.
+      (All hidden layers get the same width, so residual branches stay compatible.)
+    input_shape: shape of an input batch, batch axis first as in Neural Tangents (e.g. ``x_train.shape`` or
+      ``(-1, d)``); parameter shapes follow from it.
+    rngs: ``nnx.Rngs`` for the initial parameters θ(0) ~ N(0, σ0²).
+    dtype: parameter dtype (default: JAX's default float).
 
-    Returns:
-      :class:`StaxModel`. Parameter-free layers run their Neural Tangents ``apply_fn``; Dense, Conv, ConvTranspose
-      and ConvLocal are the modules of this file (ConvLocal's weights and biases, one per output position, are
-      sized from ``input_shape``). Supported parametric kinds: Dense, Conv, ConvTranspose, ConvLocal;
-      GlobalSelfAttention is not supported (TypeError: a layer with parameters but no Flax module here).
-    """
-    spec = getattr(layer, "spec", None)
-    if spec is None or not hasattr(spec, "kind"):
-        raise TypeError(f"layer must be an ndk_flax.stax layer (with a .spec), got {type(layer).__name__}")
-    if width is not None:
-        _check_size("width", width)
-    if not isinstance(rngs, nnx.Rngs):
-        raise TypeError(f"rngs must be an nnx.Rngs, got {type(rngs).__name__}")
-    try:
-        input_shape = tuple(int(s) for s in input_shape)
-    except TypeError:
-        raise TypeError(f"input_shape must be a sequence of ints (batch axis first), got {input_shape!r}") from None
-    if len(input_shape) < 2:
-        raise ValueError(f"input_shape must include the batch axis and features, got {input_shape}")
-    parametric = _parametric_specs(spec)
-    if not parametric:
-        raise ValueError("the network has no parametric layer (Dense, Conv, ConvTranspose or ConvLocal): "
-                         "nothing to train")
-    builder = _Builder(width, parametric[-1], rngs, dtype)
-    root, out_shape, _ = builder.build(spec, input_shape, False)
-    return StaxModel(root, input_shape, out_shape)
+  Returns:
+    :class:`StaxModel`. Parameter-free layers run their Neural Tangents ``apply_fn``; Dense, Conv, ConvTranspose
+    and ConvLocal are the modules of this file (ConvLocal's weights and biases, one per output position, are
+    sized from ``input_shape``). Supported parametric kinds: Dense, Conv, ConvTranspose, ConvLocal;
+    GlobalSelfAttention is not supported (TypeError: a layer with parameters but no Flax module here).
+  """
+  spec = getattr(layer, 'spec', None)
+  if spec is None or not hasattr(spec, 'kind'):
+    raise TypeError(f'layer must be an ndk_flax.stax layer (with a .spec), got {type(layer).__name__}')
+  if width is not None:
+    _check_size('width', width)
+  if not isinstance(rngs, nnx.Rngs):
+    raise TypeError(f'rngs must be an nnx.Rngs, got {type(rngs).__name__}')
+  try:
+    input_shape = tuple(int(s) for s in input_shape)
+  except TypeError:
+    raise TypeError(f'input_shape must be a sequence of ints (batch axis first), got {input_shape!r}') from None
+  if len(input_shape) < 2:
+    raise ValueError(f'input_shape must include the batch axis and features, got {input_shape}')
+  parametric = _parametric_specs(spec)
+  if not parametric:
+    raise ValueError('the network has no parametric layer (Dense, Conv, ConvTranspose or ConvLocal): nothing to train')
+  builder = _Builder(width, parametric[-1], rngs, dtype)
+  root, out_shape, _ = builder.build(spec, input_shape, False)
+  return StaxModel(root, input_shape, out_shape)
 
 
 def prior_std_tree(model: nnx.Module) -> nnx.State:
-    """The prior std σ of every parameter, as a pure ``nnx.State`` (floats, no ``Variable`` wrappers).
+  """The prior std σ of every parameter, as a pure ``nnx.State`` (floats, no ``Variable`` wrappers).
 
-    Its structure is that of ``nnx.as_pure(nnx.state(model, nnx.Param))``, the parameter arrays that
-    ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` passes to ``tx.update``. Pass it as ``prior_std`` to
-    ``ndk_flax.optax.langevin``.
-    """
-    if not isinstance(model, nnx.Module):
-        raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}")
-    state = nnx.state(model, nnx.Param)
-    is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+  Its structure is that of ``nnx.as_pure(nnx.state(model, nnx.Param))``, the parameter arrays that
+  ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` passes to ``tx.update``. Pass it as ``prior_std`` to
+  ``ndk_flax.optax.langevin``.
+  """
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f'model must be an nnx.Module, got {type(model).__name__}')
+  state = nnx.state(model, nnx.Param)
+  is_var = lambda x: isinstance(x, nnx.Variable)
 
-    def std(v):
-        sigma = getattr(v, "prior_std", None)
-        if sigma is None:
-            raise ValueError(f"parameter of type {type(v).__name__} has no prior_std metadata; build the model with "
-                             "ndk_flax.nn layers or pass prior_std to the optimizer directly")
-        return sigma
+  def std(v):
+    sigma = getattr(v, 'prior_std', None)
+    if sigma is None:
+      raise ValueError(
+        f'parameter of type {type(v).__name__} has no prior_std metadata; build the model with '
+        'ndk_flax.nn layers or pass prior_std to the optimizer directly'
+      )
+    return sigma
 
-    return jax.tree.map(std, state, is_leaf=is_var)
+  return jax.tree.map(std, state, is_leaf=is_var)

@@ -24,6 +24,7 @@ so a hand-written ``ndk_fn`` works as well.
 The reduced small-temperature equations in slow time τ = λt (THEORY.md §5) are :func:`reduced_small_temperature_mean`
 and :func:`composite_small_temperature_mean`, defined in :mod:`ndk_flax.reduced` and exported here.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -36,14 +37,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from ndk_flax._nt import Gaussian
 
 from ndk_flax import _validation as V
+from ndk_flax._nt import Gaussian
 from ndk_flax.reduced import composite_small_temperature_mean, reduced_small_temperature_mean
 
-__all__ = ['DEFAULT_FIRST_STEP', 'DEFAULT_GROWTH', 'DEFAULT_KERNEL_ELEMENTS', 'DEFAULT_RTOL', 'Gaussian',
-           'LangevinPredictor', 'TimeScales', 'composite_small_temperature_mean', 'langevin_mse_ensemble',
-           'reduced_small_temperature_mean', 'time_grid']
+__all__ = [
+  'DEFAULT_FIRST_STEP',
+  'DEFAULT_GROWTH',
+  'DEFAULT_KERNEL_ELEMENTS',
+  'DEFAULT_RTOL',
+  'Gaussian',
+  'LangevinPredictor',
+  'TimeScales',
+  'composite_small_temperature_mean',
+  'langevin_mse_ensemble',
+  'reduced_small_temperature_mean',
+  'time_grid',
+]
 
 NDKFn = Callable[..., Any]
 """``ndk_fn(x1, x2, t1, t2, *, temperature)`` returning an object with ``nngp`` and ``ndk`` fields."""
@@ -65,6 +76,7 @@ class TimeScales(NamedTuple):
     gradient: 1/λ_max(Θ0), the fastest relaxation of the gradient-driven phase (Θ0 = R(0, 0, X, X)).
     diffusive: 1/min λ with λ = T/σ² over the parameter groups (∞ at T = 0), the time scale of weight diffusion.
   """
+
   gradient: float
   diffusive: float
 
@@ -73,8 +85,9 @@ class TimeScales(NamedTuple):
 # Time grids.
 
 
-def time_grid(t_max: float, *, first_step: float, growth: float = DEFAULT_GROWTH,
-              max_step: float = math.inf) -> np.ndarray:
+def time_grid(
+  t_max: float, *, first_step: float, growth: float = DEFAULT_GROWTH, max_step: float = math.inf
+) -> np.ndarray:
   """Grid 0 = t_0 < t_1 < … < t_n = t_max resolving both learning phases.
 
   Steps grow geometrically from h_0 ≤ ``first_step``, h_{k+1} = (1 + growth) h_k, until they reach ``max_step``,
@@ -143,8 +156,8 @@ def _trapezoid_row(grid: jax.Array, k: jax.Array, t_star: jax.Array) -> tuple[ja
   t_k = grid[kc]
   half_last = 0.5 * (t_star - t_k)
   w_k = 0.5 * (t_k - grid[jnp.maximum(kc - 1, 0)]) + half_last
-  w = jnp.where(j < k, interior, jnp.where(j == k, w_k, 0.))
-  return w, jnp.where(k >= 0, half_last, 0.)
+  w = jnp.where(j < k, interior, jnp.where(j == k, w_k, 0.0))
+  return w, jnp.where(k >= 0, half_last, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -187,12 +200,20 @@ def _cubic_stencil(x, h):
 def _lagrange4(r):
   """Cubic Lagrange weights of the nodes 0, 1, 2, 3 at position r (…, 4)."""
   xp = jnp if isinstance(r, jax.Array) else np
-  return xp.stack([-(r - 1) * (r - 2) * (r - 3) / 6, r * (r - 2) * (r - 3) / 2,
-                   -r * (r - 1) * (r - 3) / 2, r * (r - 1) * (r - 2) / 6], axis=-1)
+  return xp.stack(
+    [
+      -(r - 1) * (r - 2) * (r - 3) / 6,
+      r * (r - 2) * (r - 3) / 2,
+      -r * (r - 1) * (r - 3) / 2,
+      r * (r - 1) * (r - 2) / 6,
+    ],
+    axis=-1,
+  )
 
 
 class _Lattice(NamedTuple):
   """Kernel lattice: R(a·h, b·h, ·, X) for 0 ≤ b ≤ a < size; stationary when R(t, s) depends on t − s only."""
+
   h: float
   size: int
   stationary: bool
@@ -209,10 +230,21 @@ class LangevinPredictor:
   Built by :func:`langevin_mse_ensemble`; call as ``predictor(t, x_test=None, compute_cov=False)``.
   """
 
-  def __init__(self, ndk_fn: NDKFn, x_train: jax.Array, y_train: jax.Array, temperature: float,
-               relaxation_rates: Optional[tuple[float, ...]], rtol: float, max_refinements: int,
-               first_step: Optional[float], growth: float, cov_grid: Optional[np.ndarray],
-               memory_limit: Optional[float], max_kernel_elements: int):
+  def __init__(
+    self,
+    ndk_fn: NDKFn,
+    x_train: jax.Array,
+    y_train: jax.Array,
+    temperature: float,
+    relaxation_rates: Optional[tuple[float, ...]],
+    rtol: float,
+    max_refinements: int,
+    first_step: Optional[float],
+    growth: float,
+    cov_grid: Optional[np.ndarray],
+    memory_limit: Optional[float],
+    max_kernel_elements: int,
+  ):
     self._ndk_fn = ndk_fn
     self._x = x_train
     self._y = y_train
@@ -254,8 +286,10 @@ class LangevinPredictor:
     if self.temperature == 0:
       return TimeScales(1 / self._lam_max, math.inf)
     if self._rates is None:
-      raise ValueError('The diffusive time scale 1/min λ needs the relaxation rates λ = T/σ²: pass '
-                       '`relaxation_rates` to `langevin_mse_ensemble` when giving a bare `ndk_fn`.')
+      raise ValueError(
+        'The diffusive time scale 1/min λ needs the relaxation rates λ = T/σ²: pass '
+        '`relaxation_rates` to `langevin_mse_ensemble` when giving a bare `ndk_fn`.'
+      )
     return TimeScales(1 / self._lam_max, 1 / min(self._rates))
 
   def __call__(self, t, x_test=None, compute_cov: bool = False) -> Union[jax.Array, Gaussian]:
@@ -282,8 +316,7 @@ class LangevinPredictor:
       if finite.size:
         if compute_cov:
           self._precheck_covariance_memory(finite, x_test)
-        parts.append((self._mean_at(finite, x_test),
-                      self._covariance(finite, x_test) if compute_cov else None))
+        parts.append((self._mean_at(finite, x_test), self._covariance(finite, x_test) if compute_cov else None))
       if finite.size < times.size:
         parts.append(self._equilibrium(x_test, compute_cov))
       mean = jnp.concatenate([m for m, _ in parts])
@@ -296,7 +329,7 @@ class LangevinPredictor:
   def train_loss(self, t) -> jax.Array:
     """½ Σ_μ ‖y_μ − f̄(x_μ, t)‖² per time (the loss of the ensemble mean), shape (len(t),) or scalar."""
     mean = self(t)
-    return 0.5 * jnp.sum((self._y - mean)**2, axis=(-2, -1))
+    return 0.5 * jnp.sum((self._y - mean) ** 2, axis=(-2, -1))
 
   def test_mse(self, t, x_test, y_test) -> jax.Array:
     """Mean over points and outputs of (f̄(x*, t) − y*)², shape (len(t),) or scalar."""
@@ -305,10 +338,11 @@ class LangevinPredictor:
     y_test = V.batched_array('y_test', y_test, 2)
     x_test = V.inputs_like('x_test', x_test, self._x)
     if y_test.shape != (x_test.shape[0], self._y.shape[1]):
-      raise ValueError(f'`y_test` must have shape (n_test, out) = ({x_test.shape[0]}, {self._y.shape[1]}), '
-                       f'got {y_test.shape}.')
+      raise ValueError(
+        f'`y_test` must have shape (n_test, out) = ({x_test.shape[0]}, {self._y.shape[1]}), got {y_test.shape}.'
+      )
     mean = self(t, x_test)
-    return jnp.mean((mean - y_test)**2, axis=(-2, -1))
+    return jnp.mean((mean - y_test) ** 2, axis=(-2, -1))
 
   # --- kernels ----------------------------------------------------------------------------------------------
 
@@ -318,14 +352,17 @@ class LangevinPredictor:
     try:
       nngp, ndk = out.nngp, out.ndk
     except AttributeError:
-      raise TypeError('`ndk_fn` must return an object with `nngp` and `ndk` fields (e.g. a TwoTimeKernel), '
-                      f'got {type(out).__name__}.') from None
+      raise TypeError(
+        f'`ndk_fn` must return an object with `nngp` and `ndk` fields (e.g. a TwoTimeKernel), got {type(out).__name__}.'
+      ) from None
     expected = (t1.shape[0], t2.shape[0], x1.shape[0], x2.shape[0])
     for name, k in (('nngp', nngp), ('ndk', ndk)):
       if k.shape != expected:
-        raise ValueError(f'`ndk_fn(...).{name}` must have shape (len(t1), len(t2), n1, n2) = {expected} (a '
-                         f'network with one output axis, as Neural Tangents with trace_axes=(-1,)), '
-                         f'got {k.shape}.')
+        raise ValueError(
+          f'`ndk_fn(...).{name}` must have shape (len(t1), len(t2), n1, n2) = {expected} (a '
+          f'network with one output axis, as Neural Tangents with trace_axes=(-1,)), '
+          f'got {k.shape}.'
+        )
     return nngp.astype(self._y.dtype), ndk.astype(self._y.dtype)
 
   def _chunk(self, n1: int, n_times: int) -> int:
@@ -334,6 +371,7 @@ class LangevinPredictor:
 
   def _kernel_row(self, x1, x2, t, grid, chunk):
     """C(t, s_j, x1, x2) and R(t, s_j, x1, x2) for every s_j of ``grid`` (whole chunks), ``chunk`` times a call."""
+
     def one(ts):
       nngp, ndk = self._kernel(x1, x2, t[None], ts)
       return nngp[0], ndk[0]
@@ -348,7 +386,7 @@ class LangevinPredictor:
     at every t (≈ growth/λ for a single parameter group)."""
     xs = self._x[:16]
     lags = np.logspace(-2, 12, 57) / self._lam_max
-    times = jnp.asarray(np.concatenate([[0.], lags]), self._y.dtype)
+    times = jnp.asarray(np.concatenate([[0.0], lags]), self._y.dtype)
     drift = []
     for k in self._kernel(xs, xs, times, times[:1]):
       k = np.asarray(k[:, 0], np.float64)
@@ -371,7 +409,7 @@ class LangevinPredictor:
     t = jnp.asarray(times, dtype)[:, None]
     positive = ev > 0
     safe = jnp.where(positive, ev, 1)
-    decay = jnp.where(positive, jnp.exp(-safe * t), 1)            # e^{−λ t}
+    decay = jnp.where(positive, jnp.exp(-safe * t), 1)  # e^{−λ t}
     learnt = jnp.where(positive, -jnp.expm1(-safe * t) / safe, 0)  # (1 − e^{−λ t}) / λ
     vy = v.T @ self._y
     if x_test is None:
@@ -382,7 +420,7 @@ class LangevinPredictor:
       return mean, jnp.einsum('tpq,qr,tsr->tps', e_t, self._k0, e_t)
     zero = jnp.zeros((1,), dtype)
     k_tx, theta_tx = (k[0, 0] for k in self._kernel(x_test, self._x, zero, zero))
-    m_t = jnp.einsum('mp,pi,ti,qi->tmq', theta_tx, v, learnt, v)   # Θ0(x*, X) Θ0^{-1}(I − e^{−Θ0 t})
+    m_t = jnp.einsum('mp,pi,ti,qi->tmq', theta_tx, v, learnt, v)  # Θ0(x*, X) Θ0^{-1}(I − e^{−Θ0 t})
     mean = m_t @ self._y
     if not compute_cov:
       return mean, None
@@ -421,19 +459,19 @@ class LangevinPredictor:
     dtype = self._y.dtype
     scale = float(jnp.max(jnp.abs(self._theta0[:8, :8])))
     rng = np.random.default_rng(0)
-    t = t_max * np.concatenate([[1., 1., 1.], rng.uniform(size=29)])
-    s = t * np.concatenate([[0., 1., 0.5], rng.uniform(size=29)])
+    t = t_max * np.concatenate([[1.0, 1.0, 1.0], rng.uniform(size=29)])
+    s = t * np.concatenate([[0.0, 1.0, 0.5], rng.uniform(size=29)])
 
     def ndk(t1, t2):
       times = (jnp.asarray(np.atleast_1d(t), dtype) for t in (t1, t2))
       return np.asarray(self._kernel(xs, xs, *times)[1], np.float64)
 
     exact = [ndk(ti, si)[0, 0] for ti, si in zip(t, s)]
-    drift = max(np.abs(ex - ndk(ti - si, 0.)[0, 0]).max() for ti, si, ex in zip(t, s, exact)) / scale
+    drift = max(np.abs(ex - ndk(ti - si, 0.0)[0, 0]).max() for ti, si, ex in zip(t, s, exact)) / scale
     h = min(8 * self._max_step, t_max / 4)
     q = np.arange(4)
     for _ in range(12):
-      err = 0.
+      err = 0.0
       for ti, si, ex in zip(t, s, exact):
         a0, la = _cubic_stencil(np.float64(ti - si), h)
         b0, lb = _cubic_stencil(np.float64(si), h)
@@ -444,8 +482,12 @@ class LangevinPredictor:
         break
       h /= 2
     else:
-      warnings.warn(f'The kernel lattice did not reach interpolation error rtol = {self._rtol:.2g} '
-                    f'(got {err:.2g} at spacing {h:.3g}).', RuntimeWarning, stacklevel=4)
+      warnings.warn(
+        f'The kernel lattice did not reach interpolation error rtol = {self._rtol:.2g} '
+        f'(got {err:.2g} at spacing {h:.3g}).',
+        RuntimeWarning,
+        stacklevel=4,
+      )
     return _Lattice(h, math.floor(t_max / h) + 9, drift + err <= self._rtol)
 
   def _lattice_row_impl(self, x, x1, a, h, size):
@@ -492,8 +534,11 @@ class LangevinPredictor:
     beta = b0[None, :, None, None] + four
     slot = (a0[:, :, None, None] + four[:, None] + beta) % _RING
     rows = jnp.arange(t_rows.shape[0])[:, None, None, None]
-    scattered = jnp.zeros((t_rows.shape[0], _RING, size) + g.shape[1:], g.dtype).at[rows, slot, beta].add(
-        coef[..., None, None] * g[None, :, None, None], mode='drop')
+    scattered = (
+      jnp.zeros((t_rows.shape[0], _RING, size) + g.shape[1:], g.dtype)
+      .at[rows, slot, beta]
+      .add(coef[..., None, None] * g[None, :, None, None], mode='drop')
+    )
     # A plain matrix product (XLA:CPU lowers the equivalent 4-index einsum ~30× slower).
     n_rows, out = scattered.shape[0], scattered.shape[-1]
     flat = jnp.moveaxis(scattered.reshape(n_rows, -1, out), 0, 1).reshape(-1, n_rows * out)
@@ -508,8 +553,9 @@ class LangevinPredictor:
     interior = _interior_weights(grid)
     rows = r0 + jnp.arange(block)
     t_rows = grid[jnp.minimum(rows, n - 1)]
-    old = self._old_history(ring, h, grid, g[:n], t_rows,
-                            jnp.broadcast_to(jnp.where(jnp.arange(n) < r0, interior, 0), (block, n)))[:, :p]  # rows beyond P: test points
+    old = self._old_history(
+      ring, h, grid, g[:n], t_rows, jnp.broadcast_to(jnp.where(jnp.arange(n) < r0, interior, 0), (block, n))
+    )[:, :p]  # rows beyond P: test points
     b0, nodes = self._window_nodes(ring, w)
     nodes = nodes[:p]
     l_s = _lagrange4(t_rows / h - b0)
@@ -544,28 +590,31 @@ class LangevinPredictor:
     """Rows per block for ``rows`` rows of one window: 1, 8 or 64 (few compiled shapes), with the block's scattered
     terms (block × n × 16 × P × out values) within 16 × ``max_kernel_elements``; the ring is read once a block."""
     cap = max(1, min(64, 16 * self._max_elements // (16 * n * self._p * self._y.shape[1])))
-    return int(min(8**math.ceil(math.log(rows, 8)), 8**math.floor(math.log(cap, 8))))
+    return int(min(8 ** math.ceil(math.log(rows, 8)), 8 ** math.floor(math.log(cap, 8))))
 
   def _sweep(self, x1: jax.Array, lattice: _Lattice, jobs: list) -> None:
     """Sweep t upwards through the lattice windows, keeping the ring of lattice rows for x1 and running, in each
     window w and in list order, the rows of every job whose times t have ⌊t/h⌋ = w. A job is
     (sorted times, run(ring, w, lo, hi)) with [lo, hi) the indices of its times in window w."""
     dtype = self._y.dtype
-    rows = _RING + 2 * lattice.stationary       # the ring, and the doubled master row of a stationary lattice
+    rows = _RING + 2 * lattice.stationary  # the ring, and the doubled master row of a stationary lattice
     ring_bytes = rows * lattice.size * x1.shape[0] * self._p * np.dtype(dtype).itemsize
     available = _available_memory() if self._memory_limit is None else self._memory_limit
     if ring_bytes > available:
-      raise MemoryError(f'The mean solver needs about {ring_bytes / 2**30:.2f} GiB for {_RING} kernel lattice rows '
-                        f'of {lattice.size} times × {x1.shape[0]} × {self._p} points, but only '
-                        f'{available / 2**30:.2f} GiB are available: request fewer test points at once, an '
-                        f'earlier last time (t = inf gives equilibrium in closed form), or a larger `rtol`.')
+      raise MemoryError(
+        f'The mean solver needs about {ring_bytes / 2**30:.2f} GiB for {_RING} kernel lattice rows '
+        f'of {lattice.size} times × {x1.shape[0]} × {self._p} points, but only '
+        f'{available / 2**30:.2f} GiB are available: request fewer test points at once, an '
+        f'earlier last time (t = inf gives equilibrium in closed form), or a larger `rtol`.'
+      )
     ring = jnp.zeros((x1.shape[0], _RING, lattice.size, self._p), dtype)
     h = jnp.asarray(lattice.h, dtype)
     windows = [np.floor(times / lattice.h).astype(np.int64) for times, _ in jobs]
     master = None
     if lattice.stationary:
-      master = jnp.concatenate([self._lattice_row(self._x, x1, lattice.size - 1, h, lattice.size),
-                                jnp.zeros_like(ring[:, 0])], axis=1)
+      master = jnp.concatenate(
+        [self._lattice_row(self._x, x1, lattice.size - 1, h, lattice.size), jnp.zeros_like(ring[:, 0])], axis=1
+      )
     for a in range(min(8, lattice.size)):
       ring = self._ring_row(self._x, x1, ring, a, h, master)
     for w in range(int(max(ws[-1] for ws in windows)) + 1):
@@ -583,7 +632,7 @@ class LangevinPredictor:
     pad = self._block_size(len(grid), 64)
     grid_j = jnp.asarray(grid, dtype)
     g = jnp.zeros((len(grid) + pad,) + self._y.shape, dtype).at[0].set(self._y)
-    state.update(grid=grid_j, g=g[:len(grid)])
+    state.update(grid=grid_j, g=g[: len(grid)])
 
     def run(ring, w, lo, hi):
       nonlocal g
@@ -591,7 +640,7 @@ class LangevinPredictor:
       block = self._block_size(len(grid), hi - lo) if hi > lo else 1
       for r0 in range(lo, hi, block):
         g = self._solve_block(self._y, ring, h, grid_j, g, w, r0, min(r0 + block, hi), block)
-      state['g'] = g[:len(grid)]
+      state['g'] = g[: len(grid)]
 
     return grid, run
 
@@ -605,8 +654,8 @@ class LangevinPredictor:
     def run(ring, w, lo, hi):
       block = self._block_size(n, hi - lo)
       for r0 in range(lo, hi, block):
-        g, f = self._request_block(self._y, ring, h, state['grid'], state['g'], w, padded[r0:r0 + block])
-        out.append((f if test else self._y[None] - g)[:min(block, hi - r0)])
+        g, f = self._request_block(self._y, ring, h, state['grid'], state['g'], w, padded[r0 : r0 + block])
+        out.append((f if test else self._y[None] - g)[: min(block, hi - r0)])
 
     return times, run
 
@@ -631,16 +680,19 @@ class LangevinPredictor:
       for refinement in itertools.count():
         jobs.append(self._solve_job(lattice, _bisect(np.asarray(states[0]['grid'], np.float64)), states[1]))
         outs = [[], []]
-        self._sweep(x1, lattice, jobs + [self._request_job(lattice, s, times, test, o)
-                                         for s, o in zip(states, outs)])
+        self._sweep(x1, lattice, jobs + [self._request_job(lattice, s, times, test, o) for s, o in zip(states, outs)])
         err = float(jnp.max(jnp.abs(states[1]['g'][::2] - states[0]['g']))) / 3
         if err <= target or refinement == self._max_refinements:
           break
         states, jobs = [states[1], {}], []
       if err > target:
-        warnings.warn(f'The mean solver reached max_refinements={self._max_refinements} with an estimated error '
-                      f'{err:.3g} > rtol·max|Y| = {target:.3g} ({len(states[1]["grid"])} grid times up to '
-                      f't = {t_max:g}); raise `max_refinements` or lower `first_step`.', RuntimeWarning, stacklevel=3)
+        warnings.warn(
+          f'The mean solver reached max_refinements={self._max_refinements} with an estimated error '
+          f'{err:.3g} > rtol·max|Y| = {target:.3g} ({len(states[1]["grid"])} grid times up to '
+          f't = {t_max:g}); raise `max_refinements` or lower `first_step`.',
+          RuntimeWarning,
+          stacklevel=3,
+        )
       self.error_estimate = err
       self._mean = (lattice, *states)
     coarse, fine = (jnp.concatenate(out) for out in outs)
@@ -659,7 +711,7 @@ class LangevinPredictor:
     base = self._default_cov_grid(t_max) if self._cov_grid is None else self._cov_grid
     if base[-1] < t_max:
       raise ValueError(f'`cov_grid` must reach the last requested time {t_max:g}, but it ends at {base[-1]:g}.')
-    return np.union1d(base[base < t_max], [0.])
+    return np.union1d(base[base < t_max], [0.0])
 
   def _check_covariance_memory(self, n_c: int, x_test, t_max: float) -> None:
     """Raise MemoryError, saying how much is needed, if the covariance on n_c grid times does not fit."""
@@ -673,10 +725,11 @@ class LangevinPredictor:
     if need > available:
       fits = int(math.sqrt(max(available / itemsize - 8 * self._max_elements, 0) / 2) / p)
       raise MemoryError(
-          f'The covariance on a grid of {n_c} times with P = {p} training points needs about '
-          f'{need / 2**30:.2f} GiB (two dense (n_times·P)² = ({size})² matrices in '
-          f'{np.dtype(self._y.dtype).name}), but only {available / 2**30:.2f} GiB are available. Pass a coarser '
-          f'`cov_grid` (at most ~{fits} times below t = {t_max:g}) or raise `memory_limit`.')
+        f'The covariance on a grid of {n_c} times with P = {p} training points needs about '
+        f'{need / 2**30:.2f} GiB (two dense (n_times·P)² = ({size})² matrices in '
+        f'{np.dtype(self._y.dtype).name}), but only {available / 2**30:.2f} GiB are available. Pass a coarser '
+        f'`cov_grid` (at most ~{fits} times below t = {t_max:g}) or raise `memory_limit`.'
+      )
 
   def _precheck_covariance_memory(self, times: np.ndarray, x_test) -> None:
     """Fail before any solving when even the smallest possible covariance grid does not fit (the default grid
@@ -688,7 +741,7 @@ class LangevinPredictor:
       base = _bisect(time_grid(t_max, first_step=self._first_step, growth=self._growth, max_step=self._max_step))
     else:
       base = self._cov_grid
-    self._check_covariance_memory(len(np.union1d(base[base < t_max], [0.])), x_test, t_max)
+    self._check_covariance_memory(len(np.union1d(base[base < t_max], [0.0])), x_test, t_max)
 
   def _covariance(self, times: np.ndarray, x_test) -> jax.Array:
     """Covariance of f(x, t) at finite times (THEORY.md §4), exact for the trapezoid discretisation on the
@@ -716,8 +769,7 @@ class LangevinPredictor:
     def block_row(i):
       nngp, ndk = (k[:n_c] for k in self._kernel_row(x, x, grid[i], grid_p, chunk))
       w, _ = _trapezoid_row(grid, i - 1, grid[i])
-      a_row = (jnp.einsum('ab,j,jbc->ajc', d_inv[i], w, ndk)
-               + (cols == i)[None, :, None] * eye[:, None, :])
+      a_row = jnp.einsum('ab,j,jbc->ajc', d_inv[i], w, ndk) + (cols == i)[None, :, None] * eye[:, None, :]
       c_row = jnp.einsum('ab,jbc,jdc->ajd', d_inv[i], nngp, d_inv)
       return a_row.reshape(p, n_c * p), c_row.reshape(p, n_c * p)
 
@@ -756,11 +808,21 @@ class LangevinPredictor:
     return 0.5 * (cov + jnp.swapaxes(cov, 1, 2))
 
 
-def langevin_mse_ensemble(layer_or_ndk_fn: Union[NDKFn, Any], x_train, y_train, *, temperature: float,
-                          relaxation_rates: Optional[tuple[float, ...]] = None, rtol: float = DEFAULT_RTOL,
-                          max_refinements: int = 4, first_step: Optional[float] = None,
-                          growth: float = DEFAULT_GROWTH, cov_grid=None, memory_limit: Optional[float] = None,
-                          max_kernel_elements: int = DEFAULT_KERNEL_ELEMENTS) -> LangevinPredictor:
+def langevin_mse_ensemble(
+  layer_or_ndk_fn: Union[NDKFn, Any],
+  x_train,
+  y_train,
+  *,
+  temperature: float,
+  relaxation_rates: Optional[tuple[float, ...]] = None,
+  rtol: float = DEFAULT_RTOL,
+  max_refinements: int = 4,
+  first_step: Optional[float] = None,
+  growth: float = DEFAULT_GROWTH,
+  cov_grid=None,
+  memory_limit: Optional[float] = None,
+  max_kernel_elements: int = DEFAULT_KERNEL_ELEMENTS,
+) -> LangevinPredictor:
   """Predictor of the output distribution of Langevin-trained wide networks on the summed ½-MSE loss.
 
   The Langevin analogue of ``neural_tangents.predict.gradient_descent_mse_ensemble`` (THEORY.md §4): the mean
@@ -822,18 +884,22 @@ def langevin_mse_ensemble(layer_or_ndk_fn: Union[NDKFn, Any], x_train, y_train, 
   elif callable(layer_or_ndk_fn):
     ndk_fn = layer_or_ndk_fn
   else:
-    raise TypeError('`layer_or_ndk_fn` must be an NDKLayer (with an `ndk_fn` method) or a callable '
-                    f'ndk_fn(x1, x2, t1, t2, *, temperature), got {type(layer_or_ndk_fn).__name__}.')
+    raise TypeError(
+      '`layer_or_ndk_fn` must be an NDKLayer (with an `ndk_fn` method) or a callable '
+      f'ndk_fn(x1, x2, t1, t2, *, temperature), got {type(layer_or_ndk_fn).__name__}.'
+    )
   if relaxation_rates is not None:
-    relaxation_rates = tuple(V.positive('relaxation_rates', r) if temperature > 0 else float(r)
-                             for r in relaxation_rates)
+    relaxation_rates = tuple(
+      V.positive('relaxation_rates', r) if temperature > 0 else float(r) for r in relaxation_rates
+    )
   x_train = V.batched_array('x_train', x_train, 2)
   y_train = V.batched_array('y_train', y_train, 2)
   if y_train.ndim != 2:
     raise ValueError(f'`y_train` must have shape (P, out), got {y_train.shape}.')
   if y_train.shape[0] != x_train.shape[0]:
-    raise ValueError(f'`x_train` and `y_train` must hold the same number of points, got {x_train.shape[0]} '
-                     f'and {y_train.shape[0]}.')
+    raise ValueError(
+      f'`x_train` and `y_train` must hold the same number of points, got {x_train.shape[0]} and {y_train.shape[0]}.'
+    )
   y_train = y_train.astype(x_train.dtype)
   rtol = V.positive('rtol', rtol)
   if not isinstance(max_refinements, int) or isinstance(max_refinements, bool) or max_refinements < 0:
@@ -849,5 +915,17 @@ def langevin_mse_ensemble(layer_or_ndk_fn: Union[NDKFn, Any], x_train, y_train, 
     memory_limit = V.positive('memory_limit', memory_limit)
   if not isinstance(max_kernel_elements, int) or max_kernel_elements < 1:
     raise ValueError(f'`max_kernel_elements` must be an int >= 1, got {max_kernel_elements!r}.')
-  return LangevinPredictor(ndk_fn, x_train, y_train, temperature, relaxation_rates, rtol, max_refinements,
-                           first_step, growth, cov_grid, memory_limit, max_kernel_elements)
+  return LangevinPredictor(
+    ndk_fn,
+    x_train,
+    y_train,
+    temperature,
+    relaxation_rates,
+    rtol,
+    max_refinements,
+    first_step,
+    growth,
+    cov_grid,
+    memory_limit,
+    max_kernel_elements,
+  )

@@ -19,6 +19,7 @@ nodes: a stable second-order method for first-kind Volterra equations with R(τ,
 requested τ off the grid get a last, partial interval collocated at τ itself. The same solve with twice the step
 (as many steps, so one compiled solver serves both) gives the error estimate.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,6 +50,7 @@ class ReducedSolution(NamedTuple):
       step: the estimated relative error of the returned (fine) solution, second order in the step; 0 if no
       finite τ was asked.
   """
+
   taus: np.ndarray
   times: np.ndarray
   rate: float
@@ -72,8 +74,10 @@ def _ndk_and_rate(layer_or_ndk_fn, temperature: float, relaxation_rate) -> tuple
     if relaxation_rate is None:
       raise ValueError('`relaxation_rate` (λ defining τ = λt, e.g. T/σ²) must be given with a bare `ndk_fn`.')
   else:
-    raise TypeError('`layer_or_ndk_fn` must be an NDKLayer (with an `ndk_fn` method) or a callable '
-                    f'ndk_fn(x1, x2, t1, t2, *, temperature), got {type(layer_or_ndk_fn).__name__}.')
+    raise TypeError(
+      '`layer_or_ndk_fn` must be an NDKLayer (with an `ndk_fn` method) or a callable '
+      f'ndk_fn(x1, x2, t1, t2, *, temperature), got {type(layer_or_ndk_fn).__name__}.'
+    )
   return ndk_fn, V.positive('relaxation_rate', relaxation_rate)
 
 
@@ -87,6 +91,7 @@ class _Grid(NamedTuple):
   """Uniform τ grid with step h, N steps (nodes nh, midpoints (j + ½)h), and the requested finite τ's partial
   last intervals: start node k_q, length δ_q = τ_q − k_q h and midpoint m*_q. ``cols`` are the kernel columns
   [0, midpoints…, m*…, ∞] shared by every kernel row."""
+
   h: float
   n_steps: int
   starts: np.ndarray
@@ -99,13 +104,14 @@ def _make_grid(top: float, n_steps: int, h: float, finite: np.ndarray) -> _Grid:
   k = np.clip(np.where(finite - k * h < 0.5 * h, k - 1, k), 0, n_steps - 1)
   lengths = finite - k * h
   mids = h * (np.arange(n_steps) + 0.5)
-  cols = np.concatenate([[0.], mids, k * h + 0.5 * lengths, [np.inf]])
+  cols = np.concatenate([[0.0], mids, k * h + 0.5 * lengths, [np.inf]])
   return _Grid(h, n_steps, k.astype(np.int64), lengths, cols)
 
 
 class _Kernels(NamedTuple):
   """Calls ``ndk_fn`` in blocks of ``chunk`` rows against fixed columns, so that every call has one shape (one
   compilation of the network's kernel per x1); returns R(τ_rows/λ, cols/λ, x1, X) and C at (∞, ∞)."""
+
   ndk_fn: NDKFn
   temperature: float
   rate: float
@@ -115,7 +121,7 @@ class _Kernels(NamedTuple):
   def rows(self, x1, taus: np.ndarray, cols: np.ndarray):
     """Yields (first row index, ndk block (chunk, len(cols), n1, P), nngp block) for ``taus`` (padded)."""
     for first in range(0, taus.size, self.chunk):
-      block = taus[first:first + self.chunk]
+      block = taus[first : first + self.chunk]
       block = np.concatenate([block, np.full(self.chunk - block.size, block[-1])])
       out = self.ndk_fn(x1, self.x, block / self.rate, cols / self.rate, temperature=self.temperature)
       yield first, out.ndk, out.nngp
@@ -131,8 +137,8 @@ def _solve_block(eps, block, first, h, y, theta_inv_y):
   def body(i, eps):
     n = first + i
     row = block[i]
-    mids = row[1:n_steps + 1]
-    history = h * jnp.einsum('jab,jbo->ao', mids, eps)           # ε_j = 0 for j ≥ n − 1 (not solved yet)
+    mids = row[1 : n_steps + 1]
+    history = h * jnp.einsum('jab,jbo->ao', mids, eps)  # ε_j = 0 for j ≥ n − 1 (not solved yet)
     j = jnp.clip(n - 1, 0, n_steps - 1)
     new = jnp.linalg.solve(h * mids[j], y - row[0] @ theta_inv_y - history)
     return jnp.where((n >= 1) & (n <= n_steps), eps.at[j].set(new), eps)
@@ -153,15 +159,17 @@ def _evaluate_block(eps, block, h, starts, lengths, m_cols, taus, y, theta_inv_y
 
   def one(row, k, length, m_col, tau):
     start = row[0] @ theta_inv_y
-    whole = jnp.einsum('j,jab,jbo->ao', jnp.where(jnp.arange(n_steps) < k, h, 0.), row[1:n_steps + 1], eps)
+    whole = jnp.einsum('j,jab,jbo->ao', jnp.where(jnp.arange(n_steps) < k, h, 0.0), row[1 : n_steps + 1], eps)
     partial = row[m_col]
-    safe = jnp.where(length > 0, length, 1.)
+    safe = jnp.where(length > 0, length, 1.0)
     eps_star = jnp.where(length > 0, jnp.linalg.solve(safe * partial[:p], y - start[:p] - whole[:p]), eps[0])
     i = jnp.clip(jnp.floor(tau / h - 0.5), 0, n_steps - 2).astype(jnp.int32)
     slope = (eps[i + 1] - eps[i]) / h
     m_star = k * h + 0.5 * length
-    return (start + whole + length * partial @ eps_star,
-            eps_star + (tau - jnp.where(length > 0, m_star, 0.5 * h)) * slope)
+    return (
+      start + whole + length * partial @ eps_star,
+      eps_star + (tau - jnp.where(length > 0, m_star, 0.5 * h)) * slope,
+    )
 
   return jax.vmap(one)(block, starts, lengths, m_cols, taus)
 
@@ -182,16 +190,25 @@ def _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_
   x = V.batched_array('x_train', x_train, 2)
   y = V.batched_array('y_train', y_train, 2).astype(x.dtype)
   if y.ndim != 2 or y.shape[0] != x.shape[0]:
-    raise ValueError(f'`y_train` must have shape (P, out) with P = {x.shape[0]} (the rows of `x_train`), '
-                     f'got {y.shape}.')
+    raise ValueError(
+      f'`y_train` must have shape (P, out) with P = {x.shape[0]} (the rows of `x_train`), got {y.shape}.'
+    )
   if x_test is not None:
     x_test = V.inputs_like('x_test', x_test, x)
   return _Prepared(ndk_fn, temperature, rate, x, y, x_test)
 
 
-def reduced_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train, y_train, *, temperature: float,
-                                   taus, x_test=None, relaxation_rate: Optional[float] = None,
-                                   max_step: float = DEFAULT_MAX_STEP) -> ReducedSolution:
+def reduced_small_temperature_mean(
+  layer_or_ndk_fn: Union[Any, NDKFn],
+  x_train,
+  y_train,
+  *,
+  temperature: float,
+  taus,
+  x_test=None,
+  relaxation_rate: Optional[float] = None,
+  max_step: float = DEFAULT_MAX_STEP,
+) -> ReducedSolution:
   """Mean predictor of Langevin learning to leading order in T, in slow time τ = λt (THEORY.md §5).
 
   Solves Y = R(τ, 0, X, X) Θ0⁻¹Y + ∫_0^τ R(τ, τ', X, X) ε(τ') dτ' for the scaled training residual ε and returns
@@ -222,15 +239,17 @@ def reduced_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train, 
 
 
 class _Extras(NamedTuple):
-  theta0: jax.Array                 # Θ0 = R(0, 0, X, X)
+  theta0: jax.Array  # Θ0 = R(0, 0, X, X)
   theta0_rows: Optional[jax.Array]  # R(0, 0, X ∪ x*, X) when τ = 0 was requested
 
 
 def _theta_inv_y(theta0, y):
   evals = jnp.linalg.eigvalsh(theta0)
   if not float(evals[0]) > _SINGULAR * float(evals[-1]):
-    raise ValueError(f'Θ0 = R(0, 0, X, X) is singular on `x_train` (eigenvalues {float(evals[0]):.3g} … '
-                     f'{float(evals[-1]):.3g}): the NTK interpolant is not defined (duplicate inputs?).')
+    raise ValueError(
+      f'Θ0 = R(0, 0, X, X) is singular on `x_train` (eigenvalues {float(evals[0]):.3g} … '
+      f'{float(evals[-1]):.3g}): the NTK interpolant is not defined (duplicate inputs?).'
+    )
   return jnp.linalg.solve(theta0, y)
 
 
@@ -243,7 +262,7 @@ def _reduced(prep: _Prepared, taus: np.ndarray, max_step: float) -> tuple[Reduce
   p, n_all = x.shape[0], x_all.shape[0]
   finite = taus[np.isfinite(taus)]
   has_inf = finite.size < taus.size
-  top = max(float(finite[-1]) if finite.size else 0., 2 * max_step)
+  top = max(float(finite[-1]) if finite.size else 0.0, 2 * max_step)
   n_steps = 2 * max(2, math.ceil(top / max_step / 2))
   h = top / n_steps
   grids = [_make_grid(top, n_steps, h, finite), _make_grid(2 * top, n_steps, 2 * h, finite)]
@@ -268,8 +287,9 @@ def _reduced(prep: _Prepared, taus: np.ndarray, max_step: float) -> tuple[Reduce
       rows = np.arange(first, first + chunk)
       q = np.minimum(rows, max(finite.size - 1, 0))
       if finite.size:
-        mean, e = _evaluate_block(eps, ndk, grid.h, grid.starts[q], grid.lengths[q], 1 + n_steps + q,
-                                  finite[q], y, theta_inv_y)
+        mean, e = _evaluate_block(
+          eps, ndk, grid.h, grid.starts[q], grid.lengths[q], 1 + n_steps + q, finite[q], y, theta_inv_y
+        )
         keep = rows < finite.size
         means.append(mean[keep])
         epss.append(e[keep])
@@ -279,7 +299,7 @@ def _reduced(prep: _Prepared, taus: np.ndarray, max_step: float) -> tuple[Reduce
         theta0_rows = ndk[0, 0]
     solutions.append((jnp.concatenate(means), jnp.concatenate(epss)) if finite.size else None)
   mean_out, residuals = [], []
-  error = 0.
+  error = 0.0
   if finite.size:
     (mean, eps), (mean_c, eps_c) = solutions
     error = max(float(jnp.max(jnp.abs(f - c)) / jnp.max(jnp.abs(f))) for f, c in ((mean, mean_c), (eps, eps_c))) / 3
@@ -296,14 +316,23 @@ def _reduced(prep: _Prepared, taus: np.ndarray, max_step: float) -> tuple[Reduce
 class CompositeSolution(NamedTuple):
   """Small-T mean over both phases: ``times`` (n_t,), ``train`` = f̄(X, t) (n_t, P, out), ``test`` = f̄(x*, t)
   (n_t, n, out) or None without ``x_test``."""
+
   times: np.ndarray
   train: jax.Array
   test: Optional[jax.Array]
 
 
-def composite_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train, y_train, *, temperature: float,
-                                     times, x_test=None, relaxation_rate: Optional[float] = None,
-                                     max_step: float = DEFAULT_MAX_STEP) -> CompositeSolution:
+def composite_small_temperature_mean(
+  layer_or_ndk_fn: Union[Any, NDKFn],
+  x_train,
+  y_train,
+  *,
+  temperature: float,
+  times,
+  x_test=None,
+  relaxation_rate: Optional[float] = None,
+  max_step: float = DEFAULT_MAX_STEP,
+) -> CompositeSolution:
   """Small-T mean predictor over both learning phases at once (matched asymptotics of THEORY.md §5).
 
   The gradient-driven phase (NTK gradient flow with Θ0, times t = O(1)) and the diffusive phase (the reduced
@@ -326,13 +355,13 @@ def composite_small_temperature_mean(layer_or_ndk_fn: Union[Any, NDKFn], x_train
   """
   prep = _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate)
   times = V.increasing_times('times', times)[0]
-  taus = prep.rate * times if times[0] == 0 else np.concatenate([[0.], prep.rate * times])
+  taus = prep.rate * times if times[0] == 0 else np.concatenate([[0.0], prep.rate * times])
   red, extras = _reduced(prep, taus, V.positive('max_step', max_step))
   offset = taus.size - times.size
   y, p = prep.y, prep.x.shape[0]
   evals, evecs = jnp.linalg.eigh(extras.theta0)
   t = jnp.asarray(times, y.dtype)[:, None]
-  decay = jnp.where(jnp.isinf(t), 0., jnp.exp(-evals[None] * jnp.where(jnp.isinf(t), 0., t)))   # (n_t, P)
+  decay = jnp.where(jnp.isinf(t), 0.0, jnp.exp(-evals[None] * jnp.where(jnp.isinf(t), 0.0, t)))  # (n_t, P)
   train = y[None] - jnp.einsum('pi,ti,qi,qo->tpo', evecs, decay, evecs, y) - red.residual[offset:]
   if prep.x_test is None:
     return CompositeSolution(times, train, None)

@@ -15,6 +15,7 @@ does (``W_std`` = σ0_W, ``b_std`` = σ0_b) plus the prior stds ``W_prior_std`` 
 (h = W a/√fan_in + b with W itself trained), whose kernels at T = 0 are Neural Tangents' NNGP and the raw NTK
 (for bias-free networks with one σ0: NT's ntk / σ0²).
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,11 +24,10 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ndk_flax._nt import Kernel
-from ndk_flax._nt import nt_stax
 
 from ndk_flax import _two_time
 from ndk_flax import _validation as V
+from ndk_flax._nt import Kernel, nt_stax
 from ndk_flax._two_time import ParamGroup
 
 # Re-exported unchanged: enums, helpers and decorators that are not layers.
@@ -56,6 +56,7 @@ class TwoTimeKernel(NamedTuple):
     cov1: C(t1, t1, x1, x1) (diagonal over the batch, as Neural Tangents' ``cov1``).
     cov2: C(t2, t2, x2, x2).
   """
+
   nngp: jax.Array
   ndk: jax.Array
   cov1: jax.Array
@@ -66,6 +67,7 @@ class LayerSpec(NamedTuple):
   """Architecture description: ``kind`` in {'Dense', 'Conv', 'ConvTranspose', 'ConvLocal', 'serial',
   'parallel', 'free'}; ``params`` the constructor arguments (for 'free': ``name`` and the NT ``layer`` triple
   whose ``apply_fn`` is the forward pass); ``children`` the sub-specs of combinators."""
+
   kind: str
   params: dict
   children: tuple = ()
@@ -74,8 +76,9 @@ class LayerSpec(NamedTuple):
 class NDKLayer(tuple):
   """A Neural Tangents ``(init_fn, apply_fn, kernel_fn)`` triple that also computes two-time kernels."""
 
-  def __new__(cls, triple: Sequence[Callable], rule: Rule, spec: LayerSpec,
-              groups: tuple[ParamGroup, ...]) -> 'NDKLayer':
+  def __new__(
+    cls, triple: Sequence[Callable], rule: Rule, spec: LayerSpec, groups: tuple[ParamGroup, ...]
+  ) -> 'NDKLayer':
     init_fn, apply_fn, kernel_fn = triple[:3]
     self = super().__new__(cls, (init_fn, apply_fn, kernel_fn))
     self.rule = rule
@@ -101,7 +104,7 @@ class NDKLayer(tuple):
     temperature = V.temperature(temperature)
     return tuple(g.decay_rate(temperature) for g in self.groups)
 
-  def ndk_fn(self, x1, x2=None, t1=0., t2=0., *, temperature) -> TwoTimeKernel:
+  def ndk_fn(self, x1, x2=None, t1=0.0, t2=0.0, *, temperature) -> TwoTimeKernel:
     """Two-time kernels C(t1, t2, x1, x2) and R(t1, t2, x1, x2) of the network under Langevin learning.
 
     Args:
@@ -121,8 +124,9 @@ class NDKLayer(tuple):
     x2 = x1 if x2 is None else _check_inputs('x2', x2)
     batch_axis = self.kernel_fn.input_req.get('batch_axis', 0) if hasattr(self.kernel_fn, 'input_req') else 0
     if x1.ndim != x2.ndim or _drop(x1.shape, batch_axis) != _drop(x2.shape, batch_axis):
-      raise ValueError(f'`x1` and `x2` must have the same shape apart from the batch axis {batch_axis}; '
-                       f'got {x1.shape} and {x2.shape}.')
+      raise ValueError(
+        f'`x1` and `x2` must have the same shape apart from the batch axis {batch_axis}; got {x1.shape} and {x2.shape}.'
+      )
     t1v, scalar1 = _check_times('t1', t1)
     t2v, scalar2 = _check_times('t2', t2)
     out = self._jitted_grid(x1, x2, t1v, t2v, temperature)
@@ -137,8 +141,7 @@ class NDKLayer(tuple):
     """Neural Tangents' input `Kernel` of (x1, x2) under this network's requirements, with x1_is_x2 = False."""
     req = getattr(self.kernel_fn, 'input_req', {})
     k = _input_layer(dict(req))[2](x1, x2, get=None)
-    return jax.tree.map(lambda kk: kk.replace(x1_is_x2=jnp.array(False)), k,
-                        is_leaf=lambda z: isinstance(z, Kernel))
+    return jax.tree.map(lambda kk: kk.replace(x1_is_x2=jnp.array(False)), k, is_leaf=lambda z: isinstance(z, Kernel))
 
   def _grid(self, x1, x2, t1v, t2v, temperature):
     k0 = self._input_kernel(x1, x2)
@@ -165,9 +168,8 @@ def _take_first(tree, axis: int):
 
 
 def _fields(k):
-  is_kernel = lambda z: isinstance(z, Kernel)  # noqa: E731
-  return tuple(jax.tree.map(lambda kk: getattr(kk, f), k, is_leaf=is_kernel)
-               for f in ('nngp', 'ntk', 'cov1', 'cov2'))
+  is_kernel = lambda z: isinstance(z, Kernel)
+  return tuple(jax.tree.map(lambda kk: getattr(kk, f), k, is_leaf=is_kernel) for f in ('nngp', 'ntk', 'cov1', 'cov2'))
 
 
 def _kernel_size(k) -> int:
@@ -177,7 +179,7 @@ def _kernel_size(k) -> int:
 
 def _drop(shape, axis):
   axis = axis % len(shape)
-  return shape[:axis] + shape[axis + 1:]
+  return shape[:axis] + shape[axis + 1 :]
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,7 +187,7 @@ def _input_layer_cached(req_items):
   req = dict(req_items)
 
   @nt_stax.layer
-  def InputKernel():  # noqa: N802 (a stax layer)
+  def InputKernel():
     init_fn, apply_fn, _ = nt_stax.Identity()
 
     @nt_stax.requires(**req)
@@ -234,6 +236,7 @@ _PARAMETRIC_NT_LAYERS = ('Dense', 'Conv', 'ConvTranspose', 'ConvLocal', 'GlobalS
 def _free_rule(nt_kernel_fn: Callable) -> Rule:
   def rule(k, t1, t2, temperature):
     return nt_kernel_fn(k)
+
   return rule
 
 
@@ -246,9 +249,11 @@ def _foreign_rule(triple: Sequence[Callable], name: str) -> Rule:
     shape = shapes[0] if isinstance(k, Kernel) else shapes
     params = jax.eval_shape(lambda: init_fn(jax.random.PRNGKey(0), shape)[1])
     if jax.tree.leaves(params):
-      raise TypeError(f'The Neural Tangents layer {name!r} has trainable parameters, so it needs the '
-                      f'two-time rule of Langevin learning: build it from `ndk_flax.stax` '
-                      f'(e.g. `ndk_flax.stax.{name}`) instead of `neural_tangents.stax`.')
+      raise TypeError(
+        f'The Neural Tangents layer {name!r} has trainable parameters, so it needs the '
+        f'two-time rule of Langevin learning: build it from `ndk_flax.stax` '
+        f'(e.g. `ndk_flax.stax.{name}`) instead of `neural_tangents.stax`.'
+      )
     return kernel_fn(k)
 
   return rule
@@ -262,28 +267,65 @@ def as_ndk_layer(layer_: Sequence[Callable]) -> NDKLayer:
     raise TypeError(f'Expected a stax layer `(init_fn, apply_fn, kernel_fn)`, got {type(layer_).__name__}.')
   name = getattr(layer_[2], '__name__', type(layer_).__name__)
   if name in _PARAMETRIC_NT_LAYERS:
-    raise TypeError(f'`neural_tangents.stax.{name}` has trainable parameters and no two-time rule; use '
-                    f'`ndk_flax.stax.{name}` (same signature, plus `W_prior_std`/`b_prior_std`).')
-  return NDKLayer(layer_, _foreign_rule(layer_, name),
-                  LayerSpec('free', {'name': name, 'layer': tuple(layer_[:3])}), ())
+    raise TypeError(
+      f'`neural_tangents.stax.{name}` has trainable parameters and no two-time rule; use '
+      f'`ndk_flax.stax.{name}` (same signature, plus `W_prior_std`/`b_prior_std`).'
+    )
+  return NDKLayer(
+    layer_, _foreign_rule(layer_, name), LayerSpec('free', {'name': name, 'layer': tuple(layer_[:3])}), ()
+  )
 
 
 def _wrap_free(nt_layer_fn: Callable) -> Callable[..., NDKLayer]:
   @functools.wraps(nt_layer_fn)
   def new_layer(*args, **kwargs) -> NDKLayer:
     triple = nt_layer_fn(*args, **kwargs)
-    spec = LayerSpec('free', {'name': nt_layer_fn.__name__, 'layer': tuple(triple[:3]),
-                              'args': args, 'kwargs': kwargs})
+    spec = LayerSpec('free', {'name': nt_layer_fn.__name__, 'layer': tuple(triple[:3]), 'args': args, 'kwargs': kwargs})
     return NDKLayer(triple, _free_rule(triple[2]), spec, ())
+
   return new_layer
 
 
 _FREE_LAYERS = (
-    'ABRelu', 'Abs', 'Aggregate', 'AvgPool', 'Cos', 'DotGeneral', 'Dropout', 'Elementwise',
-    'ElementwiseNumerical', 'Erf', 'Exp', 'ExpNormalized', 'FanInConcat', 'FanInProd', 'FanInSum', 'FanOut',
-    'Flatten', 'Gabor', 'Gaussian', 'Gelu', 'GlobalAvgPool', 'GlobalSumPool', 'Hermite', 'Identity',
-    'ImageResize', 'Index', 'LayerNorm', 'LeakyRelu', 'Monomial', 'Polynomial', 'Rbf', 'RectifiedMonomial',
-    'Relu', 'Sigmoid_like', 'Sign', 'Sin', 'Slice', 'SumPool')
+  'ABRelu',
+  'Abs',
+  'Aggregate',
+  'AvgPool',
+  'Cos',
+  'DotGeneral',
+  'Dropout',
+  'Elementwise',
+  'ElementwiseNumerical',
+  'Erf',
+  'Exp',
+  'ExpNormalized',
+  'FanInConcat',
+  'FanInProd',
+  'FanInSum',
+  'FanOut',
+  'Flatten',
+  'Gabor',
+  'Gaussian',
+  'Gelu',
+  'GlobalAvgPool',
+  'GlobalSumPool',
+  'Hermite',
+  'Identity',
+  'ImageResize',
+  'Index',
+  'LayerNorm',
+  'LeakyRelu',
+  'Monomial',
+  'Polynomial',
+  'Rbf',
+  'RectifiedMonomial',
+  'Relu',
+  'Sigmoid_like',
+  'Sign',
+  'Sin',
+  'Slice',
+  'SumPool',
+)
 
 for _name in _FREE_LAYERS:
   globals()[_name] = _wrap_free(getattr(nt_stax, _name))
@@ -294,62 +336,122 @@ del _name
 # Parametric layers: the shared two-time rule of `_two_time.parametric_rule`.
 
 
-def _parametric(kind: str, nt_layer_fn: Callable, args: tuple, kwargs: dict, *, W_std, b_std, W_prior_std,
-                b_prior_std, parameterization: str, shared_bias: bool) -> NDKLayer:
+def _parametric(
+  kind: str,
+  nt_layer_fn: Callable,
+  args: tuple,
+  kwargs: dict,
+  *,
+  W_std,
+  b_std,
+  W_prior_std,
+  b_prior_std,
+  parameterization: str,
+  shared_bias: bool,
+) -> NDKLayer:
   if parameterization != 'ntk':
-    raise ValueError(f'`parameterization` must be "ntk" (the raw parameterisation of Langevin learning, '
-                     f'h = W a/√fan_in + b), got {parameterization!r}.')
+    raise ValueError(
+      f'`parameterization` must be "ntk" (the raw parameterisation of Langevin learning, '
+      f'h = W a/√fan_in + b), got {parameterization!r}.'
+    )
   weight = _two_time.make_group('W', W_std, W_prior_std)
   if b_std is None:
     if b_prior_std is not None:
-      raise ValueError('`b_prior_std` is given but `b_std` is None (the layer has no bias); '
-                       'pass `b_std` to add a bias.')
+      raise ValueError(
+        '`b_prior_std` is given but `b_std` is None (the layer has no bias); pass `b_std` to add a bias.'
+      )
     bias = None
   else:
     bias = _two_time.make_group('b', b_std, b_prior_std)
   triple = nt_layer_fn(*args, W_std=W_std, b_std=b_std, parameterization='ntk', **kwargs)
-  unit_kernel_fn = nt_layer_fn(*args, W_std=1., b_std=None, parameterization='ntk', **kwargs)[2]
+  unit_kernel_fn = nt_layer_fn(*args, W_std=1.0, b_std=None, parameterization='ntk', **kwargs)[2]
   bias_pattern_fn = None
   if bias is not None and not shared_bias:
-    bias_pattern_fn = nt_layer_fn(*args, W_std=0., b_std=1., parameterization='ntk', **kwargs)[2]
+    bias_pattern_fn = nt_layer_fn(*args, W_std=0.0, b_std=1.0, parameterization='ntk', **kwargs)[2]
   rule = _two_time.parametric_rule(unit_kernel_fn, weight, bias, bias_pattern_fn)
-  spec = LayerSpec(kind, dict(args=args, **kwargs, W_std=weight.init_std, b_std=b_std,
-                              W_prior_std=weight.prior_std, b_prior_std=None if bias is None else bias.prior_std))
+  spec = LayerSpec(
+    kind,
+    dict(
+      args=args,
+      **kwargs,
+      W_std=weight.init_std,
+      b_std=b_std,
+      W_prior_std=weight.prior_std,
+      b_prior_std=None if bias is None else bias.prior_std,
+    ),
+  )
   groups = (weight,) if bias is None else (weight, bias)
   return NDKLayer(triple, rule, spec, groups)
 
 
-def Dense(out_dim: int, W_std: float = 1., b_std: Optional[float] = None, batch_axis: int = 0,
-          channel_axis: int = -1, parameterization: str = 'ntk', s: tuple[int, int] = (1, 1), *,
-          W_prior_std: Optional[float] = None, b_prior_std: Optional[float] = None) -> NDKLayer:
+def Dense(
+  out_dim: int,
+  W_std: float = 1.0,
+  b_std: Optional[float] = None,
+  batch_axis: int = 0,
+  channel_axis: int = -1,
+  parameterization: str = 'ntk',
+  s: tuple[int, int] = (1, 1),
+  *,
+  W_prior_std: Optional[float] = None,
+  b_prior_std: Optional[float] = None,
+) -> NDKLayer:
   """Dense layer h = W a/√N + b (raw parameterisation), W ~ N(0, W_std²), prior N(0, W_prior_std²).
 
   Same signature as `neural_tangents.stax.Dense` plus the prior stds (default: the initialisation stds).
   """
-  out = _parametric('Dense', nt_stax.Dense, (out_dim,), dict(batch_axis=batch_axis, channel_axis=channel_axis, s=s),
-                    W_std=W_std, b_std=b_std, W_prior_std=W_prior_std, b_prior_std=b_prior_std,
-                    parameterization=parameterization, shared_bias=True)
+  out = _parametric(
+    'Dense',
+    nt_stax.Dense,
+    (out_dim,),
+    dict(batch_axis=batch_axis, channel_axis=channel_axis, s=s),
+    W_std=W_std,
+    b_std=b_std,
+    W_prior_std=W_prior_std,
+    b_prior_std=b_prior_std,
+    parameterization=parameterization,
+    shared_bias=True,
+  )
   out.spec.params['out_dim'] = out_dim
   return out
 
 
 def _conv_factory(kind: str, nt_layer_fn: Callable, shared_bias: bool):
 
-  def conv(out_chan: int, filter_shape: Sequence[int], strides: Optional[Sequence[int]] = None,
-           padding: str = 'VALID', W_std: float = 1., b_std: Optional[float] = None,
-           dimension_numbers: Optional[tuple[str, str, str]] = None, parameterization: str = 'ntk',
-           s: tuple[int, int] = (1, 1), *, W_prior_std: Optional[float] = None,
-           b_prior_std: Optional[float] = None) -> NDKLayer:
-    out = _parametric(kind, nt_layer_fn, (out_chan, filter_shape),
-                      dict(strides=strides, padding=padding, dimension_numbers=dimension_numbers, s=s),
-                      W_std=W_std, b_std=b_std, W_prior_std=W_prior_std, b_prior_std=b_prior_std,
-                      parameterization=parameterization, shared_bias=shared_bias)
+  def conv(
+    out_chan: int,
+    filter_shape: Sequence[int],
+    strides: Optional[Sequence[int]] = None,
+    padding: str = 'VALID',
+    W_std: float = 1.0,
+    b_std: Optional[float] = None,
+    dimension_numbers: Optional[tuple[str, str, str]] = None,
+    parameterization: str = 'ntk',
+    s: tuple[int, int] = (1, 1),
+    *,
+    W_prior_std: Optional[float] = None,
+    b_prior_std: Optional[float] = None,
+  ) -> NDKLayer:
+    out = _parametric(
+      kind,
+      nt_layer_fn,
+      (out_chan, filter_shape),
+      dict(strides=strides, padding=padding, dimension_numbers=dimension_numbers, s=s),
+      W_std=W_std,
+      b_std=b_std,
+      W_prior_std=W_prior_std,
+      b_prior_std=b_prior_std,
+      parameterization=parameterization,
+      shared_bias=shared_bias,
+    )
     out.spec.params.update(out_chan=out_chan, filter_shape=tuple(filter_shape))
     return out
 
   conv.__name__ = conv.__qualname__ = kind
-  conv.__doc__ = (f'{kind} layer in the raw parameterisation (fan-in = in_channels × filter size), with the '
-                  f'signature of `neural_tangents.stax.{kind}` plus `W_prior_std`, `b_prior_std`.')
+  conv.__doc__ = (
+    f'{kind} layer in the raw parameterisation (fan-in = in_channels × filter size), with the '
+    f'signature of `neural_tangents.stax.{kind}` plus `W_prior_std`, `b_prior_std`.'
+  )
   return conv
 
 
@@ -359,17 +461,17 @@ ConvLocal = _conv_factory('ConvLocal', nt_stax.ConvLocal, shared_bias=False)
 
 
 @functools.wraps(nt_stax.GlobalSelfAttention)
-def GlobalSelfAttention(*args, **kwargs) -> NDKLayer:  # noqa: N802
+def GlobalSelfAttention(*args, **kwargs) -> NDKLayer:
   triple = nt_stax.GlobalSelfAttention(*args, **kwargs)
 
   def rule(k, t1, t2, temperature):
     raise NotImplementedError(
-        'ndk_flax.stax.GlobalSelfAttention has no two-time (NDK) rule yet: its query/key weights enter the '
-        'output non-linearly, so the shared parametric rule of THEORY.md §3 does not apply. Its '
-        '`init_fn`, `apply_fn` and `kernel_fn` (T = 0 NTK/NNGP) work as in Neural Tangents.')
+      'ndk_flax.stax.GlobalSelfAttention has no two-time (NDK) rule yet: its query/key weights enter the '
+      'output non-linearly, so the shared parametric rule of THEORY.md §3 does not apply. Its '
+      '`init_fn`, `apply_fn` and `kernel_fn` (T = 0 NTK/NNGP) work as in Neural Tangents.'
+    )
 
-  return NDKLayer(triple, rule, LayerSpec('free', {'name': 'GlobalSelfAttention', 'layer': tuple(triple[:3])}),
-                  ())
+  return NDKLayer(triple, rule, LayerSpec('free', {'name': 'GlobalSelfAttention', 'layer': tuple(triple[:3])}), ())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -387,8 +489,9 @@ def serial(*layers: Sequence[Callable]) -> NDKLayer:
       k = r(k, t1, t2, temperature)
     return k
 
-  return NDKLayer(triple, rule, LayerSpec('serial', {}, tuple(l.spec for l in layers)),
-                  sum((l.groups for l in layers), ()))
+  return NDKLayer(
+    triple, rule, LayerSpec('serial', {}, tuple(l.spec for l in layers)), sum((l.groups for l in layers), ())
+  )
 
 
 def parallel(*layers: Sequence[Callable]) -> NDKLayer:
@@ -402,19 +505,43 @@ def parallel(*layers: Sequence[Callable]) -> NDKLayer:
       raise ValueError(f'parallel of {len(rules)} layers got {len(ks)} inputs.')
     return [r(k, t1, t2, temperature) for r, k in zip(rules, ks)]
 
-  return NDKLayer(triple, rule, LayerSpec('parallel', {}, tuple(l.spec for l in layers)),
-                  sum((l.groups for l in layers), ()))
+  return NDKLayer(
+    triple, rule, LayerSpec('parallel', {}, tuple(l.spec for l in layers)), sum((l.groups for l in layers), ())
+  )
 
 
-def repeat(layer: Sequence[Callable], n: int) -> NDKLayer:  # noqa: F811 (NT's argument name)
+def repeat(layer: Sequence[Callable], n: int) -> NDKLayer:
   """`layer` composed `n` times with independent weights (as `neural_tangents.stax.repeat`)."""
   if not isinstance(n, (int, np.integer)) or n < 1:
     raise ValueError(f'`n` must be a positive integer, got {n!r}.')
   return serial(*([as_ndk_layer(layer)] * int(n)))
 
 
-__all__ = sorted([
-    'NDKLayer', 'TwoTimeKernel', 'LayerSpec', 'as_ndk_layer', 'Dense', 'Conv', 'ConvTranspose', 'ConvLocal',
-    'GlobalSelfAttention', 'serial', 'parallel', 'repeat', *_FREE_LAYERS,
-    'AggregateImplementation', 'AttentionMechanism', 'Bool', 'Diagonal', 'MaskedArray', 'Padding',
-    'PositionalEmbedding', 'layer', 'requires', 'supports_masking', 'unmask_fn'])
+__all__ = sorted(
+  [
+    'NDKLayer',
+    'TwoTimeKernel',
+    'LayerSpec',
+    'as_ndk_layer',
+    'Dense',
+    'Conv',
+    'ConvTranspose',
+    'ConvLocal',
+    'GlobalSelfAttention',
+    'serial',
+    'parallel',
+    'repeat',
+    *_FREE_LAYERS,
+    'AggregateImplementation',
+    'AttentionMechanism',
+    'Bool',
+    'Diagonal',
+    'MaskedArray',
+    'Padding',
+    'PositionalEmbedding',
+    'layer',
+    'requires',
+    'supports_masking',
+    'unmask_fn',
+  ]
+)

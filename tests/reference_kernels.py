@@ -4,6 +4,7 @@ Written from the formulas, not from ndk_flax or Neural Tangents: OU weight stati
 Σ̃ = x·x'/N, and Gaussian expectations E[φ(u)φ(v)], E[φ'(u)φ'(v)] either in closed form (ReLU, ABReLU, erf) or
 by 2-D Gauss–Hermite quadrature (any smooth φ).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,7 @@ def ou_c(t, s, init_var, prior_var, lam):
 
 
 def ou_r(t, s, lam):
-  return np.exp(-lam * (t - s)) if t >= s else 0.
+  return np.exp(-lam * (t - s)) if t >= s else 0.0
 
 
 def _relu_pair(q1, q2, c):
@@ -59,7 +60,7 @@ def quadrature_expectations(phi, dphi):
     z1 = _Z[:, None]
     z2 = _Z[None, :]
     u = np.sqrt(q1)[..., None, None] * z1
-    v = np.sqrt(q2)[..., None, None] * (rho[..., None, None] * z1 + np.sqrt(1 - rho[..., None, None]**2) * z2)
+    v = np.sqrt(q2)[..., None, None] * (rho[..., None, None] * z1 + np.sqrt(1 - rho[..., None, None] ** 2) * z2)
     w = _W[:, None] * _W[None, :]
     return (phi(u) * phi(v) * w).sum((-1, -2)), (dphi(u) * dphi(v) * w).sum((-1, -2))
 
@@ -71,7 +72,7 @@ def gelu(x):
 
 
 def dgelu(x):
-  return 0.5 * (1 + special.erf(x / np.sqrt(2))) + x * np.exp(-x**2 / 2) / np.sqrt(2 * np.pi)
+  return 0.5 * (1 + special.erf(x / np.sqrt(2))) + x * np.exp(-(x**2) / 2) / np.sqrt(2 * np.pi)
 
 
 def mlp_two_time(x1, x2, t1, t2, temperature, layers, expectations):
@@ -85,6 +86,7 @@ def mlp_two_time(x1, x2, t1, t2, temperature, layers, expectations):
   s22 = np.sum(x2 * x2, 1) / n
   s12 = x1 @ x2.T / n
   resp = np.zeros_like(s12)
+  cov1 = cov2 = nngp = None  # the previous layer's output covariances, set at i = 0
   for i, (w0, w, b0, b) in enumerate(layers):
     if i > 0:
       q1 = np.broadcast_to(cov1[:, None], nngp.shape)
@@ -94,7 +96,7 @@ def mlp_two_time(x1, x2, t1, t2, temperature, layers, expectations):
       s22, _ = expectations(cov2, cov2, cov2)
       resp = resp * dd
     lw = temperature / w**2
-    cw = lambda a, c: ou_c(a, c, w0**2, w**2, lw)  # noqa: E731
+    cw = lambda a, c: ou_c(a, c, w0**2, w**2, lw)
     cov1 = cw(t1, t1) * s11
     cov2 = cw(t2, t2) * s22
     nngp = cw(t1, t2) * s12

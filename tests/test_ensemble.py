@@ -1,4 +1,5 @@
 """Tests of ndk_flax.ensemble (mechanics: members, records, sharding, errors) and end-to-end checks vs the theory."""
+
 import os
 import subprocess
 import sys
@@ -19,55 +20,56 @@ SMALL = stax.serial(stax.Dense(8, W_std=1.2, b_std=0.1), stax.Erf(), stax.Dense(
 KW = dict(temperature=0.1, learning_rate=0.05, record_times=[0.0, 0.5, 1.0], width=16, progress=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def small_record():
-    return train_ensemble(SMALL, X, Y, n_members=3, x_test=X_TEST, record_hidden=True, seed=7, **KW)
+  return train_ensemble(SMALL, X, Y, n_members=3, x_test=X_TEST, record_hidden=True, seed=7, **KW)
 
 
 def test_record_shapes_and_times(small_record):
-    rec = small_record
-    np.testing.assert_allclose(rec.times, [0.0, 0.5, 1.0])
-    assert rec.train.shape == (3, 3, 5, 1) and rec.test.shape == (3, 3, 3, 1)
-    assert len(rec.hidden) == 1 and rec.hidden[0].shape == (3, 3, 8, 16)
-    # Members differ (independent initialisations) and move (training happens).
-    assert not np.allclose(rec.train[0], rec.train[1])
-    assert not np.allclose(rec.train[:, 0], rec.train[:, -1])
+  rec = small_record
+  np.testing.assert_allclose(rec.times, [0.0, 0.5, 1.0])
+  assert rec.train.shape == (3, 3, 5, 1) and rec.test.shape == (3, 3, 3, 1)
+  assert len(rec.hidden) == 1 and rec.hidden[0].shape == (3, 3, 8, 16)
+  # Members differ (independent initialisations) and move (training happens).
+  assert not np.allclose(rec.train[0], rec.train[1])
+  assert not np.allclose(rec.train[:, 0], rec.train[:, -1])
 
 
 def test_members_depend_only_on_seed_and_index(small_record):
-    """Member m is the same whatever the ensemble size and the recorded extras (keys fold_in(seed, m))."""
-    two = train_ensemble(SMALL, X, Y, n_members=2, seed=7, **KW)
-    assert two.test is None and two.hidden is None
-    np.testing.assert_allclose(two.train, small_record.train[:2], rtol=1e-12, atol=1e-14)
+  """Member m is the same whatever the ensemble size and the recorded extras (keys fold_in(seed, m))."""
+  two = train_ensemble(SMALL, X, Y, n_members=2, seed=7, **KW)
+  assert two.test is None and two.hidden is None
+  np.testing.assert_allclose(two.train, small_record.train[:2], rtol=1e-12, atol=1e-14)
 
 
 def test_zero_temperature_single_member_is_plain_gradient_descent():
-    """T = 0: each member follows θ ← θ − η∇E; a hand-written loop with optax.sgd on the same init agrees."""
-    import optax
-    from flax import nnx
+  """T = 0: each member follows θ ← θ − η∇E; a hand-written loop with optax.sgd on the same init agrees."""
+  import optax
+  from flax import nnx
 
-    from ndk_flax import nn
+  from ndk_flax import nn
 
-    lr, n_steps = 0.05, 20
-    rec = train_ensemble(SMALL, X, Y, n_members=1, temperature=0.0, learning_rate=lr, record_times=[n_steps * lr],
-                         width=16, progress=False)
-    init_key, _ = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), 0))
-    model = nn.from_stax(SMALL, 16, input_shape=X.shape, rngs=nnx.Rngs(init_key))
-    graphdef, params = nnx.split(model, nnx.Param)
-    loss = lambda p: 0.5 * jnp.sum((nnx.merge(graphdef, p)(X) - Y) ** 2)  # noqa: E731
-    sgd = optax.sgd(lr)
-    state = sgd.init(params)
-    for _ in range(n_steps):
-        updates, state = sgd.update(jax.grad(loss)(params), state)
-        params = optax.apply_updates(params, updates)
-    np.testing.assert_allclose(rec.train[0, -1], nnx.merge(graphdef, params)(X), rtol=1e-10)
+  lr, n_steps = 0.05, 20
+  rec = train_ensemble(
+    SMALL, X, Y, n_members=1, temperature=0.0, learning_rate=lr, record_times=[n_steps * lr], width=16, progress=False
+  )
+  init_key, _ = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), 0))
+  model = nn.from_stax(SMALL, 16, input_shape=X.shape, rngs=nnx.Rngs(init_key))
+  graphdef, params = nnx.split(model, nnx.Param)
+  loss = lambda p: 0.5 * jnp.sum((nnx.merge(graphdef, p)(X) - Y) ** 2)
+  sgd = optax.sgd(lr)
+  state = sgd.init(params)
+  for _ in range(n_steps):
+    updates, state = sgd.update(jax.grad(loss)(params), state)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(rec.train[0, -1], nnx.merge(graphdef, params)(X), rtol=1e-10)
 
 
 @pytest.mark.slow
 def test_sharded_and_unsharded_runs_agree(tmp_path):
-    """Same seed on 4 (forced host) devices with M = 6 (padded to 8) and on 1 device: the same numbers."""
-    out = tmp_path / "sharded.npy"
-    script = textwrap.dedent(f"""
+  """Same seed on 4 (forced host) devices with M = 6 (padded to 8) and on 1 device: the same numbers."""
+  out = tmp_path / 'sharded.npy'
+  script = textwrap.dedent(f"""
         import jax, numpy as np
         jax.config.update("jax_enable_x64", True)
         assert jax.device_count() == 4, jax.devices()
@@ -82,50 +84,54 @@ def test_sharded_and_unsharded_runs_agree(tmp_path):
                              record_times=[0.0, 0.5, 1.0], width=16, progress=False)
         np.save({str(out)!r}, rec.train)
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert jax.device_count() == 1
-    unsharded = train_ensemble(SMALL, X, Y, n_members=6, **KW).train
-    np.testing.assert_allclose(np.load(out), unsharded, rtol=1e-12, atol=1e-13)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert jax.device_count() == 1
+  unsharded = train_ensemble(SMALL, X, Y, n_members=6, **KW).train
+  np.testing.assert_allclose(np.load(out), unsharded, rtol=1e-12, atol=1e-13)
 
 
 def test_divergence_is_detected_with_the_step():
-    relu = stax.serial(stax.Dense(8, W_std=1.5), stax.Relu(), stax.Dense(1))
-    with pytest.raises(FloatingPointError, match=r"after step \d+ .*smaller learning_rate"):
-        train_ensemble(relu, X, Y, n_members=2, temperature=0.05, learning_rate=3.0, record_times=[300.0],
-                       width=64, progress=False)
+  relu = stax.serial(stax.Dense(8, W_std=1.5), stax.Relu(), stax.Dense(1))
+  with pytest.raises(FloatingPointError, match=r'after step \d+ .*smaller learning_rate'):
+    train_ensemble(
+      relu, X, Y, n_members=2, temperature=0.05, learning_rate=3.0, record_times=[300.0], width=64, progress=False
+    )
 
 
 def test_record_steps():
-    np.testing.assert_array_equal(record_steps([0.0, 0.3, 1.0], 0.1), [0, 3, 10])
-    with pytest.raises(ValueError, match="multiples"):
-        record_steps([0.0, 0.25], 0.1)
-    with pytest.raises(ValueError, match="increasing"):
-        record_steps([1.0, 0.5], 0.1)
-    with pytest.raises(ValueError, match=">= 0"):
-        record_steps([-0.1], 0.1)
+  np.testing.assert_array_equal(record_steps([0.0, 0.3, 1.0], 0.1), [0, 3, 10])
+  with pytest.raises(ValueError, match='multiples'):
+    record_steps([0.0, 0.25], 0.1)
+  with pytest.raises(ValueError, match='increasing'):
+    record_steps([1.0, 0.5], 0.1)
+  with pytest.raises(ValueError, match='>= 0'):
+    record_steps([-0.1], 0.1)
 
 
-@pytest.mark.parametrize("kwargs, err, match", [
-    (dict(n_members=0), ValueError, "n_members"),
-    (dict(temperature=-1.0), ValueError, "temperature"),
-    (dict(temperature=100.0), ValueError, "unstable"),
-    (dict(learning_rate=0.0), ValueError, "learning_rate"),
-    (dict(learning_rate=lambda k: 0.1), TypeError, "learning_rate"),
-    (dict(y=jnp.ones((4, 1))), ValueError, "rows"),
-    (dict(y=jnp.ones((5, 2))), ValueError, "output shape"),
-    (dict(y=jnp.ones(5)), ValueError, "y_train"),
-    (dict(x_test=jnp.ones((2, 4))), ValueError, "x_test"),
-    (dict(record_times=[0.0, 0.33]), ValueError, "multiples"),
-    (dict(x=X.at[0, 0].set(jnp.nan)), ValueError, "x_train"),
-])
+@pytest.mark.parametrize(
+  'kwargs, err, match',
+  [
+    (dict(n_members=0), ValueError, 'n_members'),
+    (dict(temperature=-1.0), ValueError, 'temperature'),
+    (dict(temperature=100.0), ValueError, 'unstable'),
+    (dict(learning_rate=0.0), ValueError, 'learning_rate'),
+    (dict(learning_rate=lambda k: 0.1), TypeError, 'learning_rate'),
+    (dict(y=jnp.ones((4, 1))), ValueError, 'rows'),
+    (dict(y=jnp.ones((5, 2))), ValueError, 'output shape'),
+    (dict(y=jnp.ones(5)), ValueError, 'y_train'),
+    (dict(x_test=jnp.ones((2, 4))), ValueError, 'x_test'),
+    (dict(record_times=[0.0, 0.33]), ValueError, 'multiples'),
+    (dict(x=X.at[0, 0].set(jnp.nan)), ValueError, 'x_train'),
+  ],
+)
 def test_bad_input(kwargs, err, match):
-    args = dict(KW, n_members=2)
-    x, y = kwargs.pop("x", X), kwargs.pop("y", Y)
-    args.update(kwargs)
-    with pytest.raises(err, match=match):
-        train_ensemble(SMALL, x, y, **args)
+  args = dict(KW, n_members=2)
+  x, y = kwargs.pop('x', X), kwargs.pop('y', Y)
+  args.update(kwargs)
+  with pytest.raises(err, match=match):
+    train_ensemble(SMALL, x, y, **args)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,14 +147,14 @@ E2E_TEMPERATURE = 1.0
 
 
 def _hidden_block(nonlin, width, s0, s):
-    phi = {"erf": stax.Erf, "relu": stax.Relu}[nonlin]
-    # Bias stds σ_b = σ/2 keep the bias relaxation rate T/σ_b² slow enough for the step η (ηλ_b ≤ 0.1).
-    return stax.serial(stax.Dense(width, W_std=s0, b_std=0.5 * s0, W_prior_std=s, b_prior_std=0.5 * s), phi())
+  phi = {'erf': stax.Erf, 'relu': stax.Relu}[nonlin]
+  # Bias stds σ_b = σ/2 keep the bias relaxation rate T/σ_b² slow enough for the step η (ηλ_b ≤ 0.1).
+  return stax.serial(stax.Dense(width, W_std=s0, b_std=0.5 * s0, W_prior_std=s, b_prior_std=0.5 * s), phi())
 
 
 def _network(nonlin, depth, width, s0, s):
-    blocks = [_hidden_block(nonlin, width, s0, s) for _ in range(depth)]
-    return stax.serial(*blocks, stax.Dense(1, W_std=s0, W_prior_std=s))
+  blocks = [_hidden_block(nonlin, width, s0, s) for _ in range(depth)]
+  return stax.serial(*blocks, stax.Dense(1, W_std=s0, W_prior_std=s))
 
 
 # A 2^(3-1) fractional factorial design over (nonlinearity, depth, σ0 vs σ): every level of every factor appears
@@ -157,86 +163,116 @@ def _network(nonlin, depth, width, s0, s):
 # A fifth case repeats one with Rademacher noise (ξ = ±1, the weak Euler scheme of ndk_flax.optax): the theory is
 # the same continuous-time limit, so the same allowances apply.
 E2E_CASES = [
-    ("erf", 1, 512, 1.0, 1.0, 0.02, "gaussian"),
-    ("erf", 2, 64, 1.4, 1.0, 0.012, "gaussian"),
-    ("relu", 1, 512, 1.0, 1.4, 0.02, "gaussian"),
-    ("relu", 2, 64, 1.0, 1.0, 0.02, "gaussian"),
-    ("erf", 2, 64, 1.4, 1.0, 0.012, "rademacher"),
+  ('erf', 1, 512, 1.0, 1.0, 0.02, 'gaussian'),
+  ('erf', 2, 64, 1.4, 1.0, 0.012, 'gaussian'),
+  ('relu', 1, 512, 1.0, 1.4, 0.02, 'gaussian'),
+  ('relu', 2, 64, 1.0, 1.0, 0.02, 'gaussian'),
+  ('erf', 2, 64, 1.4, 1.0, 0.012, 'rademacher'),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nonlin, depth, width, s0, s, eta, noise", E2E_CASES,
-                         ids=[f"{c[0]}-{c[1]}hidden-s0_{c[3]}-s_{c[4]}-{c[6]}" for c in E2E_CASES])
+@pytest.mark.parametrize(
+  'nonlin, depth, width, s0, s, eta, noise',
+  E2E_CASES,
+  ids=[f'{c[0]}-{c[1]}hidden-s0_{c[3]}-s_{c[4]}-{c[6]}' for c in E2E_CASES],
+)
 def test_ensemble_matches_langevin_theory(nonlin, depth, width, s0, s, eta, noise):
-    """128 members, T = 1, times 0 … 100η reaching ≥ 1/λ_W (diffusive phase, λ_W = T/σ_W² of the weights).
+  """128 members, T = 1, times 0 … 100η reaching ≥ 1/λ_W (diffusive phase, λ_W = T/σ_W² of the weights).
 
-    Mean on train and test points and variance on train points vs ndk_flax.predict within 4 standard errors (under
-    the null hypothesis that members are i.i.d. draws from the predicted Gaussian) plus systematic allowances:
-    * discretisation: the chain takes steps η, the theory is continuous. In the gradient-driven phase each NTK mode
-      decays as (1 − ηλ_i)^k instead of e^{−λ_i ηk}: max_k,i of the difference × ‖Y‖ bounds the mean's deviation;
-      in the diffusive phase the relaxation clock of the weights is off by a relative ηλ_θ/2, shifting the mean by at
-      most ηλ_θ/2 · max|Y|. The stationary variance of a mode of rate λ is larger by 1/(1 − ηλ/2): relative
-      allowance η max(λ)/2 on the variance. Here η max(λ) ≤ 0.1 for all rates (NTK eigenvalues and T/σ²).
-    * finite width: corrections to ensemble averages are O(depth/width) relative; allowance 2·depth/width of the
-      output scale (max|Y| for the mean, the largest predicted variance for the variance).
-    * solver accuracy: the predictor's mean is within rtol·max|Y|, its covariance within 10·rtol of the largest entry.
-    The test is sharp: the same ensemble must fail the comparison with the T = 0 (NTK gradient-flow) theory (whose
-    training-point variance decays to zero while the Langevin one stays O(T)).
-    """
-    from ndk_flax.predict import langevin_mse_ensemble
-    from ndk_flax.validate import compare
+  Mean on train and test points and variance on train points vs ndk_flax.predict within 4 standard errors (under
+  the null hypothesis that members are i.i.d. draws from the predicted Gaussian) plus systematic allowances:
+  * discretisation: the chain takes steps η, the theory is continuous. In the gradient-driven phase each NTK mode
+    decays as (1 − ηλ_i)^k instead of e^{−λ_i ηk}: max_k,i of the difference × ‖Y‖ bounds the mean's deviation;
+    in the diffusive phase the relaxation clock of the weights is off by a relative ηλ_θ/2, shifting the mean by at
+    most ηλ_θ/2 · max|Y|. The stationary variance of a mode of rate λ is larger by 1/(1 − ηλ/2): relative
+    allowance η max(λ)/2 on the variance. Here η max(λ) ≤ 0.1 for all rates (NTK eigenvalues and T/σ²).
+  * finite width: corrections to ensemble averages are O(depth/width) relative; allowance 2·depth/width of the
+    output scale (max|Y| for the mean, the largest predicted variance for the variance).
+  * solver accuracy: the predictor's mean is within rtol·max|Y|, its covariance within 10·rtol of the largest entry.
+  The test is sharp: the same ensemble must fail the comparison with the T = 0 (NTK gradient-flow) theory (whose
+  training-point variance decays to zero while the Langevin one stays O(T)).
+  """
+  from ndk_flax.predict import langevin_mse_ensemble
+  from ndk_flax.validate import compare
 
-    net = _network(nonlin, depth, width, s0, s)
-    theta0 = net.ndk_fn(E2E_X, E2E_X, 0.0, 0.0, temperature=0.0).ndk
-    evals = np.linalg.eigvalsh(np.asarray(theta0))
-    weight_rates = np.asarray(net.relaxation_rates(E2E_TEMPERATURE))
-    assert eta * max(evals[-1], weight_rates.max()) <= 0.1
-    assert E2E_STEPS[-1] * eta >= E2E_TEMPERATURE ** -1 * s**2  # t_max ≥ 1/λ_W: into the diffusive phase
-    rec = train_ensemble(net, E2E_X, E2E_Y, temperature=E2E_TEMPERATURE, learning_rate=eta,
-                         record_times=E2E_STEPS * eta, n_members=128, width=width, x_test=E2E_X_TEST, seed=1,
-                         progress=False, dtype=jnp.float32, noise=noise)
-    rtol = 1e-2
-    predictor = langevin_mse_ensemble(net, E2E_X, E2E_Y, temperature=E2E_TEMPERATURE, rtol=rtol, growth=0.5)
-    k = np.arange(E2E_STEPS[-1] + 1)[:, None]
-    y_scale = float(np.max(np.abs(E2E_Y)))
-    width_rel = 2 * depth / width
-    mean_atol = (np.max(np.abs((1 - eta * evals) ** k - np.exp(-eta * evals * k))) * np.linalg.norm(E2E_Y)
-                 + (eta * weight_rates.max() / 2 + width_rel + rtol) * y_scale)
+  net = _network(nonlin, depth, width, s0, s)
+  theta0 = net.ndk_fn(E2E_X, E2E_X, 0.0, 0.0, temperature=0.0).ndk
+  evals = np.linalg.eigvalsh(np.asarray(theta0))
+  weight_rates = np.asarray(net.relaxation_rates(E2E_TEMPERATURE))
+  assert eta * max(evals[-1], weight_rates.max()) <= 0.1
+  assert E2E_STEPS[-1] * eta >= E2E_TEMPERATURE**-1 * s**2  # t_max ≥ 1/λ_W: into the diffusive phase
+  rec = train_ensemble(
+    net,
+    E2E_X,
+    E2E_Y,
+    temperature=E2E_TEMPERATURE,
+    learning_rate=eta,
+    record_times=E2E_STEPS * eta,
+    n_members=128,
+    width=width,
+    x_test=E2E_X_TEST,
+    seed=1,
+    progress=False,
+    dtype=jnp.float32,
+    noise=noise,
+  )
+  rtol = 1e-2
+  predictor = langevin_mse_ensemble(net, E2E_X, E2E_Y, temperature=E2E_TEMPERATURE, rtol=rtol, growth=0.5)
+  k = np.arange(E2E_STEPS[-1] + 1)[:, None]
+  y_scale = float(np.max(np.abs(E2E_Y)))
+  width_rel = 2 * depth / width
+  mean_atol = (
+    np.max(np.abs((1 - eta * evals) ** k - np.exp(-eta * evals * k))) * np.linalg.norm(E2E_Y)
+    + (eta * weight_rates.max() / 2 + width_rel + rtol) * y_scale
+  )
 
-    train = compare(rec, predictor)
-    var_atol = (eta * max(evals[-1], weight_rates.max()) / 2 + width_rel + 10 * rtol) * float(np.max(train.theory_var))
-    assert train.passed(4.0, mean_atol=mean_atol, var_atol=var_atol), (train.mean_z[..., 0], train.var_z[..., 0])
-    test = compare(rec, predictor, x_test=E2E_X_TEST, compute_var=False)
-    assert test.passed(4.0, mean_atol=mean_atol), test.mean_z[..., 0]
+  train = compare(rec, predictor)
+  var_atol = (eta * max(evals[-1], weight_rates.max()) / 2 + width_rel + 10 * rtol) * float(np.max(train.theory_var))
+  assert train.passed(4.0, mean_atol=mean_atol, var_atol=var_atol), (train.mean_z[..., 0], train.var_z[..., 0])
+  test = compare(rec, predictor, x_test=E2E_X_TEST, compute_var=False)
+  assert test.passed(4.0, mean_atol=mean_atol), test.mean_z[..., 0]
 
-    gradient_flow = langevin_mse_ensemble(net, E2E_X, E2E_Y, temperature=0.0)
-    assert not compare(rec, gradient_flow).passed(4.0, mean_atol=mean_atol, var_atol=var_atol)
+  gradient_flow = langevin_mse_ensemble(net, E2E_X, E2E_Y, temperature=0.0)
+  assert not compare(rec, gradient_flow).passed(4.0, mean_atol=mean_atol, var_atol=var_atol)
 
 
 @pytest.mark.slow
 def test_hidden_overlap_drifts_like_the_two_time_kernel():
-    """(1/N) Σ_i φ(h_i(x, t)) φ(h_i(x', s)) averaged over members vs C^1(t, s, x, x') of the first hidden block.
+  """(1/N) Σ_i φ(h_i(x, t)) φ(h_i(x', s)) averaged over members vs C^1(t, s, x, x') of the first hidden block.
 
-    With raw parameters the data moves each hidden pre-activation by O(1/√N) with a random sign per unit, so the
-    overlap keeps its free-network limit up to O(1/N) (THEORY.md §6): allowance 4/N of max C plus 4 standard errors.
-    Sharp: the overlap at (t, 0) must decorrelate, i.e. differ from C(0, 0) beyond that tolerance.
-    """
-    from ndk_flax.validate import two_time_overlap
+  With raw parameters the data moves each hidden pre-activation by O(1/√N) with a random sign per unit, so the
+  overlap keeps its free-network limit up to O(1/N) (THEORY.md §6): allowance 4/N of max C plus 4 standard errors.
+  Sharp: the overlap at (t, 0) must decorrelate, i.e. differ from C(0, 0) beyond that tolerance.
+  """
+  from ndk_flax.validate import two_time_overlap
 
-    width, s0, s, eta, temp = 512, 1.0, 0.7, 0.02, 0.5  # η T/σ_b² = 0.08: the discrete chain tracks the theory
-    net = _network("erf", 1, width, s0, s)
-    steps = np.array([0, 50, 200])
-    rec = train_ensemble(net, E2E_X, E2E_Y, temperature=temp, learning_rate=eta, record_times=steps * eta,
-                         n_members=32, width=width, x_test=E2E_X_TEST, seed=2, record_hidden=True, progress=False,
-                         dtype=jnp.float32)
-    emp = two_time_overlap(rec.hidden[0])
-    theory = np.asarray(_hidden_block("erf", width, s0, s).ndk_fn(_X_ALL, _X_ALL, rec.times, rec.times,
-                                                                   temperature=temp).nngp)
-    tol = 4 * emp.se + 4 / width * np.max(np.abs(theory))
-    assert np.all(np.abs(emp.mean - theory) <= tol), np.max(np.abs(emp.mean - theory) / tol)
-    drift = np.abs(theory[-1, 0] - theory[0, 0])
-    assert np.max(drift - tol[-1, 0]) > 0
+  width, s0, s, eta, temp = 512, 1.0, 0.7, 0.02, 0.5  # η T/σ_b² = 0.08: the discrete chain tracks the theory
+  net = _network('erf', 1, width, s0, s)
+  steps = np.array([0, 50, 200])
+  rec = train_ensemble(
+    net,
+    E2E_X,
+    E2E_Y,
+    temperature=temp,
+    learning_rate=eta,
+    record_times=steps * eta,
+    n_members=32,
+    width=width,
+    x_test=E2E_X_TEST,
+    seed=2,
+    record_hidden=True,
+    progress=False,
+    dtype=jnp.float32,
+  )
+  emp = two_time_overlap(rec.hidden[0])
+  theory = np.asarray(
+    _hidden_block('erf', width, s0, s).ndk_fn(_X_ALL, _X_ALL, rec.times, rec.times, temperature=temp).nngp
+  )
+  tol = 4 * emp.se + 4 / width * np.max(np.abs(theory))
+  assert np.all(np.abs(emp.mean - theory) <= tol), np.max(np.abs(emp.mean - theory) / tol)
+  drift = np.abs(theory[-1, 0] - theory[0, 0])
+  assert np.max(drift - tol[-1, 0]) > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,63 +280,77 @@ def test_hidden_overlap_drifts_like_the_two_time_kernel():
 
 
 def test_empirical_ndk_contraction_is_the_response_weighted_gradient_product():
-    """Two members with the same parameters at two times t0 < t1: R̂(t1, t0) = J(x) diag(e^{−λ_θ(t1 − t0)}) J(x')ᵀ with
-    J the flattened Jacobian (jax.flatten_util) and λ_θ = T/σ_θ² per parameter (weights and biases have different
-    σ here), R̂(t0, t1) = 0, R̂(t, t) = J Jᵀ; the member spread is zero."""
-    from flax import nnx
-    from jax.flatten_util import ravel_pytree
+  """Two members with the same parameters at two times t0 < t1: R̂(t1, t0) = J(x) diag(e^{−λ_θ(t1 − t0)}) J(x')ᵀ with
+  J the flattened Jacobian (jax.flatten_util) and λ_θ = T/σ_θ² per parameter (weights and biases have different
+  σ here), R̂(t0, t1) = 0, R̂(t, t) = J Jᵀ; the member spread is zero."""
+  from flax import nnx
+  from jax.flatten_util import ravel_pytree
 
-    from ndk_flax import nn
-    from ndk_flax.ensemble import EnsembleRecord
-    from ndk_flax.validate import empirical_ndk
+  from ndk_flax import nn
+  from ndk_flax.ensemble import EnsembleRecord
+  from ndk_flax.validate import empirical_ndk
 
-    net = _network("erf", 1, 16, 1.3, 0.9)
-    model = nn.from_stax(net, input_shape=E2E_X.shape, rngs=nnx.Rngs(4))
-    graphdef, params = nnx.split(model, nnx.Param)
-    params = nnx.as_pure(params)
-    times, temp = np.array([0.3, 1.1]), 0.7
-    stacked = jax.tree.map(lambda p: np.broadcast_to(np.asarray(p), (2, 2) + p.shape), params)
-    record = EnsembleRecord(times, None, None, None, params=stacked)
-    est = empirical_ndk(record, model, E2E_X, E2E_X_TEST, temperature=temp)
+  net = _network('erf', 1, 16, 1.3, 0.9)
+  model = nn.from_stax(net, input_shape=E2E_X.shape, rngs=nnx.Rngs(4))
+  graphdef, params = nnx.split(model, nnx.Param)
+  params = nnx.as_pure(params)
+  times, temp = np.array([0.3, 1.1]), 0.7
+  stacked = jax.tree.map(lambda p: np.broadcast_to(np.asarray(p), (2, 2) + p.shape), params)
+  record = EnsembleRecord(times, None, None, None, params=stacked)
+  est = empirical_ndk(record, model, E2E_X, E2E_X_TEST, temperature=temp)
 
-    flat, unravel = ravel_pytree(params)
-    rates = ravel_pytree(jax.tree.map(lambda p, s: jnp.full(p.shape, temp / s**2), params,
-                                      nn.prior_std_tree(model)))[0]
-    jac = lambda x: jax.jacrev(lambda v: nnx.merge(graphdef, unravel(v))(x)[:, 0])(flat)  # noqa: E731
-    j1, j2 = jac(E2E_X), jac(E2E_X_TEST)
-    np.testing.assert_allclose(est.mean[1, 0], (j1 * jnp.exp(-rates * (times[1] - times[0]))) @ j2.T, rtol=1e-10)
-    np.testing.assert_allclose(est.mean[0, 0], j1 @ j2.T, rtol=1e-10)
-    np.testing.assert_array_equal(est.mean[0, 1], 0.0)
-    np.testing.assert_allclose(est.se, 0.0, atol=1e-12)
-    with pytest.raises(ValueError, match="record_params"):
-        empirical_ndk(record._replace(params=None), model, E2E_X, temperature=temp)
-    with pytest.raises(ValueError, match="structure"):
-        empirical_ndk(record, nn.from_stax(_network("erf", 2, 16, 1.3, 0.9), input_shape=E2E_X.shape,
-                                           rngs=nnx.Rngs(0)), E2E_X, temperature=temp)
+  flat, unravel = ravel_pytree(params)
+  rates = ravel_pytree(jax.tree.map(lambda p, s: jnp.full(p.shape, temp / s**2), params, nn.prior_std_tree(model)))[0]
+  jac = lambda x: jax.jacrev(lambda v: nnx.merge(graphdef, unravel(v))(x)[:, 0])(flat)
+  j1, j2 = jac(E2E_X), jac(E2E_X_TEST)
+  np.testing.assert_allclose(est.mean[1, 0], (j1 * jnp.exp(-rates * (times[1] - times[0]))) @ j2.T, rtol=1e-10)
+  np.testing.assert_allclose(est.mean[0, 0], j1 @ j2.T, rtol=1e-10)
+  np.testing.assert_array_equal(est.mean[0, 1], 0.0)
+  np.testing.assert_allclose(est.se, 0.0, atol=1e-12)
+  with pytest.raises(ValueError, match='record_params'):
+    empirical_ndk(record._replace(params=None), model, E2E_X, temperature=temp)
+  with pytest.raises(ValueError, match='structure'):
+    empirical_ndk(
+      record,
+      nn.from_stax(_network('erf', 2, 16, 1.3, 0.9), input_shape=E2E_X.shape, rngs=nnx.Rngs(0)),
+      E2E_X,
+      temperature=temp,
+    )
 
 
 def test_empirical_ndk_of_trained_members_matches_ndk_fn():
-    """64 members of width 512 (erf, σ0 = 1.4 ≠ σ = 1, biases), trained with Langevin at T = 1 to t = 1 = σ²/T:
-    R̂(t, s) on train × test inputs at all recorded t ≥ s vs ndk_fn within 4 s.e. plus an allowance of
-    (2/width + η max λ/2) × max|R| (finite width O(1/N); the discrete chain's weight variance is off by the factor
-    1/(1 − ηλ/2)): 2.4 % of max|R| (standard errors are 1.7 % of |R|; observed max |z| = 3.4 with no allowance).
-    Sharp: the frozen T = 0 kernel R ≡ Θ0 (the NTK picture) misses by over 700 standard errors and must fail."""
-    from flax import nnx
+  """64 members of width 512 (erf, σ0 = 1.4 ≠ σ = 1, biases), trained with Langevin at T = 1 to t = 1 = σ²/T:
+  R̂(t, s) on train × test inputs at all recorded t ≥ s vs ndk_fn within 4 s.e. plus an allowance of
+  (2/width + η max λ/2) × max|R| (finite width O(1/N); the discrete chain's weight variance is off by the factor
+  1/(1 − ηλ/2)): 2.4 % of max|R| (standard errors are 1.7 % of |R|; observed max |z| = 3.4 with no allowance).
+  Sharp: the frozen T = 0 kernel R ≡ Θ0 (the NTK picture) misses by over 700 standard errors and must fail."""
+  from flax import nnx
 
-    from ndk_flax import nn
-    from ndk_flax.validate import empirical_ndk
+  from ndk_flax import nn
+  from ndk_flax.validate import empirical_ndk
 
-    width, eta, temp = 512, 0.01, 1.0
-    net = _network("erf", 1, width, 1.4, 1.0)
-    rec = train_ensemble(net, E2E_X, E2E_Y, temperature=temp, learning_rate=eta,
-                         record_times=eta * np.array([0, 20, 100]), n_members=64, width=width, seed=3,
-                         progress=False, dtype=jnp.float32, record_params=True)
-    model = nn.from_stax(net, width, input_shape=E2E_X.shape, rngs=nnx.Rngs(0))
-    est = empirical_ndk(rec, model, E2E_X, E2E_X_TEST, temperature=temp)
-    theory = np.asarray(net.ndk_fn(E2E_X, E2E_X_TEST, rec.times, rec.times, temperature=temp).ndk)
-    causal = np.broadcast_to((rec.times[:, None] >= rec.times[None, :])[:, :, None, None], theory.shape)
-    allowance = (2 / width + eta * max(net.relaxation_rates(temp)) / 2) * np.max(np.abs(theory))
-    assert np.all(np.abs(est.mean - theory)[causal] <= 4 * est.se[causal] + allowance), (est.mean - theory) / est.se
-    assert np.all(est.mean[~causal] == 0)
-    frozen = np.asarray(net.ndk_fn(E2E_X, E2E_X_TEST, 0.0, 0.0, temperature=0.0).ndk)
-    assert np.any((np.abs(est.mean - frozen) > 4 * est.se + allowance)[causal])
+  width, eta, temp = 512, 0.01, 1.0
+  net = _network('erf', 1, width, 1.4, 1.0)
+  rec = train_ensemble(
+    net,
+    E2E_X,
+    E2E_Y,
+    temperature=temp,
+    learning_rate=eta,
+    record_times=eta * np.array([0, 20, 100]),
+    n_members=64,
+    width=width,
+    seed=3,
+    progress=False,
+    dtype=jnp.float32,
+    record_params=True,
+  )
+  model = nn.from_stax(net, width, input_shape=E2E_X.shape, rngs=nnx.Rngs(0))
+  est = empirical_ndk(rec, model, E2E_X, E2E_X_TEST, temperature=temp)
+  theory = np.asarray(net.ndk_fn(E2E_X, E2E_X_TEST, rec.times, rec.times, temperature=temp).ndk)
+  causal = np.broadcast_to((rec.times[:, None] >= rec.times[None, :])[:, :, None, None], theory.shape)
+  allowance = (2 / width + eta * max(net.relaxation_rates(temp)) / 2) * np.max(np.abs(theory))
+  assert np.all(np.abs(est.mean - theory)[causal] <= 4 * est.se[causal] + allowance), (est.mean - theory) / est.se
+  assert np.all(est.mean[~causal] == 0)
+  frozen = np.asarray(net.ndk_fn(E2E_X, E2E_X_TEST, 0.0, 0.0, temperature=0.0).ndk)
+  assert np.any((np.abs(est.mean - frozen) > 4 * est.se + allowance)[causal])

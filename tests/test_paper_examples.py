@@ -4,12 +4,14 @@ arc-cosine / arcsin two-time correlations, mean activation √(q/2π)).
 
 All four scripts run once, in one process (``python -m examples.paper.all --quick``), in a module fixture.
 """
+
 import json
 import math
 import os
 
 import numpy as np
 import pytest
+
 from ndk_flax._nt import nt_stax
 
 pytestmark = pytest.mark.slow
@@ -46,7 +48,7 @@ def _ntk_interpolant(act, depth, sigma0, task):
 
 
 def _mse(f, y):
-  return float(np.mean((f - y)**2))
+  return float(np.mean((f - y) ** 2))
 
 
 def test_files_and_claim_tables(run):
@@ -71,17 +73,20 @@ def test_two_phases_numbers_match_closed_forms(run):
   sa = res['vs_temperature']
   sigma0 = math.sqrt(sa['sigma0_sq_over_sigma_sq'])
   ntk_k = _nt_kernel('erf', 1, sigma0)
-  raw_ntk = np.asarray(ntk_k(task.x, task.x, 'ntk')) / sigma0**2   # raw NTK = NT ntk / σ0² (no bias)
+  raw_ntk = np.asarray(ntk_k(task.x, task.x, 'ntk')) / sigma0**2  # raw NTK = NT ntk / σ0² (no bias)
   np.testing.assert_allclose(sa['gradient_time'], 1 / np.linalg.eigvalsh(raw_ntk)[-1], rtol=1e-8)
-  np.testing.assert_allclose(sa['ntk_interpolant_test_mse'],
-                             _mse(_ntk_interpolant('erf', 1, sigma0, task), task.y_test), rtol=1e-8)
+  np.testing.assert_allclose(
+    sa['ntk_interpolant_test_mse'], _mse(_ntk_interpolant('erf', 1, sigma0, task), task.y_test), rtol=1e-8
+  )
   for row in sa['rows']:
-    np.testing.assert_allclose(row[6], _mse(_posterior('erf', 1, 1., task, row[0]), task.y_test), rtol=1e-8)
+    np.testing.assert_allclose(row[6], _mse(_posterior('erf', 1, 1.0, task, row[0]), task.y_test), rtol=1e-8)
   for row in res['vs_ratio']['rows']:
-    np.testing.assert_allclose(row[2], _mse(_ntk_interpolant('erf', 1, math.sqrt(row[0]), task), task.y_test),
-                               rtol=1e-8)
-    np.testing.assert_allclose(row[5], _mse(_posterior('erf', 1, 1., task, res['vs_ratio']['temperature']),
-                                            task.y_test), rtol=1e-8)
+    np.testing.assert_allclose(
+      row[2], _mse(_ntk_interpolant('erf', 1, math.sqrt(row[0]), task), task.y_test), rtol=1e-8
+    )
+    np.testing.assert_allclose(
+      row[5], _mse(_posterior('erf', 1, 1.0, task, res['vs_ratio']['temperature']), task.y_test), rtol=1e-8
+    )
 
 
 def test_parameter_dependence_ends_match_closed_forms(run):
@@ -95,14 +100,18 @@ def test_parameter_dependence_ends_match_closed_forms(run):
   for row in res['rows']:
     r = dict(zip(cols, row))
     sigma0, sigma = math.sqrt(r['sigma0_sq']), math.sqrt(r['sigma_sq'])
-    np.testing.assert_allclose(r['ntk_end_mse'], _mse(_ntk_interpolant(r['act'], r['depth'], sigma0, task),
-                                                      task.y_test), rtol=1e-7)
-    np.testing.assert_allclose(r['nngp_end_mse'], _mse(_posterior(r['act'], r['depth'], sigma, task, 0.),
-                                                       task.y_test), rtol=1e-7)
+    np.testing.assert_allclose(
+      r['ntk_end_mse'], _mse(_ntk_interpolant(r['act'], r['depth'], sigma0, task), task.y_test), rtol=1e-7
+    )
+    np.testing.assert_allclose(
+      r['nngp_end_mse'], _mse(_posterior(r['act'], r['depth'], sigma, task, 0.0), task.y_test), rtol=1e-7
+    )
     for temperature in res['temperatures']:
-      np.testing.assert_allclose(r[f'equilibrium_mse_T={temperature}'],
-                                 _mse(_posterior(r['act'], r['depth'], sigma, task, temperature), task.y_test),
-                                 rtol=1e-7)
+      np.testing.assert_allclose(
+        r[f'equilibrium_mse_T={temperature}'],
+        _mse(_posterior(r['act'], r['depth'], sigma, task, temperature), task.y_test),
+        rtol=1e-7,
+      )
     assert r['best_mse'] <= min(r['ntk_end_mse'], r['nngp_end_mse']) + 1e-12
 
 
@@ -115,9 +124,9 @@ def test_digits_ends_match_closed_forms(run):
   for row in res['rows']:
     r = dict(zip(cols, row))
     task = tasks[r['task']]
-    act, sigma0 = ('erf', 2.) if r['network'].startswith('erf') else ('relu', 1.)
+    act, sigma0 = ('erf', 2.0) if r['network'].startswith('erf') else ('relu', 1.0)
     ntk = _ntk_interpolant(act, 1, sigma0, task)
-    eq = _posterior(act, 1, 1., task, r['T'])
+    eq = _posterior(act, 1, 1.0, task, r['T'])
     np.testing.assert_allclose(r['ntk_end_mse'], _mse(ntk, task.y_test), rtol=1e-7)
     np.testing.assert_allclose(r['equilibrium_mse'], _mse(eq, task.y_test), rtol=1e-7)
     np.testing.assert_allclose(r['equilibrium_class_error'], np.mean(np.sign(eq) != task.y_test))
@@ -131,14 +140,13 @@ def test_drift_numbers_match_closed_forms(run):
   from ndk_flax.drift import linear_readout_accuracy
 
   res = run[1]['drift']
-  temperature, sigma = 0.1, 1.
+  temperature, sigma = 0.1, 1.0
   lam = temperature / sigma**2
   task = digits_task((0, 1), 16, 60, seed=0)
   q = sigma**2 * np.sum(task.x_test**2, axis=1) / task.x.shape[1]
   c = np.exp(-lam * np.asarray(res['plastic']['lags']))
   theta = np.arccos(c)
-  np.testing.assert_allclose(res['plastic']['rho']['relu'], (np.sin(theta) + (np.pi - theta) * c) / np.pi,
-                             rtol=1e-8)
+  np.testing.assert_allclose(res['plastic']['rho']['relu'], (np.sin(theta) + (np.pi - theta) * c) / np.pi, rtol=1e-8)
   erf_rho = np.arcsin(2 * q[None] * c[:, None] / (1 + 2 * q[None])) / np.arcsin(2 * q / (1 + 2 * q))[None]
   np.testing.assert_allclose(res['plastic']['rho']['erf'], erf_rho.mean(-1), rtol=1e-8)
   floors = {r[0]: r[3] for r in res['plastic']['rows']}
@@ -153,7 +161,7 @@ def test_drift_numbers_match_closed_forms(run):
     task = tasks[name]
     limit = np.asarray(res['frozen']['limits'][f'{name} {act}']['f_test_inf'])
     if act == 'relu':
-      m = lambda x: np.sqrt(sigma**2 * np.sum(x**2, axis=1) / x.shape[1] / (2 * np.pi))  # noqa: E731
+      m = lambda x: np.sqrt(sigma**2 * np.sum(x**2, axis=1) / x.shape[1] / (2 * np.pi))
       k = np.asarray(_nt_kernel('relu', 1, sigma)(task.x, task.x, 'nngp'))
       alpha = np.linalg.solve(k + temperature * np.eye(len(task.x)), task.y)
       np.testing.assert_allclose(limit, sigma**2 * np.outer(m(task.x_test), m(task.x)) @ alpha, rtol=1e-8)

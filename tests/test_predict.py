@@ -8,17 +8,17 @@ the weights follow the linear SDE dw = −(M w − Φᵀ Y) dt + √(2T) dB with
   E w(t) = M^{-1}(I − e^{−Mt}) ΦᵀY,   Cov w(t) = e^{−Mt} S0 e^{−Mt} + T M^{-1}(I − e^{−2Mt})   (S0 = diag σ0²),
 an answer independent of the Volterra formulation the solver uses.
 """
+
 from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
-from ndk_flax._nt import nt_predict
 import numpy as np
 import pytest
 
-from ndk_flax import predict
-from ndk_flax import stax
+from ndk_flax import predict, stax
+from ndk_flax._nt import nt_predict
 
 
 class _Kernels(NamedTuple):
@@ -37,16 +37,16 @@ class LinearModel:
   def rates(self, temperature):
     return temperature / self.s**2
 
-  def ndk_fn(self, x1, x2=None, t1=0., t2=0., *, temperature):
+  def ndk_fn(self, x1, x2=None, t1=0.0, t2=0.0, *, temperature):
     x2 = x1 if x2 is None else x2
     t1 = jnp.atleast_1d(jnp.asarray(t1))[:, None, None]
     t2 = jnp.atleast_1d(jnp.asarray(t2))[None, :, None]
     lam = jnp.asarray(self.rates(temperature))
     same = t1 == t2
-    gap = jnp.where(same, 0., jnp.abs(jnp.where(same, 0., t1 - t2)))
-    decay_sum = jnp.exp(-jnp.where(lam > 0, lam * (t1 + t2), 0.))
+    gap = jnp.where(same, 0.0, jnp.abs(jnp.where(same, 0.0, t1 - t2)))
+    decay_sum = jnp.exp(-jnp.where(lam > 0, lam * (t1 + t2), 0.0))
     c = self.s0**2 * decay_sum + self.s**2 * (jnp.exp(-lam * gap) - decay_sum)
-    r = jnp.where(t1 >= t2, jnp.exp(-lam * gap), 0.)
+    r = jnp.where(t1 >= t2, jnp.exp(-lam * gap), 0.0)
     p1, p2 = x1 / np.sqrt(self.d), x2 / np.sqrt(self.d)
     return _Kernels(jnp.einsum('abk,ik,jk->abij', c, p1, p2), jnp.einsum('abk,ik,jk->abij', r, p1, p2))
 
@@ -68,7 +68,7 @@ class LinearModel:
 
 D, P, N_TEST, T = 6, 5, 3, 0.1
 MODEL = LinearModel(D, [1.3] * 3 + [0.7] * 3, [0.8] * 3 + [1.5] * 3)
-TIMES = np.array([0., 0.3, 2., 10., 30.])
+TIMES = np.array([0.0, 0.3, 2.0, 10.0, 30.0])
 
 
 @pytest.fixture(scope='module')
@@ -96,22 +96,28 @@ def _grid_solution(predictor, t_max, grid):
 
 
 def test_time_grid_resolves_both_phases():
-  grid = predict.time_grid(1e3, first_step=1e-2, growth=0.2, max_step=5.)
+  grid = predict.time_grid(1e3, first_step=1e-2, growth=0.2, max_step=5.0)
   steps = np.diff(grid)
   assert grid[0] == 0 and grid[-1] == 1e3
   assert np.all(steps > 0)
   assert steps[0] <= 1e-2 * (1 + 1e-12)
-  assert np.all(steps <= 5. * (1 + 1e-12))
+  assert np.all(steps <= 5.0 * (1 + 1e-12))
   ratios = steps[1:] / steps[:-1]
-  assert np.all(ratios <= 1.2**2)              # geometric, then at most one jump of (1 + g)² into the cap
+  assert np.all(ratios <= 1.2**2)  # geometric, then at most one jump of (1 + g)² into the cap
   assert np.sum(ratios > 1.2 * (1 + 1e-9)) <= 1
   # O(log t_max) points without the cap.
   assert len(predict.time_grid(1e6, first_step=1e-3, growth=0.2)) < 1 + np.log(1 + 0.2 * 1e9) / np.log(1.2) + 1
 
 
-@pytest.mark.parametrize('kwargs', [dict(t_max=-1., first_step=1.), dict(t_max=1., first_step=0.),
-                                    dict(t_max=1., first_step=1., growth=-0.1),
-                                    dict(t_max=1., first_step=1., max_step=0.)])
+@pytest.mark.parametrize(
+  'kwargs',
+  [
+    dict(t_max=-1.0, first_step=1.0),
+    dict(t_max=1.0, first_step=0.0),
+    dict(t_max=1.0, first_step=1.0, growth=-0.1),
+    dict(t_max=1.0, first_step=1.0, max_step=0.0),
+  ],
+)
 def test_time_grid_validation(kwargs):
   with pytest.raises(ValueError):
     predict.time_grid(**kwargs)
@@ -141,16 +147,18 @@ def test_stationarity_detection_and_both_lattices(data, linear_predictor, monkey
   linear_predictor(TIMES)
   assert linear_predictor._mean[0].stationary
   lattice = predict.LangevinPredictor._lattice
-  monkeypatch.setattr(predict.LangevinPredictor, '_lattice',
-                      lambda self, t: lattice(self, t)._replace(stationary=False))
+  monkeypatch.setattr(
+    predict.LangevinPredictor, '_lattice', lambda self, t: lattice(self, t)._replace(stationary=False)
+  )
   predictor = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T)
   exact, _ = MODEL.exact(x, y, T, TIMES, x_test)
   assert np.abs(predictor(TIMES, x_test) - exact).max() <= predict.DEFAULT_RTOL * np.abs(y).max()
   monkeypatch.undo()
   for prior_std, stationary in ((0.8, False), (1.4, True)):
-    layer = stax.serial(stax.Dense(8, W_std=1.4, W_prior_std=prior_std), stax.Erf(),
-                        stax.Dense(1, W_std=1.4, W_prior_std=prior_std))
-    assert predict.langevin_mse_ensemble(layer, x, y[:, :1], temperature=T)._lattice(10.).stationary == stationary
+    layer = stax.serial(
+      stax.Dense(8, W_std=1.4, W_prior_std=prior_std), stax.Erf(), stax.Dense(1, W_std=1.4, W_prior_std=prior_std)
+    )
+    assert predict.langevin_mse_ensemble(layer, x, y[:, :1], temperature=T)._lattice(10.0).stationary == stationary
 
 
 def test_covariance_meets_documented_accuracy(data, linear_predictor):
@@ -168,35 +176,34 @@ def test_covariance_meets_documented_accuracy(data, linear_predictor):
 def test_mean_solver_is_second_order(data, linear_predictor):
   """Raw trapezoid solutions on a grid and its bisections: the error against a much finer grid drops ~4× per
   halving of the step."""
-  t_max = 10.
-  grid = predict.time_grid(t_max, first_step=0.4, growth=0.5, max_step=2.)
+  t_max = 10.0
+  grid = predict.time_grid(t_max, first_step=0.4, growth=0.5, max_step=2.0)
   grids = [grid, predict._bisect(grid), predict._bisect(predict._bisect(grid))]
   reference_grid = grids[-1]
   for _ in range(2):
     reference_grid = predict._bisect(reference_grid)
   reference = _grid_solution(linear_predictor, t_max, reference_grid)[::16]
-  errors = [np.abs(_grid_solution(linear_predictor, t_max, g)[::2**k] - reference).max()
-            for k, g in enumerate(grids)]
+  errors = [np.abs(_grid_solution(linear_predictor, t_max, g)[:: 2**k] - reference).max() for k, g in enumerate(grids)]
   ratios = np.array(errors[:-1]) / np.array(errors[1:])
-  assert np.all((ratios > 3.) & (ratios < 5.)), ratios
+  assert np.all((ratios > 3.0) & (ratios < 5.0)), ratios
 
 
 @pytest.mark.slow
 def test_covariance_is_second_order(data, linear_predictor):
   """Covariance on a grid and its bisections against the exact SDE covariance: error drops ~4× per halving."""
   x, y, x_test = data
-  times = np.array([1., 5.])
-  grid = np.union1d(predict.time_grid(5., first_step=0.3, growth=0.5, max_step=1.), times)
+  times = np.array([1.0, 5.0])
+  grid = np.union1d(predict.time_grid(5.0, first_step=0.3, growth=0.5, max_step=1.0), times)
   _, exact = MODEL.exact(x, y, T, times, x_test)
-  linear_predictor(times)                           # solve (and cache) the mean once
+  linear_predictor(times)  # solve (and cache) the mean once
   errors = []
   for _ in range(3):
     predictor = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T, cov_grid=grid)
-    predictor._mean = linear_predictor._mean        # reuse the cached mean solution: only the covariance differs
+    predictor._mean = linear_predictor._mean  # reuse the cached mean solution: only the covariance differs
     errors.append(np.abs(predictor(times, x_test, compute_cov=True).covariance - exact).max())
     grid = predict._bisect(grid)
   ratios = np.array(errors[:-1]) / np.array(errors[1:])
-  assert np.all((ratios > 3.) & (ratios < 5.)), ratios
+  assert np.all((ratios > 3.0) & (ratios < 5.0)), ratios
 
 
 def _posterior(x, y, x_test):
@@ -204,7 +211,7 @@ def _posterior(x, y, x_test):
   phi, phi_t = x / np.sqrt(D), x_test / np.sqrt(D)
   k_xx, k_tx, k_tt = (a @ np.diag(MODEL.s**2) @ b.T for a, b in ((phi, phi), (phi_t, phi), (phi_t, phi_t)))
   solve = np.linalg.solve(k_xx + T * np.eye(P), np.concatenate([y, k_tx.T], axis=1))
-  return k_tx @ solve[:, :y.shape[1]], k_tt - k_tx @ solve[:, y.shape[1]:]
+  return k_tx @ solve[:, : y.shape[1]], k_tt - k_tx @ solve[:, y.shape[1] :]
 
 
 def test_equilibrium_is_nngp_posterior(data, linear_predictor):
@@ -214,7 +221,7 @@ def test_equilibrium_is_nngp_posterior(data, linear_predictor):
   out = linear_predictor(jnp.inf, x_test, compute_cov=True)
   np.testing.assert_allclose(out.mean, post_mean, atol=1e-10)
   np.testing.assert_allclose(out.covariance, post_cov, atol=1e-10)
-  late_mean, late_cov = MODEL.exact(x, y, T, [40 / MODEL.rates(T).min()], x_test)   # e^{-40} left
+  late_mean, late_cov = MODEL.exact(x, y, T, [40 / MODEL.rates(T).min()], x_test)  # e^{-40} left
   np.testing.assert_allclose(late_mean[0], post_mean, atol=1e-10)
   np.testing.assert_allclose(late_cov[0], post_cov, atol=1e-10)
 
@@ -233,13 +240,13 @@ def test_solver_reaches_equilibrium(data, linear_predictor):
 def test_frozen_kernel_closed_form(data):
   """T = 0: f̄(X, t) = (I − e^{−Θt})Y and the SDE answer with frozen weights, any t including ∞."""
   x, y, x_test = data
-  predictor = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=0.)
-  times = np.array([0., 0.5, 4.])
+  predictor = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=0.0)
+  times = np.array([0.0, 0.5, 4.0])
   theta = x @ x.T / D
   ev, v = np.linalg.eigh(theta)
   expected = np.stack([y - v @ np.diag(np.exp(-ev * t)) @ v.T @ y for t in times])
   np.testing.assert_allclose(predictor(times), expected, atol=1e-12)
-  mean, cov = MODEL.exact(x, y, 0., times, x_test)
+  mean, cov = MODEL.exact(x, y, 0.0, times, x_test)
   out = predictor(times, x_test, compute_cov=True)
   np.testing.assert_allclose(out.mean, mean, atol=1e-12)
   np.testing.assert_allclose(out.covariance, cov, atol=1e-12)
@@ -250,14 +257,17 @@ def test_frozen_kernel_closed_form(data):
 
 def test_scalar_time_shapes_and_losses(data, linear_predictor):
   x, y, x_test = data
-  out = linear_predictor(2., x_test, compute_cov=True)
+  out = linear_predictor(2.0, x_test, compute_cov=True)
   chex.assert_shape([out.mean, out.covariance], [(N_TEST, 2), (N_TEST, N_TEST)])
-  np.testing.assert_allclose(out.mean, linear_predictor(np.array([2.]), x_test)[0], atol=1e-12)
+  np.testing.assert_allclose(out.mean, linear_predictor(np.array([2.0]), x_test)[0], atol=1e-12)
   mean = linear_predictor(TIMES)
-  np.testing.assert_allclose(linear_predictor.train_loss(TIMES), 0.5 * ((y - mean)**2).sum((1, 2)), atol=1e-12)
+  np.testing.assert_allclose(linear_predictor.train_loss(TIMES), 0.5 * ((y - mean) ** 2).sum((1, 2)), atol=1e-12)
   y_test = np.ones((N_TEST, 2))
-  np.testing.assert_allclose(linear_predictor.test_mse(TIMES, x_test, y_test),
-                             ((linear_predictor(TIMES, x_test) - y_test)**2).mean((1, 2)), atol=1e-12)
+  np.testing.assert_allclose(
+    linear_predictor.test_mse(TIMES, x_test, y_test),
+    ((linear_predictor(TIMES, x_test) - y_test) ** 2).mean((1, 2)),
+    atol=1e-12,
+  )
   scales = linear_predictor.time_scales
   assert scales.diffusive == pytest.approx(1 / MODEL.rates(T).min())
   assert scales.gradient == pytest.approx(1 / np.linalg.eigvalsh(x @ x.T / D).max())
@@ -270,8 +280,9 @@ W_STD = 1.3
 
 
 def _mlp():
-  return stax.serial(stax.Dense(32, W_std=W_STD), stax.Erf(), stax.Dense(32, W_std=W_STD), stax.Erf(),
-                     stax.Dense(1, W_std=W_STD))
+  return stax.serial(
+    stax.Dense(32, W_std=W_STD), stax.Erf(), stax.Dense(32, W_std=W_STD), stax.Erf(), stax.Dense(1, W_std=W_STD)
+  )
 
 
 def _cnn():
@@ -284,9 +295,9 @@ def test_zero_temperature_equals_neural_tangents(make, shape):
   rng = np.random.default_rng(1)
   x, x_test, y = rng.normal(size=(5,) + shape), rng.normal(size=(3,) + shape), rng.normal(size=(5, 1))
   layer = make()
-  ours = predict.langevin_mse_ensemble(layer, x, y, temperature=0.)
+  ours = predict.langevin_mse_ensemble(layer, x, y, temperature=0.0)
   theirs = nt_predict.gradient_descent_mse_ensemble(make().kernel_fn, x, y)
-  times = np.array([0., 0.2, 1., 5.])
+  times = np.array([0.0, 0.2, 1.0, 5.0])
   for points in (None, x_test):
     a = ours(times, points, compute_cov=True)
     b = theirs(times * y.size / W_STD**2, points, 'ntk', compute_cov=True)
@@ -299,8 +310,7 @@ def test_erf_network_relaxes_to_nngp_posterior():
   """A two-layer erf network (σ0 ≠ σ) at t = 20/λ: the solver's mean and covariance are the NNGP posterior."""
   rng = np.random.default_rng(2)
   x, x_test, y = rng.normal(size=(4, 3)), rng.normal(size=(2, 3)), rng.normal(size=(4, 1))
-  layer = stax.serial(stax.Dense(16, W_std=1.4, W_prior_std=0.9), stax.Erf(),
-                      stax.Dense(1, W_std=1.4, W_prior_std=0.9))
+  layer = stax.serial(stax.Dense(16, W_std=1.4, W_prior_std=0.9), stax.Erf(), stax.Dense(1, W_std=1.4, W_prior_std=0.9))
   temperature = 0.2
   predictor = predict.langevin_mse_ensemble(layer, x, y, temperature=temperature)
   kernels = layer.ndk_fn(np.concatenate([x, x_test]), None, jnp.inf, jnp.inf, temperature=temperature).nngp
@@ -319,7 +329,7 @@ def test_erf_network_relaxes_to_nngp_posterior():
 # Validation and memory.
 
 
-@pytest.mark.parametrize('t', [np.array([[1., 2.]]), np.array([2., 1.]), np.array([1., 1.]), -1., np.nan, []])
+@pytest.mark.parametrize('t', [np.array([[1.0, 2.0]]), np.array([2.0, 1.0]), np.array([1.0, 1.0]), -1.0, np.nan, []])
 def test_invalid_times(data, linear_predictor, t):
   with pytest.raises(ValueError, match='`t`'):
     linear_predictor(t)
@@ -329,7 +339,7 @@ def test_invalid_arguments(data):
   x, y, x_test = data
   fn = MODEL.ndk_fn
   with pytest.raises(ValueError, match='temperature'):
-    predict.langevin_mse_ensemble(fn, x, y, temperature=-1.)
+    predict.langevin_mse_ensemble(fn, x, y, temperature=-1.0)
   with pytest.raises(ValueError, match='same number of points'):
     predict.langevin_mse_ensemble(fn, x, y[:3], temperature=T)
   with pytest.raises(ValueError, match='y_train'):
@@ -339,15 +349,14 @@ def test_invalid_arguments(data):
   with pytest.raises(TypeError, match='layer_or_ndk_fn'):
     predict.langevin_mse_ensemble(3, x, y, temperature=T)
   with pytest.raises(ValueError, match='ndk_fn'):
-    predict.langevin_mse_ensemble(lambda *a, **k: _Kernels(jnp.zeros((2, 2)), jnp.zeros((2, 2))), x, y,
-                                  temperature=T)
+    predict.langevin_mse_ensemble(lambda *a, **k: _Kernels(jnp.zeros((2, 2)), jnp.zeros((2, 2))), x, y, temperature=T)
   predictor = predict.langevin_mse_ensemble(fn, x, y, temperature=T)
   with pytest.raises(ValueError, match='x_test'):
-    predictor(1., x_test[:, :4])
+    predictor(1.0, x_test[:, :4])
   with pytest.raises(ValueError, match='y_test'):
-    predictor.test_mse(1., x_test, np.ones((N_TEST + 1, 2)))
+    predictor.test_mse(1.0, x_test, np.ones((N_TEST + 1, 2)))
   with pytest.raises(ValueError, match='relaxation_rates'):
-    predictor.time_scales  # noqa: B018 (a property)
+    predictor.time_scales
 
 
 def test_covariance_that_does_not_fit_fails_fast(data):
@@ -355,5 +364,5 @@ def test_covariance_that_does_not_fit_fails_fast(data):
   x, y, _ = data
   predictor = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T, memory_limit=1e5)
   with pytest.raises(MemoryError, match='GiB'):
-    predictor(10., compute_cov=True)
+    predictor(10.0, compute_cov=True)
   assert predictor._mean is None

@@ -1,12 +1,12 @@
 """Two-time kernels of `ndk_flax.stax` against Neural Tangents, an independent recursion and THEORY.md identities."""
+
 import jax
 import jax.numpy as jnp
-from ndk_flax._nt import nt_predict
 import numpy as np
 import pytest
-from ndk_flax._nt import nt_stax
 
 from ndk_flax import stax
+from ndk_flax._nt import nt_predict, nt_stax
 from tests import reference_kernels as ref
 
 KEY = jax.random.PRNGKey(0)
@@ -16,11 +16,11 @@ IMG = jax.random.normal(jax.random.PRNGKey(2), (3, 6, 6, 2))
 IMG2 = jax.random.normal(jax.random.PRNGKey(3), (2, 6, 6, 2))
 
 ACTIVATIONS = {
-    'erf': (stax.Erf, nt_stax.Erf, {}),
-    'relu': (stax.Relu, nt_stax.Relu, {}),
-    'gelu': (stax.Gelu, nt_stax.Gelu, {'approximate': False}),
-    'sin': (stax.Sin, nt_stax.Sin, {}),
-    'abrelu': (stax.ABRelu, nt_stax.ABRelu, {'a': -0.4, 'b': 1.3}),
+  'erf': (stax.Erf, nt_stax.Erf, {}),
+  'relu': (stax.Relu, nt_stax.Relu, {}),
+  'gelu': (stax.Gelu, nt_stax.Gelu, {'approximate': False}),
+  'sin': (stax.Sin, nt_stax.Sin, {}),
+  'abrelu': (stax.ABRelu, nt_stax.ABRelu, {'a': -0.4, 'b': 1.3}),
 }
 
 
@@ -38,31 +38,60 @@ def assert_close(a, b, rtol=1e-10, atol=1e-12):
 # ---------------------------------------------------------------------------------------------------------
 # T = 0: Neural Tangents' NNGP, and its NTK / σ0² (raw parameterisation, equal σ0, no bias), for any (t1, t2).
 
+
 def _architectures(lib):
   return {
-      'cnn': (lambda: lib.serial(lib.Conv(8, (3, 3), W_std=1.4, padding='SAME'), lib.Relu(),
-                                 lib.AvgPool((2, 2)), lib.Conv(8, (2, 2), W_std=1.4), lib.Relu(),
-                                 lib.Flatten(), lib.Dense(1, W_std=1.4)), IMG, IMG2, 1.4),
-      'cnn_global_pool': (lambda: lib.serial(lib.Conv(8, (3, 3), W_std=1.2), lib.Erf(), lib.GlobalAvgPool(),
-                                             lib.Dense(1, W_std=1.2)), IMG, IMG2, 1.2),
-      'residual': (lambda: lib.serial(
-          lib.Dense(16, W_std=1.3), lib.FanOut(2),
-          lib.parallel(lib.serial(lib.Relu(), lib.Dense(16, W_std=1.3)), lib.Identity()),
-          lib.FanInSum(), lib.Relu(), lib.Dense(1, W_std=1.3)), X1, X2, 1.3),
-      'layernorm': (lambda: lib.serial(lib.Dense(16, W_std=1.1), lib.LayerNorm(), lib.Gelu(),
-                                       lib.Dense(1, W_std=1.1)), X1, X2, 1.1),
+    'cnn': (
+      lambda: lib.serial(
+        lib.Conv(8, (3, 3), W_std=1.4, padding='SAME'),
+        lib.Relu(),
+        lib.AvgPool((2, 2)),
+        lib.Conv(8, (2, 2), W_std=1.4),
+        lib.Relu(),
+        lib.Flatten(),
+        lib.Dense(1, W_std=1.4),
+      ),
+      IMG,
+      IMG2,
+      1.4,
+    ),
+    'cnn_global_pool': (
+      lambda: lib.serial(lib.Conv(8, (3, 3), W_std=1.2), lib.Erf(), lib.GlobalAvgPool(), lib.Dense(1, W_std=1.2)),
+      IMG,
+      IMG2,
+      1.2,
+    ),
+    'residual': (
+      lambda: lib.serial(
+        lib.Dense(16, W_std=1.3),
+        lib.FanOut(2),
+        lib.parallel(lib.serial(lib.Relu(), lib.Dense(16, W_std=1.3)), lib.Identity()),
+        lib.FanInSum(),
+        lib.Relu(),
+        lib.Dense(1, W_std=1.3),
+      ),
+      X1,
+      X2,
+      1.3,
+    ),
+    'layernorm': (
+      lambda: lib.serial(lib.Dense(16, W_std=1.1), lib.LayerNorm(), lib.Gelu(), lib.Dense(1, W_std=1.1)),
+      X1,
+      X2,
+      1.1,
+    ),
   }
 
 
 @pytest.mark.parametrize('name', list(ACTIVATIONS))
-@pytest.mark.parametrize('times', [(0., 0.), (2.0, 0.7)])  # t1 >= t2 (R is causal)
+@pytest.mark.parametrize('times', [(0.0, 0.0), (2.0, 0.7)])  # t1 >= t2 (R is causal)
 def test_zero_temperature_mlp_matches_neural_tangents(name, times):
   ours, theirs, kw = ACTIVATIONS[name]
   w_std = 1.3
   net = mlp(stax, lambda: ours(**kw), w_std)
   nt_net = mlp(nt_stax, lambda: theirs(**kw), w_std)
   expected = nt_net[2](X1, X2, ('nngp', 'ntk'))
-  k = net.ndk_fn(X1, X2, *times, temperature=0.)
+  k = net.ndk_fn(X1, X2, *times, temperature=0.0)
   assert_close(k.nngp, expected.nngp)
   assert_close(k.ndk, expected.ntk / w_std**2)
 
@@ -72,8 +101,8 @@ def test_zero_temperature_architectures_match_neural_tangents(arch):
   build, x1, x2, w_std = _architectures(stax)[arch]
   nt_build = _architectures(nt_stax)[arch][0]
   expected = nt_build()[2](x1, x2, ('nngp', 'ntk'))
-  for times in [(0., 0.), (1.5, 0.3)]:
-    k = build().ndk_fn(x1, x2, *times, temperature=0.)
+  for times in [(0.0, 0.0), (1.5, 0.3)]:
+    k = build().ndk_fn(x1, x2, *times, temperature=0.0)
     assert_close(k.nngp, expected.nngp)
     assert_close(k.ndk, expected.ntk / w_std**2)
 
@@ -82,11 +111,17 @@ def test_zero_temperature_architectures_match_neural_tangents(arch):
 def test_other_conv_layers_with_bias_match_nngp_and_fluctuation_dissipation(conv):
   """ConvLocal's bias is not shared across positions: with GlobalAvgPool (full spatial covariances) its bias
   pattern is not all-ones, which exercises the NT-derived pattern B of the shared rule."""
+
   def build(lib, **prior):
-    return lib.serial(getattr(lib, conv)(4, (2, 2), W_std=1.3, b_std=0.4, **prior), lib.Relu(),
-                      lib.GlobalAvgPool(), lib.Dense(1, W_std=1.2, b_std=0.2, **prior))
+    return lib.serial(
+      getattr(lib, conv)(4, (2, 2), W_std=1.3, b_std=0.4, **prior),
+      lib.Relu(),
+      lib.GlobalAvgPool(),
+      lib.Dense(1, W_std=1.2, b_std=0.2, **prior),
+    )
+
   expected = build(nt_stax)[2](IMG, IMG2, 'nngp')
-  assert_close(build(stax).ndk_fn(IMG, IMG2, 0.4, 1.1, temperature=0.).nngp, expected)
+  assert_close(build(stax).ndk_fn(IMG, IMG2, 0.4, 1.1, temperature=0.0).nngp, expected)
   gap, scale = _fdt_gap(build(stax), IMG, IMG2, 1.2, 0.3, temperature=0.5)
   assert gap < 1e-10 * scale
 
@@ -95,12 +130,11 @@ def test_other_conv_layers_with_bias_match_nngp_and_fluctuation_dissipation(conv
 # Biases, mixed stds, T > 0: against the independent NumPy recursion of tests/reference_kernels.py.
 
 REFERENCE_EXPECTATIONS = {
-    'erf': (stax.Erf, ref.erf_expectations, 1e-10),
-    'relu': (stax.Relu, ref.relu_expectations, 1e-10),
-    'abrelu': (lambda: stax.ABRelu(-0.4, 1.3), lambda q1, q2, c: ref.abrelu_expectations(q1, q2, c, -0.4, 1.3),
-               1e-10),
-    'gelu': (lambda: stax.Gelu(approximate=False), ref.quadrature_expectations(ref.gelu, ref.dgelu), 1e-7),
-    'sin': (stax.Sin, ref.quadrature_expectations(np.sin, np.cos), 1e-7),
+  'erf': (stax.Erf, ref.erf_expectations, 1e-10),
+  'relu': (stax.Relu, ref.relu_expectations, 1e-10),
+  'abrelu': (lambda: stax.ABRelu(-0.4, 1.3), lambda q1, q2, c: ref.abrelu_expectations(q1, q2, c, -0.4, 1.3), 1e-10),
+  'gelu': (lambda: stax.Gelu(approximate=False), ref.quadrature_expectations(ref.gelu, ref.dgelu), 1e-7),
+  'sin': (stax.Sin, ref.quadrature_expectations(np.sin, np.cos), 1e-7),
 }
 # (σ0_W, σ_W, σ0_b, σ_b) per layer: different init and prior stds, biases on and off.
 MIXED_LAYERS = [(1.5, 0.8, 0.3, 0.6), (0.9, 1.4, None, None), (1.2, 1.0, 0.5, 0.2)]
@@ -109,16 +143,17 @@ MIXED_LAYERS = [(1.5, 0.8, 0.3, 0.6), (0.9, 1.4, None, None), (1.2, 1.0, 0.5, 0.
 def _mixed_net(act):
   layers = []
   for i, (w0, w, b0, b) in enumerate(MIXED_LAYERS):
-    layers.append(stax.Dense(16 if i < len(MIXED_LAYERS) - 1 else 1, W_std=w0, b_std=b0,
-                             W_prior_std=w, b_prior_std=b))
+    layers.append(stax.Dense(16 if i < len(MIXED_LAYERS) - 1 else 1, W_std=w0, b_std=b0, W_prior_std=w, b_prior_std=b))
     if i < len(MIXED_LAYERS) - 1:
       layers.append(act())
   return stax.serial(*layers)
 
 
 @pytest.mark.parametrize('name', list(REFERENCE_EXPECTATIONS))
-@pytest.mark.parametrize('temperature,times', [(0., (0., 0.)), (0., (3., 1.)), (0.3, (0., 0.)),
-                                               (0.3, (2.0, 0.5)), (0.3, (0.5, 2.0)), (0.7, (4.0, 4.0))])
+@pytest.mark.parametrize(
+  'temperature,times',
+  [(0.0, (0.0, 0.0)), (0.0, (3.0, 1.0)), (0.3, (0.0, 0.0)), (0.3, (2.0, 0.5)), (0.3, (0.5, 2.0)), (0.7, (4.0, 4.0))],
+)
 def test_two_time_kernels_match_independent_recursion(name, temperature, times):
   act, expectations, rtol = REFERENCE_EXPECTATIONS[name]
   k = _mixed_net(act).ndk_fn(X1, X2, *times, temperature=temperature)
@@ -129,6 +164,7 @@ def test_two_time_kernels_match_independent_recursion(name, temperature, times):
 
 # ---------------------------------------------------------------------------------------------------------
 # Equilibrium: t1 = t2 → ∞ gives Neural Tangents' NNGP built with the prior stds.
+
 
 @pytest.mark.parametrize('name', ['erf', 'relu', 'gelu'])
 def test_equilibrium_is_nngp_with_prior_stds(name):
@@ -151,6 +187,7 @@ def test_equilibrium_is_nngp_with_prior_stds(name):
 # ---------------------------------------------------------------------------------------------------------
 # Fluctuation–dissipation: R(t, s) = (1/T) ∂_s C(t, s) for t > s.
 
+
 def _fdt_gap(net, x1, x2, t, s, temperature):
   dc_ds = jax.jacfwd(lambda s_: net.ndk_fn(x1, x2, t, s_, temperature=temperature).nngp)(s)
   resp = net.ndk_fn(x1, x2, t, s, temperature=temperature).ndk
@@ -160,8 +197,13 @@ def _fdt_gap(net, x1, x2, t, s, temperature):
 @pytest.mark.parametrize('name', ['erf', 'relu', 'sin'])
 def test_fluctuation_dissipation_at_all_times_when_prior_equals_init(name):
   ours, _, kw = ACTIVATIONS[name]
-  net = stax.serial(stax.Dense(16, W_std=1.3, b_std=0.4), ours(**kw), stax.Dense(16, W_std=0.8, b_std=0.2),
-                    ours(**kw), stax.Dense(1, W_std=1.1, b_std=0.3))
+  net = stax.serial(
+    stax.Dense(16, W_std=1.3, b_std=0.4),
+    ours(**kw),
+    stax.Dense(16, W_std=0.8, b_std=0.2),
+    ours(**kw),
+    stax.Dense(1, W_std=1.1, b_std=0.3),
+  )
   for t, s in [(0.3, 0.1), (2.0, 0.5), (5.0, 4.9)]:
     gap, scale = _fdt_gap(net, X1, X2, t, s, temperature=0.4)
     assert gap < 1e-10 * scale
@@ -172,20 +214,22 @@ def test_fluctuation_dissipation_at_late_times_when_prior_differs():
   temperature = 0.5
   slowest = min(net.relaxation_rates(temperature))
   early_gap, scale = _fdt_gap(net, X1, X2, 0.6, 0.3, temperature)
-  late_gap, late_scale = _fdt_gap(net, X1, X2, 60 / slowest + 1., 60 / slowest, temperature)
+  late_gap, late_scale = _fdt_gap(net, X1, X2, 60 / slowest + 1.0, 60 / slowest, temperature)
   assert late_gap < 1e-9 * late_scale
   assert early_gap > 1e-3 * scale  # the identity genuinely needs equilibrium when σ0 ≠ σ
 
 
 def test_fluctuation_dissipation_cnn():
-  net = stax.serial(stax.Conv(4, (3, 3), W_std=1.2, b_std=0.3, padding='SAME'), stax.Erf(), stax.Flatten(),
-                    stax.Dense(1, W_std=1.1))
+  net = stax.serial(
+    stax.Conv(4, (3, 3), W_std=1.2, b_std=0.3, padding='SAME'), stax.Erf(), stax.Flatten(), stax.Dense(1, W_std=1.1)
+  )
   gap, scale = _fdt_gap(net, IMG, IMG2, 1.3, 0.4, temperature=0.6)
   assert gap < 1e-10 * scale
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Symmetry, causality, and t ≠ s pairs of equal inputs are not "identical inputs".
+
 
 def test_symmetry_causality_and_correlation_below_one():
   net = _mixed_net(stax.Relu)
@@ -207,7 +251,7 @@ def test_symmetry_causality_and_correlation_below_one():
 def test_time_grid_matches_pointwise_evaluation():
   build, x1, x2, _ = _architectures(stax)['cnn']
   net = build()
-  t1 = jnp.array([0., 0.5, 2.0])
+  t1 = jnp.array([0.0, 0.5, 2.0])
   t2 = jnp.array([0.3, 2.0])
   grid = net.ndk_fn(x1, x2, t1, t2, temperature=0.3)
   assert grid.nngp.shape == (3, 2, 3, 2) and grid.cov1.shape == (3, 3) and grid.cov2.shape == (2, 2)
@@ -225,12 +269,13 @@ def test_time_grid_matches_pointwise_evaluation():
 
 def test_float32_inputs_give_finite_kernels():
   net = mlp(stax, stax.Erf, 1.2)
-  k = net.ndk_fn(X1.astype(jnp.float32), None, jnp.array([0., 1.]), jnp.array([0., 1.]), temperature=0.1)
+  k = net.ndk_fn(X1.astype(jnp.float32), None, jnp.array([0.0, 1.0]), jnp.array([0.0, 1.0]), temperature=0.1)
   assert np.all(np.isfinite(np.asarray(k.ndk)))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Drop-in behaviour and input validation.
+
 
 def test_layers_unpack_as_neural_tangents_triples():
   init_fn, apply_fn, kernel_fn = stax.serial(stax.Dense(8, W_std=1.5, b_std=0.1), stax.Relu(), stax.Dense(2))
@@ -245,11 +290,13 @@ def test_layers_unpack_as_neural_tangents_triples():
 
 
 def test_plain_neural_tangents_parameter_free_layer_is_accepted():
-  net = stax.serial(stax.Dense(8), nt_stax.serial(nt_stax.Relu(), nt_stax.Identity()), stax.Dense(8),
-                    nt_stax.Erf(), stax.Dense(1))
+  net = stax.serial(
+    stax.Dense(8), nt_stax.serial(nt_stax.Relu(), nt_stax.Identity()), stax.Dense(8), nt_stax.Erf(), stax.Dense(1)
+  )
   expected = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(8), stax.Erf(), stax.Dense(1)).ndk_fn(
-      X1, None, 1., 0., temperature=0.2)
-  k = net.ndk_fn(X1, None, 1., 0., temperature=0.2)
+    X1, None, 1.0, 0.0, temperature=0.2
+  )
+  k = net.ndk_fn(X1, None, 1.0, 0.0, temperature=0.2)
   assert_close(k.ndk, expected.ndk)
 
 
@@ -258,44 +305,50 @@ def test_plain_neural_tangents_parametric_layers_are_rejected_with_replacement_n
     stax.serial(stax.Erf(), nt_stax.Dense(3))
   hidden = stax.serial(stax.Dense(4), nt_stax.serial(nt_stax.Relu(), nt_stax.Dense(3)))
   with pytest.raises(TypeError, match='trainable parameters'):
-    hidden.ndk_fn(X1, None, 0., 0., temperature=0.1)
+    hidden.ndk_fn(X1, None, 0.0, 0.0, temperature=0.1)
 
 
 def test_self_attention_fails_clearly():
   attn = stax.serial(stax.GlobalSelfAttention(4, 4, 4, 1), stax.Flatten(), stax.Dense(1))
   assert attn[2](jnp.ones((2, 3, 4)), None, 'nngp').shape == (2, 2)
   with pytest.raises(NotImplementedError, match='GlobalSelfAttention'):
-    attn.ndk_fn(jnp.ones((2, 3, 4)), None, 0., 0., temperature=0.)
+    attn.ndk_fn(jnp.ones((2, 3, 4)), None, 0.0, 0.0, temperature=0.0)
 
 
-@pytest.mark.parametrize('kwargs,match', [
+@pytest.mark.parametrize(
+  'kwargs,match',
+  [
     (dict(temperature=-0.1), 'temperature'),
     (dict(temperature=float('nan')), 'temperature'),
-    (dict(temperature=0.1, t1=-1.), 't1'),
+    (dict(temperature=0.1, t1=-1.0), 't1'),
     (dict(temperature=0.1, t2=float('nan')), 't2'),
     (dict(temperature=0.1, t1=np.zeros((2, 2))), 't1'),
     (dict(temperature=0.1, x2=jnp.ones((3, 4))), 'x1.*x2'),
     (dict(temperature=0.1, x1=jnp.ones(5)), 'x1'),
     (dict(temperature=0.1, x1=jnp.full((2, 5), jnp.nan)), 'x1'),
-])
+  ],
+)
 def test_ndk_fn_rejects_bad_input(kwargs, match):
-  net = mlp(stax, stax.Erf, 1.)
-  args = dict(x1=X1, x2=None, t1=0., t2=0.)
+  net = mlp(stax, stax.Erf, 1.0)
+  args = dict(x1=X1, x2=None, t1=0.0, t2=0.0)
   args.update(kwargs)
   temperature = args.pop('temperature')
   with pytest.raises((ValueError, TypeError), match=match):
     net.ndk_fn(args['x1'], args['x2'], args['t1'], args['t2'], temperature=temperature)
 
 
-@pytest.mark.parametrize('kwargs,match', [
-    (dict(W_std=-1.), 'W_std'),
-    (dict(W_prior_std=0.), 'W_prior_std'),
-    (dict(b_std=0.1, b_prior_std=-2.), 'b_prior_std'),
-    (dict(b_prior_std=1.), 'b_std'),
-    (dict(W_std=0.), 'W_prior_std'),
+@pytest.mark.parametrize(
+  'kwargs,match',
+  [
+    (dict(W_std=-1.0), 'W_std'),
+    (dict(W_prior_std=0.0), 'W_prior_std'),
+    (dict(b_std=0.1, b_prior_std=-2.0), 'b_prior_std'),
+    (dict(b_prior_std=1.0), 'b_std'),
+    (dict(W_std=0.0), 'W_prior_std'),
     (dict(parameterization='standard'), 'parameterization'),
     (dict(W_std='big'), 'W_std'),
-])
+  ],
+)
 def test_parametric_layers_reject_bad_stds(kwargs, match):
   with pytest.raises((ValueError, TypeError), match=match):
     stax.Dense(3, **kwargs)
@@ -303,6 +356,7 @@ def test_parametric_layers_reject_bad_stds(kwargs, match):
 
 def test_every_neural_tangents_layer_is_importable_with_same_signature():
   import inspect
+
   for name in nt_stax.__dict__:
     if name.startswith('_') or not callable(getattr(nt_stax, name)):
       continue
@@ -310,11 +364,12 @@ def test_every_neural_tangents_layer_is_importable_with_same_signature():
     theirs = getattr(nt_stax, name)
     ours_params = list(inspect.signature(ours).parameters)
     theirs_params = list(inspect.signature(theirs).parameters)
-    assert ours_params[:len(theirs_params)] == theirs_params, name
+    assert ours_params[: len(theirs_params)] == theirs_params, name
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Monte Carlo: finite networks with weights drawn from the exact free OU process at times t and s.
+
 
 def _ou_pair_draw(key, shape, group_init, group_prior, temperature, t, s):
   lam = temperature / group_prior**2
@@ -355,7 +410,7 @@ def test_monte_carlo_finite_width_matches_two_time_kernels():
     for i, (w, b) in enumerate(params):
       if i == len(params) - 1 and not readout:
         return h
-      h = h @ w / np.sqrt(w.shape[0]) + (0. if b is None else b)
+      h = h @ w / np.sqrt(w.shape[0]) + (0.0 if b is None else b)
       if i < len(params) - 1:
         h = jax.scipy.special.erf(h)
     return h
@@ -368,7 +423,7 @@ def test_monte_carlo_finite_width_matches_two_time_kernels():
       wt, ws, rw = _ou_pair_draw(kw, (dims[i], dims[i + 1]), w0, w, temperature, t, s)
       if b0 is None:
         bt = bs = None
-        rb = 0.
+        rb = 0.0
       else:
         bt, bs, rb = _ou_pair_draw(kb, (dims[i + 1],), b0, b, temperature, t, s)
       params_t.append((wt, bt))
@@ -379,7 +434,7 @@ def test_monte_carlo_finite_width_matches_two_time_kernels():
     c_emp = c_w_out * phi_t @ phi_s.T / width + c_b_out
     jt = jax.jacrev(lambda p: forward(p, X1)[:, 0])(params_t)
     js = jax.jacrev(lambda p: forward(p, X2)[:, 0])(params_s)
-    r_emp = 0.
+    r_emp = 0.0
     for (gw_t, gb_t), (gw_s, gb_s), (rw, rb) in zip(jt, js, resp):
       r_emp += rw * jnp.einsum('a...,b...->ab', gw_t, gw_s)
       if gb_t is not None:

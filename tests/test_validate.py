@@ -1,8 +1,9 @@
 """Tests of ndk_flax.validate on synthetic ensembles drawn from a known Gaussian (exact null distribution)."""
+
 import numpy as np
 import pytest
-from ndk_flax._nt import Gaussian
 
+from ndk_flax._nt import Gaussian
 from ndk_flax.ensemble import EnsembleRecord
 from ndk_flax.validate import compare, two_time_overlap
 
@@ -12,67 +13,68 @@ VAR = np.array([[1.0, 0.5], [0.6, 0.4], [0.3, 0.2]])
 
 
 def _predictor(mean=MEAN, var=VAR):
-    def predict(t, x_test=None, compute_cov=False):
-        np.testing.assert_array_equal(t, TIMES)
-        cov = np.stack([np.diag(v) for v in var])
-        return Gaussian(mean, cov) if compute_cov else mean
-    return predict
+  def predict(t, x_test=None, compute_cov=False):
+    np.testing.assert_array_equal(t, TIMES)
+    cov = np.stack([np.diag(v) for v in var])
+    return Gaussian(mean, cov) if compute_cov else mean
+
+  return predict
 
 
 def _record(n_members, seed=0):
-    rng = np.random.default_rng(seed)
-    train = MEAN[None] + np.sqrt(VAR)[None, ..., None] * rng.standard_normal((n_members,) + MEAN.shape)
-    return EnsembleRecord(TIMES, train, train[:, :, :1], None)
+  rng = np.random.default_rng(seed)
+  train = MEAN[None] + np.sqrt(VAR)[None, ..., None] * rng.standard_normal((n_members,) + MEAN.shape)
+  return EnsembleRecord(TIMES, train, train[:, :, :1], None)
 
 
 def test_members_from_the_predicted_gaussian_pass():
-    """Members drawn from N(theory mean, theory var): z ~ N(0, 1), so |z| < 4 everywhere (12 entries)."""
-    report = compare(_record(4000), _predictor())
-    assert report.points == "train" and report.n_members == 4000
-    assert report.passed(4.0) and report.max_abs_z < 4
-    np.testing.assert_allclose(report.mean_se, np.sqrt(VAR[..., None] / 4000))
-    np.testing.assert_allclose(report.var_se, VAR[..., None] * np.sqrt(2 / 3999))
+  """Members drawn from N(theory mean, theory var): z ~ N(0, 1), so |z| < 4 everywhere (12 entries)."""
+  report = compare(_record(4000), _predictor())
+  assert report.points == 'train' and report.n_members == 4000
+  assert report.passed(4.0) and report.max_abs_z < 4
+  np.testing.assert_allclose(report.mean_se, np.sqrt(VAR[..., None] / 4000))
+  np.testing.assert_allclose(report.var_se, VAR[..., None] * np.sqrt(2 / 3999))
 
 
 def test_a_wrong_theory_fails_and_an_allowance_can_absorb_it():
-    shifted = MEAN + 0.1  # 0.1 is ≥ 8 standard errors (≤ √1/4000 = 0.016) for every entry
-    report = compare(_record(4000), _predictor(mean=shifted))
-    assert not report.passed(4.0) and report.max_abs_z > 6
-    assert report.passed(4.0, mean_atol=0.1)
-    assert not compare(_record(4000), _predictor(var=2 * VAR)).passed(4.0)
+  shifted = MEAN + 0.1  # 0.1 is ≥ 8 standard errors (≤ √1/4000 = 0.016) for every entry
+  report = compare(_record(4000), _predictor(mean=shifted))
+  assert not report.passed(4.0) and report.max_abs_z > 6
+  assert report.passed(4.0, mean_atol=0.1)
+  assert not compare(_record(4000), _predictor(var=2 * VAR)).passed(4.0)
 
 
 def test_test_points_and_mean_only():
-    rec = _record(500)
-    report = compare(rec, lambda t, x, compute_cov: MEAN[:, :1], x_test=np.zeros((1, 3)), compute_var=False)
-    assert report.points == "test" and report.var_z is None and report.ensemble_var is None
-    np.testing.assert_allclose(report.mean_se, rec.test.std(0, ddof=1) / np.sqrt(500))
+  rec = _record(500)
+  report = compare(rec, lambda t, x, compute_cov: MEAN[:, :1], x_test=np.zeros((1, 3)), compute_var=False)
+  assert report.points == 'test' and report.var_z is None and report.ensemble_var is None
+  np.testing.assert_allclose(report.mean_se, rec.test.std(0, ddof=1) / np.sqrt(500))
 
 
 def test_compare_errors():
-    rec = _record(10)
-    with pytest.raises(TypeError, match="EnsembleRecord"):
-        compare({"train": 1}, _predictor())
-    with pytest.raises(ValueError, match="same data"):
-        compare(rec, _predictor(mean=MEAN[:, :1]))
-    with pytest.raises(ValueError, match="at least 2 members"):
-        compare(_record(1), _predictor())
-    with pytest.raises(ValueError, match="no test outputs"):
-        compare(rec._replace(test=None), _predictor(), x_test=np.zeros((1, 3)))
-    with pytest.raises(ValueError, match="not positive"):
-        compare(rec, _predictor(var=0 * VAR))
-    with pytest.raises(ValueError, match="z_tol"):
-        compare(rec, _predictor()).passed(0.0)
+  rec = _record(10)
+  with pytest.raises(TypeError, match='EnsembleRecord'):
+    compare({'train': 1}, _predictor())
+  with pytest.raises(ValueError, match='same data'):
+    compare(rec, _predictor(mean=MEAN[:, :1]))
+  with pytest.raises(ValueError, match='at least 2 members'):
+    compare(_record(1), _predictor())
+  with pytest.raises(ValueError, match='no test outputs'):
+    compare(rec._replace(test=None), _predictor(), x_test=np.zeros((1, 3)))
+  with pytest.raises(ValueError, match='not positive'):
+    compare(rec, _predictor(var=0 * VAR))
+  with pytest.raises(ValueError, match='z_tol'):
+    compare(rec, _predictor()).passed(0.0)
 
 
 def test_two_time_overlap_of_independent_features():
-    """Features a_i(x, t) i.i.d. N(0, 1) over units, constant in time: K(t, s, x, x') = δ_xx' for every (t, s)."""
-    rng = np.random.default_rng(1)
-    base = rng.standard_normal((64, 1, 3, 256))
-    emp = two_time_overlap(np.repeat(base, 2, axis=1))  # (M, n_t=2, n=3, N=256)
-    assert emp.mean.shape == (2, 2, 3, 3)
-    expected = np.broadcast_to(np.eye(3), (2, 2, 3, 3))
-    assert np.all(np.abs(emp.mean - expected) <= 5 * emp.se + 1e-12)
-    np.testing.assert_allclose(emp.se[0, 0, 0, 0], np.sqrt(2 / 256 / 64), rtol=0.3)  # Var(χ²_N/N) = 2/N
-    with pytest.raises(ValueError, match="members"):
-        two_time_overlap(np.ones((3, 2)))
+  """Features a_i(x, t) i.i.d. N(0, 1) over units, constant in time: K(t, s, x, x') = δ_xx' for every (t, s)."""
+  rng = np.random.default_rng(1)
+  base = rng.standard_normal((64, 1, 3, 256))
+  emp = two_time_overlap(np.repeat(base, 2, axis=1))  # (M, n_t=2, n=3, N=256)
+  assert emp.mean.shape == (2, 2, 3, 3)
+  expected = np.broadcast_to(np.eye(3), (2, 2, 3, 3))
+  assert np.all(np.abs(emp.mean - expected) <= 5 * emp.se + 1e-12)
+  np.testing.assert_allclose(emp.se[0, 0, 0, 0], np.sqrt(2 / 256 / 64), rtol=0.3)  # Var(χ²_N/N) = 2/N
+  with pytest.raises(ValueError, match='members'):
+    two_time_overlap(np.ones((3, 2)))

@@ -3,6 +3,7 @@
 Runs :mod:`two_phases`, :mod:`parameter_dependence`, :mod:`digits` and :mod:`drift` in one process (networks and
 their compiled kernels are shared), each writing to ``DIR/<name>``, then ``DIR/README.md`` with the claim tables.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     start = time.time()
     out = os.path.join(args.out, script.NAME)
     results[script.NAME] = script.main(['--out', out, '--seed', str(args.seed)] + (['--quick'] if args.quick else []))
-    lines += [f'## [{script.NAME}]({script.NAME}/summary.md) ({time.time() - start:.0f} s)', '',
-              '| claim | reproduced |', '|---|---|']
+    lines += [
+      f'## [{script.NAME}]({script.NAME}/summary.md) ({time.time() - start:.0f} s)',
+      '',
+      '| claim | reproduced |',
+      '|---|---|',
+    ]
     lines += [f'| {c["claim"]} | {verdict(c["reproduced"])} |' for c in results[script.NAME]['claims']]
     lines.append('')
   with open(os.path.join(args.out, 'README.md'), 'w') as f:

@@ -1,4 +1,5 @@
 """Shared pieces of the paper scripts: flags, data sets, networks, theory helpers, ensembles, figures, summaries."""
+
 from __future__ import annotations
 
 import argparse
@@ -48,6 +49,7 @@ def parse_args(name: str, description: str, argv: Optional[Sequence[str]] = None
 
 class Task(NamedTuple):
   """A binary task with labels ±1: training (x, y) and test (x_test, y_test), y of shape (n, 1)."""
+
   name: str
   x: np.ndarray
   y: np.ndarray
@@ -68,7 +70,7 @@ def orthogonal_task(n_train: int, n_test: int, *, overlap: float = 0.5, seed: in
   rng = np.random.default_rng(seed)
   d = n_train + n_test
   eye = np.eye(d)
-  y = rng.permutation(np.where(np.arange(n_train) % 2 == 0, 1., -1.))[:, None]
+  y = rng.permutation(np.where(np.arange(n_train) % 2 == 0, 1.0, -1.0))[:, None]
   src = np.arange(n_test) % n_train
   x_test = math.sqrt(d) * (math.sqrt(overlap) * eye[src] + math.sqrt(1 - overlap) * eye[n_train:])
   return Task(f'orthogonal P={n_train}', math.sqrt(d) * eye[:n_train], y, x_test, y[src])
@@ -81,21 +83,22 @@ def digits_task(pair: tuple[int, int], n_train: int, n_test: int, *, seed: int =
   from sklearn.datasets import load_digits
 
   digits = load_digits()
-  x_all = digits.data / 16.
+  x_all = digits.data / 16.0
   rng = np.random.default_rng(seed)
   picks = []
   for cls in pair:
     idx = rng.permutation(np.flatnonzero(digits.target == cls))
     if idx.size < n_train // 2 + n_test // 2:
-      raise ValueError(f'digit {cls} has only {idx.size} images, fewer than {n_train // 2} + {n_test // 2} '
-                       '(training + test halves)')
+      raise ValueError(
+        f'digit {cls} has only {idx.size} images, fewer than {n_train // 2} + {n_test // 2} (training + test halves)'
+      )
     picks.append(idx)
   half_train, half_test = n_train // 2, n_test // 2
   train = np.concatenate([p[:half_train] for p in picks])
-  test = np.concatenate([p[half_train:half_train + half_test] for p in picks])
-  label = lambda idx: np.where(digits.target[idx] == pair[0], 1., -1.)[:, None]  # noqa: E731
+  test = np.concatenate([p[half_train : half_train + half_test] for p in picks])
+  label = lambda idx: np.where(digits.target[idx] == pair[0], 1.0, -1.0)[:, None]
   x_tr, x_te = x_all[train], x_all[test]
-  scale = math.sqrt(np.mean(np.sum(np.concatenate([x_tr, x_te])**2, axis=1)) / x_all.shape[1])
+  scale = math.sqrt(np.mean(np.sum(np.concatenate([x_tr, x_te]) ** 2, axis=1)) / x_all.shape[1])
   return Task(f'digits {pair[0]}-vs-{pair[1]}', x_tr / scale, label(train), x_te / scale, label(test))
 
 
@@ -123,7 +126,7 @@ def network(depth: int, activation: str, sigma0: float, sigma: float) -> stax.ND
 
 def mse(pred, y) -> np.ndarray:
   """Mean over points of (f − y)², per leading index."""
-  return np.mean((np.asarray(pred) - np.asarray(y))**2, axis=(-2, -1))
+  return np.mean((np.asarray(pred) - np.asarray(y)) ** 2, axis=(-2, -1))
 
 
 def class_error(pred, y) -> np.ndarray:
@@ -135,6 +138,7 @@ class EndPoints(NamedTuple):
   """Closed forms on the test inputs: ``ntk`` = Θ0(x*, X)Θ0⁻¹Y (end of the gradient-driven phase, T → 0),
   ``equilibrium`` = K(x*, X)[K + T I]⁻¹Y (NNGP posterior, t → ∞, THEORY.md §4) and the gradient time scale
   1/λ_max(Θ0)."""
+
   ntk: np.ndarray
   equilibrium: np.ndarray
   gradient_time: float
@@ -144,7 +148,7 @@ def end_points(net, task: Task, temperature: float) -> EndPoints:
   """:class:`EndPoints` from one kernel call (x = X ∪ x*, times (0, ∞))."""
   x_all = np.concatenate([task.x, task.x_test])
   p = len(task.x)
-  k = net.ndk_fn(x_all, task.x, np.array([0., np.inf]), np.array([0., np.inf]), temperature=temperature)
+  k = net.ndk_fn(x_all, task.x, np.array([0.0, np.inf]), np.array([0.0, np.inf]), temperature=temperature)
   theta, nngp = np.asarray(k.ndk[0, 0]), np.asarray(k.nngp[1, 1])
   ntk = theta[p:] @ np.linalg.solve(theta[:p], task.y)
   eq = nngp[p:] @ np.linalg.solve(nngp[:p] + temperature * np.eye(p), task.y)
@@ -157,6 +161,7 @@ def end_points(net, task: Task, temperature: float) -> EndPoints:
 
 class EnsemblePoints(NamedTuple):
   """Member-mean outputs with standard errors: times (n_t,), test/train means and s.e. (n_t, n, 1)."""
+
   times: np.ndarray
   test: np.ndarray
   test_se: np.ndarray
@@ -167,24 +172,36 @@ class EnsemblePoints(NamedTuple):
   seconds: float
 
 
-def ensemble_points(net, task: Task, *, temperature: float, times, n_members: int, width: int,
-                    learning_rate: float, seed: int = 0) -> EnsemblePoints:
+def ensemble_points(
+  net, task: Task, *, temperature: float, times, n_members: int, width: int, learning_rate: float, seed: int = 0
+) -> EnsemblePoints:
   """Langevin-trained finite networks (``ndk_flax.ensemble.train_ensemble``) recorded at ``times`` (rounded to
   multiples of the step)."""
   times = learning_rate * np.unique(np.round(np.asarray(times) / learning_rate))
   start = time.time()
-  rec = train_ensemble(net, task.x, task.y, temperature=temperature, learning_rate=learning_rate,
-                       record_times=times, n_members=n_members, width=width, x_test=task.x_test, seed=seed,
-                       progress=False)
-  se = lambda a: a.std(0, ddof=1) / math.sqrt(a.shape[0])  # noqa: E731
-  return EnsemblePoints(rec.times, rec.test.mean(0), se(rec.test), rec.train.mean(0), se(rec.train), n_members,
-                        width, time.time() - start)
+  rec = train_ensemble(
+    net,
+    task.x,
+    task.y,
+    temperature=temperature,
+    learning_rate=learning_rate,
+    record_times=times,
+    n_members=n_members,
+    width=width,
+    x_test=task.x_test,
+    seed=seed,
+    progress=False,
+  )
+  se = lambda a: a.std(0, ddof=1) / math.sqrt(a.shape[0])
+  return EnsemblePoints(
+    rec.times, rec.test.mean(0), se(rec.test), rec.train.mean(0), se(rec.train), n_members, width, time.time() - start
+  )
 
 
 def ensemble_mse(ens_mean, ens_se, y) -> np.ndarray:
   """Unbiased estimate of the mean predictor's MSE from a finite ensemble: mean over points of (f̄_M − y)² − s.e.²
   (the M-member average carries variance s.e.² ≈ Var f/M on top of the error of the infinite-ensemble mean)."""
-  return mse(ens_mean, y) - np.mean(np.asarray(ens_se)**2, axis=(-2, -1))
+  return mse(ens_mean, y) - np.mean(np.asarray(ens_se) ** 2, axis=(-2, -1))
 
 
 def z_scores(ens_mean, ens_se, theory) -> np.ndarray:
@@ -204,9 +221,12 @@ def ensemble_agreement_claim(rep: 'Report', text: str, z, z_eq, n_members: int, 
   """Claim that a finite ensemble follows the theory: max |z| vs the solver (``z``) and vs the closed-form
   equilibrium (``z_eq``) below the Bonferroni bound of all these comparisons (α = 1 %)."""
   thr = z_threshold(n_members, np.size(z) + np.size(z_eq))
-  rep.claim(f'{text} (Bonferroni bound, α = 1 %)', bool(np.max(np.abs(z)) < thr and np.max(np.abs(z_eq)) < thr),
-            f'max |z| = {np.max(np.abs(z)):.2f} {where}, {np.max(np.abs(z_eq)):.2f} vs the equilibrium; bound '
-            f'{thr:.2f} for M = {n_members}')
+  rep.claim(
+    f'{text} (Bonferroni bound, α = 1 %)',
+    bool(np.max(np.abs(z)) < thr and np.max(np.abs(z_eq)) < thr),
+    f'max |z| = {np.max(np.abs(z)):.2f} {where}, {np.max(np.abs(z_eq)):.2f} vs the equilibrium; bound '
+    f'{thr:.2f} for M = {n_members}',
+  )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -218,8 +238,13 @@ class Report:
 
   def __init__(self, out: str, title: str, args: argparse.Namespace):
     self.out = out
-    self.lines = [f'# {title}', '', f'Preset: {"quick" if args.quick else "full"}, seed {args.seed}. '
-                  'Theory: infinite width (ndk_flax); ensembles: finite-width Langevin training.', '']
+    self.lines = [
+      f'# {title}',
+      '',
+      f'Preset: {"quick" if args.quick else "full"}, seed {args.seed}. '
+      'Theory: infinite width (ndk_flax); ensembles: finite-width Langevin training.',
+      '',
+    ]
     self.results: dict[str, Any] = {'preset': 'quick' if args.quick else 'full', 'seed': args.seed}
     self.claims: list[tuple[str, bool, str]] = []
     self.start = time.time()

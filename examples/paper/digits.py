@@ -6,6 +6,7 @@ preset the exact solver at one T; points: a Langevin-trained ensemble. The end p
 interpolant (end of the gradient phase) and the NNGP posterior (equilibrium).
 Run: ``python -m examples.paper.digits [--quick] [--out DIR]``.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -17,7 +18,7 @@ from ndk_flax.predict import langevin_mse_ensemble
 from ndk_flax.reduced import composite_small_temperature_mean
 
 NAME = 'digits'
-NETWORKS = {'erf σ0²=4σ²': ('erf', 2.), 'relu σ0=σ': ('relu', 1.)}   # one hidden layer, σ = 1, no biases
+NETWORKS = {'erf σ0²=4σ²': ('erf', 2.0), 'relu σ0=σ': ('relu', 1.0)}  # one hidden layer, σ = 1, no biases
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -29,42 +30,89 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   n_members, width = (8, 128) if quick else (32, 512)
   tasks = [C.digits_task(pair, p, n_test, seed=args.seed) for pair in ((0, 1), (4, 9))]
   rep = C.Report(args.out, 'Digits 0-vs-1 and 4-vs-9: test error over the two learning phases', args)
-  rep.add(f'Data: scikit-learn digits (8×8, no download), P = {p} balanced training images, {n_test} test images, '
-          'labels ±1, pixels/16 scaled by one global factor. Networks: one hidden layer (width ∞ in theory), '
-          'no biases, σ = 1. Class error = fraction of test images with sign(f̄) ≠ label.', '')
+  rep.add(
+    f'Data: scikit-learn digits (8×8, no download), P = {p} balanced training images, {n_test} test images, '
+    'labels ±1, pixels/16 scaled by one global factor. Networks: one hidden layer (width ∞ in theory), '
+    'no biases, σ = 1. Class error = fraction of test images with sign(f̄) ≠ label.',
+    '',
+  )
 
   networks = {k: v for k, v in NETWORKS.items() if not quick or v[0] == 'erf'}
   rows, curves = [], {}
   for task in tasks:
     for name, (act, sigma0) in networks.items():
-      net = C.network(1, act, sigma0, 1.)
+      net = C.network(1, act, sigma0, 1.0)
       for temperature in temps:
         end = C.end_points(net, task, temperature)
         t_grad, ntk = end.gradient_time, end.ntk
         times = np.geomspace(0.02 * t_grad, 10 / temperature, 60)
-        sol = composite_small_temperature_mean(net, task.x, task.y, temperature=temperature, times=times,
-                                               x_test=task.x_test, max_step=0.1)
+        sol = composite_small_temperature_mean(
+          net, task.x, task.y, temperature=temperature, times=times, x_test=task.x_test, max_step=0.1
+        )
         test_mse, test_err = C.mse(sol.test, task.y_test), C.class_error(sol.test, task.y_test)
         eq = end.equilibrium
         curves[(task.name, name, temperature)] = (times, test_mse, test_err, C.mse(sol.train, task.y))
         best = int(np.argmin(test_mse))
-        rows.append([task.name, name, temperature, t_grad, float(C.mse(ntk, task.y_test)),
-                     float(C.class_error(ntk, task.y_test)), float(test_mse[best]), float(times[best]),
-                     float(test_err[best]), float(C.mse(eq, task.y_test)), float(C.class_error(eq, task.y_test)),
-                     float(np.min(C.mse(sol.train, task.y)))])
-  columns = ['task', 'network', 'T', 'gradient_time', 'ntk_end_mse', 'ntk_end_class_error', 'best_mse', 'best_t',
-             'best_class_error', 'equilibrium_mse', 'equilibrium_class_error', 'min_train_mse']
+        rows.append(
+          [
+            task.name,
+            name,
+            temperature,
+            t_grad,
+            float(C.mse(ntk, task.y_test)),
+            float(C.class_error(ntk, task.y_test)),
+            float(test_mse[best]),
+            float(times[best]),
+            float(test_err[best]),
+            float(C.mse(eq, task.y_test)),
+            float(C.class_error(eq, task.y_test)),
+            float(np.min(C.mse(sol.train, task.y))),
+          ]
+        )
+  columns = [
+    'task',
+    'network',
+    'T',
+    'gradient_time',
+    'ntk_end_mse',
+    'ntk_end_class_error',
+    'best_mse',
+    'best_t',
+    'best_class_error',
+    'equilibrium_mse',
+    'equilibrium_class_error',
+    'min_train_mse',
+  ]
   rep.results.update(columns=columns, rows=rows)
-  rep.add('## Test error at the end of each phase', '',
-          'NTK end: Θ0(x*, X)Θ0⁻¹Y (closed form); equilibrium: NNGP posterior K(x*, X)[K + T I]⁻¹Y (closed form); '
-          'best: minimum of the small-T theory over time; min train MSE: its minimum over time (the plateau).', '')
-  rep.table(['task', 'network', 'T', '1/λmax(Θ0)', 'MSE NTK end', 'class err NTK end', 'best MSE', 'at t',
-             'class err best', 'MSE equilibrium', 'class err equilibrium', 'min train MSE'], rows)
+  rep.add(
+    '## Test error at the end of each phase',
+    '',
+    'NTK end: Θ0(x*, X)Θ0⁻¹Y (closed form); equilibrium: NNGP posterior K(x*, X)[K + T I]⁻¹Y (closed form); '
+    'best: minimum of the small-T theory over time; min train MSE: its minimum over time (the plateau).',
+    '',
+  )
+  rep.table(
+    [
+      'task',
+      'network',
+      'T',
+      '1/λmax(Θ0)',
+      'MSE NTK end',
+      'class err NTK end',
+      'best MSE',
+      'at t',
+      'class err best',
+      'MSE equilibrium',
+      'class err equilibrium',
+      'min train MSE',
+    ],
+    rows,
+  )
 
   # --- Exact solver (full preset) and ensemble on 4-vs-9 with erf. -------------------------------------------
   task = tasks[1]
   act, sigma0 = NETWORKS['erf σ0²=4σ²']
-  net = C.network(1, act, sigma0, 1.)
+  net = C.network(1, act, sigma0, 1.0)
   end = C.end_points(net, task, ens_temp)
   t_grad = end.gradient_time
   exact = None
@@ -72,23 +120,42 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     times = np.geomspace(0.02 * t_grad, 10 / exact_temp, 40)
     predictor = langevin_mse_ensemble(net, task.x, task.y, temperature=exact_temp)
     exact = (times, C.mse(predictor(times, task.x_test), task.y_test))
-    approx = composite_small_temperature_mean(net, task.x, task.y, temperature=exact_temp, times=times,
-                                              x_test=task.x_test, max_step=0.1)
+    approx = composite_small_temperature_mean(
+      net, task.x, task.y, temperature=exact_temp, times=times, x_test=task.x_test, max_step=0.1
+    )
     gap = float(np.max(np.abs(exact[1] - C.mse(approx.test, task.y_test))))
     rep.results['exact_vs_composite_max_test_mse_gap'] = {'T': exact_temp, 'gap': gap}
     rep.add(f'Exact solver vs small-T composite at T = {exact_temp} (4-vs-9, erf): max |Δ test MSE| = {gap:.3g}.', '')
   lr = min(0.02, 0.5 * t_grad)
-  ens = C.ensemble_points(net, task, temperature=ens_temp, times=np.array([3 * t_grad, 1 / ens_temp, 10 / ens_temp]),
-                          n_members=n_members, width=width, learning_rate=lr, seed=args.seed)
+  ens = C.ensemble_points(
+    net,
+    task,
+    temperature=ens_temp,
+    times=np.array([3 * t_grad, 1 / ens_temp, 10 / ens_temp]),
+    n_members=n_members,
+    width=width,
+    learning_rate=lr,
+    seed=args.seed,
+  )
   z_eq = C.z_scores(ens.test[-1], ens.test_se[-1], end.equilibrium)
   ens_err = C.class_error(ens.test, task.y_test)
-  rep.results['ensemble'] = {'task': task.name, 'temperature': ens_temp, 'times': ens.times, 'n_members': n_members,
-                             'width': width, 'max_abs_z_last_vs_equilibrium': float(np.max(np.abs(z_eq))),
-                             'class_error': ens_err, 'test_mse': C.ensemble_mse(ens.test, ens.test_se, task.y_test)}
-  rep.add(f'Ensemble ({task.name}, erf σ0² = 4σ², T = {ens_temp}, M = {n_members}, width {width}): test class error '
-          f'{", ".join(f"{e:.3f}" for e in ens_err)} at t = {", ".join(f"{t:.3g}" for t in ens.times)}; at the last '
-          f'time (10σ²/T) the mean output is within max |z| = {np.max(np.abs(z_eq)):.2f} of the closed-form '
-          f'equilibrium over the {n_test} test images.', '')
+  rep.results['ensemble'] = {
+    'task': task.name,
+    'temperature': ens_temp,
+    'times': ens.times,
+    'n_members': n_members,
+    'width': width,
+    'max_abs_z_last_vs_equilibrium': float(np.max(np.abs(z_eq))),
+    'class_error': ens_err,
+    'test_mse': C.ensemble_mse(ens.test, ens.test_se, task.y_test),
+  }
+  rep.add(
+    f'Ensemble ({task.name}, erf σ0² = 4σ², T = {ens_temp}, M = {n_members}, width {width}): test class error '
+    f'{", ".join(f"{e:.3f}" for e in ens_err)} at t = {", ".join(f"{t:.3g}" for t in ens.times)}; at the last '
+    f'time (10σ²/T) the mean output is within max |z| = {np.max(np.abs(z_eq)):.2f} of the closed-form '
+    f'equilibrium over the {n_test} test images.',
+    '',
+  )
 
   # --- Figure. -------------------------------------------------------------------------------------------------
   fig, axes = C.plt.subplots(2, 2, figsize=(11, 7))
@@ -103,8 +170,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     axes[1, col].set_title(f'{task_.name}: test class error', fontsize=9)
   if exact is not None:
     axes[0, 1].plot(exact[0], exact[1], 'k:', label=f'exact solver, erf, T = {exact_temp}')
-  axes[0, 1].plot(ens.times, C.ensemble_mse(ens.test, ens.test_se, task.y_test), 'o',
-                  label=f'ensemble erf, T = {ens_temp} (finite-M variance subtracted)')
+  axes[0, 1].plot(
+    ens.times,
+    C.ensemble_mse(ens.test, ens.test_se, task.y_test),
+    'o',
+    label=f'ensemble erf, T = {ens_temp} (finite-M variance subtracted)',
+  )
   axes[1, 1].plot(ens.times, ens_err, 'o', label=f'ensemble erf, T = {ens_temp}')
   for ax in axes.ravel():
     C.log_time_axis(ax)
@@ -114,19 +185,25 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
   # --- Claims. -------------------------------------------------------------------------------------------------
   changes = [(r[0], r[1], r[2], r[4], r[9], r[11]) for r in rows]
-  rep.claim('After the training error has converged (plateau, MSE ≪ 1), the diffusive phase still changes the '
-            'test error (from the NTK interpolant to the NNGP posterior)',
-            any(c[5] < 0.05 and abs(c[3] - c[4]) > 0.005 for c in changes),
-            '; '.join(f'{t} {n} T={temp}: train MSE {tr:.1e}, test MSE {a:.4f} → {b:.4f}'
-                      for t, n, temp, a, b, tr in changes))
+  rep.claim(
+    'After the training error has converged (plateau, MSE ≪ 1), the diffusive phase still changes the '
+    'test error (from the NTK interpolant to the NNGP posterior)',
+    any(c[5] < 0.05 and abs(c[3] - c[4]) > 0.005 for c in changes),
+    '; '.join(f'{t} {n} T={temp}: train MSE {tr:.1e}, test MSE {a:.4f} → {b:.4f}' for t, n, temp, a, b, tr in changes),
+  )
   dips = [r for r in rows if r[6] < min(r[4], r[9]) - 2e-3]
-  rep.claim('Non-monotonic test error in the diffusive phase (an optimal stopping time) can occur',
-            bool(dips), ', '.join(f'{r[0]} {r[1]}: best {r[6]:.4f} < ends {r[4]:.4f}, {r[9]:.4f}' for r in dips)
-            or 'no dip below both ends in these runs')
+  rep.claim(
+    'Non-monotonic test error in the diffusive phase (an optimal stopping time) can occur',
+    bool(dips),
+    ', '.join(f'{r[0]} {r[1]}: best {r[6]:.4f} < ends {r[4]:.4f}, {r[9]:.4f}' for r in dips)
+    or 'no dip below both ends in these runs',
+  )
   thr = C.z_threshold(n_members, n_test)
-  rep.claim('Finite-width ensemble agrees with the theory at equilibrium (Bonferroni bound, α = 1 %)',
-            bool(np.max(np.abs(z_eq)) < thr),
-            f'max |z| = {np.max(np.abs(z_eq)):.2f} over {n_test} test images; bound {thr:.2f} for M = {n_members}')
+  rep.claim(
+    'Finite-width ensemble agrees with the theory at equilibrium (Bonferroni bound, α = 1 %)',
+    bool(np.max(np.abs(z_eq)) < thr),
+    f'max |z| = {np.max(np.abs(z_eq)):.2f} over {n_test} test images; bound {thr:.2f} for M = {n_members}',
+  )
   return rep.write()
 
 
