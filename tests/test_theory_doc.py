@@ -1,13 +1,17 @@
-"""Formulas stated in docs/theory.md that the other test files do not check.
+"""Formulas stated in docs/theory.md that the other test files do not check, and its section citations.
 
-* §3.4: R(0, 0) with biases and unequal stds is Neural Tangents' NTK in its 'standard' parameterisation with
+* §3.5: R(0, 0) with biases and unequal stds is Neural Tangents' NTK in its 'standard' parameterisation with
   s = (fan_in, 1) in every layer, and it is NOT NT's 'ntk'-parameterisation ntk / σ0² (which holds only when every
   group, biases included, starts at the same σ0). At equilibrium R(t, t) is the same raw NTK at the prior stds.
-* §2: the per-group fluctuation–dissipation defect (1/T) ∂_s c − r = (1 − σ0²/σ²) e^{−λ(t+s)}.
-* §4.3–4.4: T = 0 with biases equals NT's gradient_descent_mse_ensemble on that raw kernel at t_NT = t · y.size;
-  t = ∞ equals NT's gp_inference on the NNGP at the prior stds with noise variance T.
+* §2.2: the per-group fluctuation–dissipation defect (1/T) ∂_s c − r = (1 − σ0²/σ²) e^{−λ(t+s)}.
+* §4.4–4.5 (slow): T = 0 with biases equals NT's gradient_descent_mse_ensemble on that raw kernel at
+  t_NT = t · y.size; t = ∞ equals NT's gp_inference on the NNGP at the prior stds with noise variance T.
 * §5.1: for ReLU without bias, Θ0 ∝ σ0^{2L} with L the number of hidden layers.
+* Every `docs/theory.md §n` (or legacy `THEORY.md §n`) cited in the tree names a section the document has.
 """
+
+import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -135,3 +139,21 @@ def test_relu_ntk_scales_as_sigma0_to_the_2l(hidden):
 
   theta = [net(w).ndk_fn(X1, X2, 0.0, 0.0, temperature=0.0).ndk for w in (1.0, 2.0)]
   np.testing.assert_allclose(theta[1], 4.0**hidden * theta[0], rtol=1e-12)
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CITATION = re.compile(r'(?:docs/theory\.md|THEORY\.md) (§[0-9][0-9.]*(?:(?:[–-]|, )§?[0-9][0-9.]*)*)')
+
+
+def test_cited_sections_exist():
+  doc = (ROOT / 'docs' / 'theory.md').read_text(encoding='utf-8')
+  headings = set(re.findall(r'^#+ §([0-9]+(?:\.[0-9]+)?) ', doc, flags=re.MULTILINE))
+  assert {str(n) for n in range(1, 9)} <= headings, sorted(headings)
+  cited = set()
+  for path in [*ROOT.glob('ndk_flax/**/*.py'), *ROOT.glob('examples/**/*.py'), *ROOT.glob('benchmarks/*.py')]:
+    for group in CITATION.findall(path.read_text(encoding='utf-8')):
+      numbers = [n.rstrip('.') for n in re.findall(r'[0-9][0-9.]*', group)]
+      cited.update((path.name, n) for n in numbers if n)
+  assert cited, 'no citations of docs/theory.md found'
+  missing = sorted((name, n) for name, n in cited if n not in headings)
+  assert not missing, f'cited sections missing from docs/theory.md: {missing}'
