@@ -27,9 +27,7 @@ X2 = RNG.normal(size=(3, 5))
 WIDTH = 16
 # (σ0_W, σ0_b) per Dense layer: biases whose init std differs from the weights', and unequal weight stds.
 INIT = [(1.3, 0.4), (0.9, 0.7), (1.1, 0.2)]
-
-
-PRIOR = [(0.8, 0.6), (1.4, 0.3), (1.0, 0.5)]
+PRIOR = [(0.8, 0.6), (1.4, 0.3), (1.0, 0.5)]  # (σ_W, σ_b) per layer, all different from INIT
 
 
 def _mlp(lib, stds, standard=False, prior=None):
@@ -106,6 +104,7 @@ def test_ou_fluctuation_dissipation_defect():
 
 @pytest.mark.slow  # end to end through the predictor (~7 s CPU, compiles); the kernel identity above is fast
 def test_zero_temperature_with_biases_is_nt_gradient_flow_on_the_raw_kernel():
+  """NT's loss is averaged over y.size entries: its time is t · y.size on the raw kernel (two outputs here)."""
   x, x_test, y = X1, X2, RNG.normal(size=(4, 2))
   ours = predict.langevin_mse_ensemble(_mlp(stax, INIT), x, y, temperature=0.0)
   raw = nt_predict.gradient_descent_mse_ensemble(_mlp(nt_stax, INIT, standard=True)[2], x, y)
