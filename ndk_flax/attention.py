@@ -194,6 +194,7 @@ def self_attention_rule(
     cov2 = None
     if k.cov2 is not None:
       cov2 = c(o, t2, t2) * c(v, t2, t2) * _weigh_own(unit_kernel_fn_at, k.cov2, k, logit2, 'cov2') + c(b, t2, t2)
-    return mixed.replace(nngp=nngp, cov1=cov1, cov2=cov2, ntk=ndk)
+    # As Neural Tangents does after its own rule: entries involving a masked position are zero.
+    return mixed.replace(nngp=nngp, cov1=cov1, cov2=cov2, ntk=ndk).mask(mixed.mask1, mixed.mask2)
 
   return rule

@@ -306,3 +306,28 @@ def test_monte_carlo_finite_width_matches_two_time_kernels(mechanism):
     assert _agrees(samples, expected, allowance)
     assert not _agrees(samples, 1.05 * expected, allowance)
     assert not _agrees(samples, 0.95 * expected, allowance)
+
+
+@pytest.mark.parametrize('mechanism', NETWORK_MECHANISMS)
+def test_masked_inputs_match_neural_tangents_at_zero_temperature(mechanism):
+  """The rule on Neural Tangents' masked input kernel (`mask_constant`): NT's nngp/cov1/cov2 and, with one σ0 and
+  no bias, ntk/σ0², at T = 0; at T > 0 the masked entries stay zero. (Called through `layer.rule` on NT's input
+  kernel, which is what `ndk_fn` builds.)"""
+  x1 = X1.at[0, 3].set(0.0).at[1, 2:].set(0.0)
+  x2 = X2.at[1, 0].set(0.0)
+  k = nt_stax.Identity()[2](x1, x2, mask_constant=0.0, diagonal_spatial=False).replace(x1_is_x2=False)
+  s0 = 1.2
+  for b_std in (0.3, None):
+    kw = dict(W_key_std=s0, W_query_std=s0, W_value_std=s0, W_out_std=s0, b_std=b_std, attention_mechanism=mechanism)
+    ours = stax.GlobalSelfAttention(3, 4, 4, 2, **kw).rule(k, 2.0, 1.0, 0.0)
+    theirs = nt_stax.GlobalSelfAttention(3, 4, 4, 2, **kw)[2](k)
+    for field in ('nngp', 'cov1', 'cov2'):
+      assert_close(getattr(ours, field), getattr(theirs, field))
+    if b_std is None:
+      assert_close(ours.ntk, theirs.ntk / s0**2)
+  warm = stax.GlobalSelfAttention(3, 4, 4, 2, b_std=0.3, attention_mechanism=mechanism).rule(k, 2.0, 1.0, 0.5)
+  kept = np.asarray(~(k.mask1[:, None, :, None, 0] | k.mask2[None, :, None, :, 0]))  # both positions unmasked
+  assert np.all(np.asarray(warm.nngp)[~np.asarray(masked)] == 0) and np.all(
+    np.asarray(warm.ntk)[~np.asarray(masked)] == 0
+  )
+  assert np.all(np.abs(np.asarray(warm.nngp)[np.asarray(masked)]) > 0)
