@@ -329,3 +329,16 @@ def test_masked_inputs_match_neural_tangents_at_zero_temperature(mechanism):
   kept = np.asarray(~(k.mask1[:, None, :, None, 0] | k.mask2[None, :, None, :, 0]))  # both positions unmasked
   assert np.all(np.asarray(warm.nngp)[~kept] == 0) and np.all(np.asarray(warm.ntk)[~kept] == 0)
   assert np.all(np.abs(np.asarray(warm.nngp)[kept]) > 0)
+
+
+def test_time_grid_matches_pointwise_evaluation():
+  layer = attention(stax, 'SOFTMAX', prior=True)
+  t1, t2 = np.array([0.0, 0.7, 2.0]), np.array([0.3, 1.5])
+  grid = layer.ndk_fn(X1, X2, t1, t2, temperature=0.4)
+  for i, a in enumerate(t1):
+    assert_close(grid.cov1[i], layer.ndk_fn(X1, X2, a, 0.0, temperature=0.4).cov1)
+    for j, b in enumerate(t2):
+      point = layer.ndk_fn(X1, X2, a, b, temperature=0.4)
+      assert_close(grid.nngp[i, j], point.nngp)
+      assert_close(grid.ndk[i, j], point.ndk)
+      assert_close(grid.cov2[j], point.cov2)
