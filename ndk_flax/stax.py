@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ndk_flax import _two_time
+from ndk_flax import _two_time, attention
 from ndk_flax import _validation as V
 from ndk_flax._nt import Kernel, nt_stax
 from ndk_flax._two_time import ParamGroup
@@ -460,18 +460,90 @@ ConvTranspose = _conv_factory('ConvTranspose', nt_stax.ConvTranspose, shared_bia
 ConvLocal = _conv_factory('ConvLocal', nt_stax.ConvLocal, shared_bias=False)
 
 
-@functools.wraps(nt_stax.GlobalSelfAttention)
-def GlobalSelfAttention(*args, **kwargs) -> NDKLayer:
-  triple = nt_stax.GlobalSelfAttention(*args, **kwargs)
+def GlobalSelfAttention(
+  n_chan_out: int,
+  n_chan_key: int,
+  n_chan_val: int,
+  n_heads: int,
+  linear_scaling: bool = True,
+  W_key_std: float = 1.0,
+  W_value_std: float = 1.0,
+  W_query_std: float = 1.0,
+  W_out_std: float = 1.0,
+  b_std: Optional[float] = None,
+  attention_mechanism: str = AttentionMechanism.SOFTMAX.name,
+  pos_emb_type: str = PositionalEmbedding.NONE.name,
+  pos_emb_p_norm: float = 2,
+  pos_emb_decay_fn: Optional[Callable[[float], float]] = None,
+  n_chan_pos_emb: Optional[int] = None,
+  W_pos_emb_std: float = 1.0,
+  val_pos_emb: bool = False,
+  batch_axis: int = 0,
+  channel_axis: int = -1,
+  *,
+  W_key_prior_std: Optional[float] = None,
+  W_value_prior_std: Optional[float] = None,
+  W_query_prior_std: Optional[float] = None,
+  W_out_prior_std: Optional[float] = None,
+  b_prior_std: Optional[float] = None,
+) -> NDKLayer:
+  """Global self-attention with the signature of `neural_tangents.stax.GlobalSelfAttention`, plus prior stds.
 
-  def rule(k, t1, t2, temperature):
-    raise NotImplementedError(
-      'ndk_flax.stax.GlobalSelfAttention has no two-time (NDK) rule yet: its query/key weights enter the '
-      'output non-linearly, so the shared parametric rule of THEORY.md §3 does not apply. Its '
-      '`init_fn`, `apply_fn` and `kernel_fn` (T = 0 NTK/NNGP) work as in Neural Tangents.'
-    )
+  The NT triple is Neural Tangents' own for every option. `ndk_fn` has the two-time rule of
+  `ndk_flax.attention` (docs/attention.md) for `linear_scaling=True` and `pos_emb_type='NONE'` (any
+  `attention_mechanism`), and refuses the other options with the reason. Groups: the tied query-key matrix
+  (σ0² = W_query_std·W_key_std, σ² = W_query_prior_std·W_key_prior_std), W_value, W_out and the bias.
 
-  return NDKLayer(triple, rule, LayerSpec('free', {'name': 'GlobalSelfAttention', 'layer': tuple(triple[:3])}), ())
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> layer = GlobalSelfAttention(2, 2, 2, 1)
+    >>> round(float(layer.ndk_fn(jnp.ones((1, 3, 2)), None, 1.0, 0.5, temperature=0.1).nngp.sum()), 4)
+    8.1435
+  """
+  nt_args = dict(
+    n_chan_out=n_chan_out,
+    n_chan_key=n_chan_key,
+    n_chan_val=n_chan_val,
+    n_heads=n_heads,
+    attention_mechanism=attention_mechanism,
+    batch_axis=batch_axis,
+    channel_axis=channel_axis,
+  )
+  triple = nt_stax.GlobalSelfAttention(
+    **nt_args,
+    linear_scaling=linear_scaling,
+    W_key_std=W_key_std,
+    W_value_std=W_value_std,
+    W_query_std=W_query_std,
+    W_out_std=W_out_std,
+    b_std=b_std,
+    pos_emb_type=pos_emb_type,
+    pos_emb_p_norm=pos_emb_p_norm,
+    pos_emb_decay_fn=pos_emb_decay_fn,
+    n_chan_pos_emb=n_chan_pos_emb,
+    W_pos_emb_std=W_pos_emb_std,
+    val_pos_emb=val_pos_emb,
+  )
+  groups = attention.attention_groups(
+    W_query_std,
+    W_key_std,
+    W_value_std,
+    W_out_std,
+    b_std,
+    W_query_prior_std=W_query_prior_std,
+    W_key_prior_std=W_key_prior_std,
+    W_value_prior_std=W_value_prior_std,
+    W_out_prior_std=W_out_prior_std,
+    b_prior_std=b_prior_std,
+  )
+
+  def unit_kernel_fn_at(logit_scale):
+    return nt_stax.GlobalSelfAttention(**nt_args, W_key_std=logit_scale, W_query_std=1.0)[2]
+
+  refusal = attention.unsupported_reason(linear_scaling, pos_emb_type)
+  rule = attention.self_attention_rule(unit_kernel_fn_at, groups, refusal)
+  spec = LayerSpec('free', {'name': 'GlobalSelfAttention', 'layer': tuple(triple[:3])})
+  return NDKLayer(triple, rule, spec, groups.present())
 
 
 # ----------------------------------------------------------------------------------------------------------

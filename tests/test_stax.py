@@ -309,7 +309,11 @@ def test_plain_neural_tangents_parametric_layers_are_rejected_with_replacement_n
 
 
 def test_self_attention_fails_clearly():
-  attn = stax.serial(stax.GlobalSelfAttention(4, 4, 4, 1), stax.Flatten(), stax.Dense(1))
+  attn = stax.serial(
+    stax.GlobalSelfAttention(4, 4, 4, 1, linear_scaling=False, attention_mechanism='IDENTITY'),
+    stax.Flatten(),
+    stax.Dense(1),
+  )
   assert attn[2](jnp.ones((2, 3, 4)), None, 'nngp').shape == (2, 2)
   with pytest.raises(NotImplementedError, match='GlobalSelfAttention'):
     attn.ndk_fn(jnp.ones((2, 3, 4)), None, 0.0, 0.0, temperature=0.0)
