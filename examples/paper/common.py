@@ -11,17 +11,11 @@ import time
 from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
+import matplotlib.pyplot as plt
+import numpy as np
 
-jax.config.update('jax_enable_x64', True)
-
-import matplotlib  # noqa: E402
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ndk_flax import stax  # noqa: E402
-from ndk_flax.ensemble import train_ensemble  # noqa: E402
+from ndk_flax import stax
+from ndk_flax.ensemble import train_ensemble
 
 ACTIVATIONS = {'erf': stax.Erf, 'relu': stax.Relu}
 
@@ -31,7 +25,13 @@ ACTIVATIONS = {'erf': stax.Erf, 'relu': stax.Relu}
 
 
 def parse_args(name: str, description: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-  """``--out DIR`` (default ``paper_out/<name>``), ``--quick`` (small preset for tests), ``--seed``."""
+  """``--out DIR`` (default ``paper_out/<name>``), ``--quick`` (small preset for tests), ``--seed``.
+
+  The entry point of every paper script: it also turns on float64 (the theory near equilibrium needs it) and the
+  Agg backend of matplotlib (files only), for this process; nothing of that happens at import.
+  """
+  jax.config.update('jax_enable_x64', True)
+  plt.switch_backend('Agg')
   parser = argparse.ArgumentParser(prog=f'python -m examples.paper.{name}', description=description)
   parser.add_argument('--out', default=os.path.join('paper_out', name), help='output directory')
   parser.add_argument('--quick', action='store_true', help='small, fast preset (used by the tests)')
