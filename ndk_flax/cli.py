@@ -460,12 +460,19 @@ def _kernel_figure(path: str, times, maps: dict[str, Any], title: str) -> None:
     path,
     times,
     [
-      ('C(t, s, x, x): two-time NNGP', maps['nngp'][:, :, 0, 0]),
-      ('C(t,s) / √(C(t,t) C(s,s))', maps['correlation'][:, :, 0, 0]),
-      ('R(t, s, x, x): NDK (0 for t < s)', maps['ndk'][:, :, 0, 0]),
+      ('two-time NNGP\nC(t, s, x, x)', maps['nngp'][:, :, 0, 0]),
+      ('correlation\nC(t,s)/√(C(t,t)C(s,s))', maps['correlation'][:, :, 0, 0]),
+      ('NDK R(t, s, x, x)\n(0 for t < s)', maps['ndk'][:, :, 0, 0]),
     ],
     suptitle=title,
   )
+
+
+def _kernel_figure_times(record_times, n: int = 48):
+  """0 and ``n`` geometric times from the first positive record time to the last: the grid of the heat maps."""
+  import numpy as np
+
+  return np.concatenate([[0.0], np.geomspace(record_times[1], record_times[-1], n)])
 
 
 def _dense_grid(record_times, n: int = 160):
@@ -526,7 +533,10 @@ def kernels(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[st
       np.savez(fh, times=times, x=x, nngp=maps['nngp'], ndk=maps['ndk'], config=json.dumps(cfg.to_dict()))
 
   out.write('kernels.npz', write_npz)
-  out.write('kernels.png', lambda p: _kernel_figure(p, times, maps, _arch_title(cfg)))
+  figure_times = _kernel_figure_times(times)
+  figure_maps = _kernel_maps(layer, x[:1], figure_times, cfg.temperature)
+  title = _arch_title(cfg) + ', first training point'
+  out.write('kernels.png', lambda p: _kernel_figure(p, figure_times, figure_maps, title))
   out.commit()
   print(f'ndk-flax: wrote {", ".join(out.written)} to {out.path}', file=sys.stderr)
   return EXIT_PASS
@@ -589,7 +599,7 @@ def validate(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[s
   stage(names[3])
   phases = (scales.gradient, scales.diffusive)
   _time_figures(out, cfg, dense, {'train': theory.train, 'test': theory.test}, losses, results, phases)
-  kernel_times = np.geomspace(times[1] / 4, times[-1], 48)
+  kernel_times = _kernel_figure_times(times)
   maps = _kernel_maps(layer, ds.x_train[:1], kernel_times, cfg.temperature)
   kernel_title = _arch_title(cfg) + ', first training point'
   out.write('kernel.png', lambda p: _kernel_figure(p, kernel_times, maps, kernel_title))
@@ -778,7 +788,7 @@ def _time_figures(
       t_ens,
       np.asarray(results['train_loss']['ensemble']),
       None,
-      ('mean predictor',),
+      (),
       logy=True,
     ),
     plotting.Panel(
@@ -789,12 +799,15 @@ def _time_figures(
       t_ens,
       np.asarray(results['test_mse']['ensemble']),
       None,
-      ('mean predictor',),
+      (),
       logy=True,
     ),
   ]
   out.write(
-    'loss.png', lambda p: plotting.time_panels(p, loss_panels, suptitle='Learning curves: ' + title, time_scales=phases)
+    'loss.png',
+    lambda p: plotting.time_panels(
+      p, loss_panels, suptitle='Learning curves of the mean predictor f̄: ' + title, time_scales=phases
+    ),
   )
 
 

@@ -62,7 +62,7 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
     else:
       patterns.append(f'{p["statistic"]}: {p["above"]} points above, {p["below"]} below the theory')
   return [
-    f'1. **{"PASSED" if results["passed"] else "FAILED"}**. {verdict.sentence(results)}',
+    f'1. **{"PASSED" if results["passed"] else "FAILED"}**: {verdict.sentence(results).split(": ", 1)[1]}',
     f'2. Deciding statistic: max (|ensemble − theory| − δ)/s.e. = {fmt(results["max_abs_z"]["beyond_allowance"])} '
     f'{cmp} z_tol = {fmt(tol["z_tol"])}, over K = {tol["n_comparisons"]} comparisons, with finite-width allowances '
     f'δ = {fmt(tol["mean_atol"])} (mean) and {fmt(tol["var_atol"])} (variance); max |z| without δ: '

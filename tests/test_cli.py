@@ -298,6 +298,18 @@ def test_width_too_small_to_fail_is_refused(tmp_path, fake_run, capsys):
   assert fake_run['calls'] == []
 
 
+def test_every_figure_has_the_promised_size_and_dpi(tmp_path, fake_run):
+  """validate's four PNGs and kernels.png: style.COLUMN inches wide at style.DPI (≥ 150 dpi at that size)."""
+  from tests.test_figures import assert_house_figure
+
+  assert cli.main(FAKE_ARGS + ['--out', str(tmp_path / 'v')]) == cli.EXIT_PASS
+  for name in ('mean.png', 'variance.png', 'loss.png', 'kernel.png'):
+    assert_house_figure(tmp_path / 'v' / name)
+  args = ['ndk-flax', 'kernels', '--n_times', '5', '--t_max', '2', '--n_train', '3', '--out', str(tmp_path / 'k')]
+  assert cli.main(args) == cli.EXIT_PASS
+  assert_house_figure(tmp_path / 'k' / 'kernels.png')
+
+
 def _complete_previous_run(out, fake_run) -> dict:
   assert cli.main(FAKE_ARGS + ['--out', str(out)]) == cli.EXIT_PASS
   return {name: (out / name).read_bytes() for name in VALIDATE_FILES}

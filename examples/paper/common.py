@@ -14,7 +14,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ndk_flax import stax
+from ndk_flax import stax, style
 from ndk_flax.ensemble import train_ensemble
 
 ACTIVATIONS = {'erf': stax.Erf, 'relu': stax.Relu}
@@ -28,10 +28,12 @@ def parse_args(name: str, description: str, argv: Optional[Sequence[str]] = None
   """``--out DIR`` (default ``paper_out/<name>``), ``--quick`` (small preset for tests), ``--seed``.
 
   The entry point of every paper script: it also turns on float64 (the theory near equilibrium needs it) and the
-  Agg backend of matplotlib (files only), for this process; nothing of that happens at import.
+  Agg backend of matplotlib (files only) with the house style of ``ndk_flax.style`` (the CLI's), for this process;
+  nothing of that happens at import.
   """
   jax.config.update('jax_enable_x64', True)
   plt.switch_backend('Agg')
+  style.use()
   parser = argparse.ArgumentParser(prog=f'python -m examples.paper.{name}', description=description)
   parser.add_argument('--out', default=os.path.join('paper_out', name), help='output directory')
   parser.add_argument('--quick', action='store_true', help='small, fast preset (used by the tests)')
@@ -268,7 +270,7 @@ class Report:
 
   def figure(self, fig, name: str, caption: str) -> str:
     path = os.path.join(self.out, name)
-    fig.savefig(path, dpi=80)
+    style.save(fig, path)
     plt.close(fig)
     self.lines += [f'![{caption}]({name})', '', f'*{caption}*', '']
     return path
@@ -302,6 +304,16 @@ def _jsonable(value):
   if isinstance(value, (np.integer,)):
     return int(value)
   return value
+
+
+def figure(nrows: int, ncols: int, row_height: float = 2.9):
+  """``plt.subplots`` at the house size: :data:`ndk_flax.style.COLUMN` inches wide, ``row_height`` per row."""
+  return plt.subplots(nrows, ncols, figsize=(style.COLUMN, row_height * nrows), squeeze=False)
+
+
+def legend_below(ax, ncols: int = 2) -> None:
+  """The legend of ``ax`` below its x axis, outside the data."""
+  ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.25), ncols=ncols, handlelength=1.5, columnspacing=1.0)
 
 
 def log_time_axis(ax, label: str = 'time t (learning rate × steps)') -> None:

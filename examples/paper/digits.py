@@ -26,7 +26,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   quick = args.quick
   p, n_test = (16, 60) if quick else (60, 240)
   temps = [0.01] if quick else [0.01, 0.001]
-  exact_temp, ens_temp = 0.05, 0.1
+  exact_temp = ens_temp = 0.1  # one temperature: the exact solver, the theory and the ensemble share a panel
   n_members, width = (8, 128) if quick else (32, 512)
   tasks = [C.digits_task(pair, p, n_test, seed=args.seed) for pair in ((0, 1), (4, 9))]
   rep = C.Report(args.out, 'Digits 0-vs-1 and 4-vs-9: test error over the two learning phases', args)
@@ -158,7 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   )
 
   # --- Figure. -------------------------------------------------------------------------------------------------
-  fig, axes = C.plt.subplots(2, 2, figsize=(11, 7))
+  fig, axes = C.figure(2, 2, row_height=3.3)
   for col, task_ in enumerate(tasks):
     for key, (times, test_mse, test_err, _) in curves.items():
       if key[0] != task_.name:
@@ -166,8 +166,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
       label = f'{key[1]}, T = {key[2]}'
       axes[0, col].plot(times, test_mse, label=label)
       axes[1, col].plot(times, test_err, label=label)
-    axes[0, col].set_title(f'{task_.name}: test MSE', fontsize=9)
-    axes[1, col].set_title(f'{task_.name}: test class error', fontsize=9)
+    axes[0, col].set_title(f'{task_.name}: test MSE')
+    axes[1, col].set_title(f'{task_.name}: test class error')
+    if all(np.max(v[2]) == 0 for k, v in curves.items() if k[0] == task_.name):
+      axes[1, col].text(
+        0.5, 0.5, 'class error 0 at every time\n(the task is separable)', transform=axes[1, col].transAxes, ha='center'
+      )
   if exact is not None:
     axes[0, 1].plot(exact[0], exact[1], 'k:', label=f'exact solver, erf, T = {exact_temp}')
   axes[0, 1].plot(
@@ -179,8 +183,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   axes[1, 1].plot(ens.times, ens_err, 'o', label=f'ensemble erf, T = {ens_temp}')
   for ax in axes.ravel():
     C.log_time_axis(ax)
-    ax.legend(fontsize=6)
-  fig.tight_layout()
+  for ax in axes[1]:
+    C.legend_below(ax, ncols=2)
+  fig.suptitle(f'Mean predictor vs time; lines: small-T theory, points: ensemble, erf at T = {ens_temp}')
   rep.figure(fig, 'digits.png', 'Test MSE and class error of the mean predictor vs time (lines: small-T theory).')
 
   # --- Claims. -------------------------------------------------------------------------------------------------
