@@ -252,6 +252,10 @@ class Report:
     self.start = time.time()
 
   def add(self, *lines: str) -> None:
+    """Append markdown lines; a section heading (``## ...``) is also printed as progress: what runs now."""
+    for line in lines:
+      if line.startswith('## '):
+        print(f'  {os.path.basename(self.out)}: {line[3:]} (at {time.time() - self.start:.0f} s)', flush=True)
     self.lines.extend(lines)
 
   def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -285,7 +289,19 @@ class Report:
       f.write('\n'.join(lines))
     with open(os.path.join(self.out, 'results.json'), 'w') as f:
       json.dump(_jsonable(self.results), f, indent=1)
+    print(summary_line(os.path.basename(self.out), self.claims, time.time() - self.start, self.out), flush=True)
     return self.results
+
+
+def summary_line(name: str, claims: Sequence[tuple[str, Optional[bool], str]], seconds: float, out: str) -> str:
+  """One line per script: how many of the paper's claims were reproduced, not reproduced, not tested."""
+  counts = {True: 0, False: 0, None: 0}
+  for _, ok, _ in claims:
+    counts[ok] += 1
+  return (
+    f'{name}: {counts[True]} of {len(claims)} claims reproduced, {counts[False]} not, {counts[None]} not tested '
+    f'in this preset ({seconds:.0f} s); see {os.path.join(out, "summary.md")}'
+  )
 
 
 def verdict(reproduced: Optional[bool]) -> str:
