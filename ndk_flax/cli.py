@@ -109,7 +109,12 @@ def command_help(command: str) -> str:
 
 
 def top_help(full: bool = False) -> str:
-  """``ndk-flax --help``: the module description and the commands (``full``: and every command's flags)."""
+  """``ndk-flax --help``: the module description and the commands (``full``: and every command's flags).
+
+  Examples:
+    >>> '--n_members=' in top_help(), '--n_members=' in top_help(full=True)
+    (False, True)
+  """
   text = __doc__ + '\ncommands:\n' + '\n'.join(f'  {c:9s} {SUMMARIES[c]}' for c in COMMANDS)
   text += '\n\n`ndk-flax COMMAND --help` lists the flags of one command; --helpfull lists all.\n'
   if full:
@@ -236,7 +241,20 @@ class OutputDir:
   """The files one command writes into ``--out``, crash-safe: every file is first written into the staging folder
   ``--out/.partial/`` (each atomically: temporary name + rename) and moved into ``--out`` only by :meth:`commit`,
   once the whole run is complete. A previous complete result in ``--out`` is therefore never touched by a run that
-  is interrupted or crashes; the interruption note lists what the stopped run had completed in ``.partial/``."""
+  is interrupted or crashes; the interruption note lists what the stopped run had completed in ``.partial/``.
+
+  Examples:
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> out = OutputDir(folder, ['results.json'])
+    >>> out.create()
+    >>> _ = out.write_text('results.json', '{}')
+    >>> os.listdir(folder)  # nothing in place until the run is complete
+    ['.partial']
+    >>> out.commit()
+    >>> os.listdir(folder)
+    ['results.json']
+  """
 
   NOTE = 'INTERRUPTED.md'
   STAGING = '.partial'

@@ -73,6 +73,9 @@ def _time_axis(ax, times: np.ndarray) -> None:
   positive = times[times > 0]
   linthresh = float(positive.min()) if positive.size else 1.0
   ax.set_xscale('symlog', linthresh=linthresh, linscale=0.4)
+  t_max = float(times.max())
+  decades = [10.0**k for k in range(math.ceil(math.log10(linthresh)), math.floor(math.log10(t_max)) + 1)]
+  ax.set_xticks([0.0] + decades, ['0'] + [f'$10^{{{round(math.log10(d))}}}$' for d in decades])
   ax.xaxis.set_minor_formatter(NullFormatter())
   ax.set_xlabel('time t = η × steps (symlog, from 0)')
   ax.set_xlim(-0.25 * linthresh, float(times.max()) * 1.3)
@@ -114,9 +117,11 @@ def time_panels(
           )
       _time_axis(ax, np.asarray(p.t_theory))
       if p.logy:
-        from matplotlib.ticker import NullFormatter
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
         ax.set_yscale('log')
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
         ax.yaxis.set_minor_formatter(NullFormatter())
       _mark_phases(ax, time_scales, float(np.max(p.t_theory)))
       ax.set_title(p.title, pad=16)
