@@ -332,6 +332,6 @@ def legend_below(ax, ncols: int = 2) -> None:
   ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.25), ncols=ncols, handlelength=1.5, columnspacing=1.0)
 
 
-def log_time_axis(ax, label: str = 'time t (learning rate × steps)') -> None:
+def log_time_axis(ax, label: str = 'time t = η × steps') -> None:
   ax.set_xscale('log')
   ax.set_xlabel(label)

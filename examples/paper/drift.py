@@ -311,7 +311,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   for act, (rho, floor) in rho_theory.items():
     (line,) = axes[0].plot(lags * lam, rho, label=f'{act} theory')
     axes[0].axhline(floor, ls=':', color=line.get_color())
-  axes[0].errorbar((rec.times - rec.times[0]) * lam, rho_ens, yerr=rho_se, fmt='o', label=f'{ens_act} ensemble')
+  theory_colour = {
+    line.get_label().split()[0]: line.get_color() for line in axes[0].get_lines() if 'theory' in line.get_label()
+  }
+  axes[0].errorbar(
+    (rec.times - rec.times[0]) * lam,
+    rho_ens,
+    yerr=rho_se,
+    fmt='o',
+    color=theory_colour.get(ens_act),
+    label=f'{ens_act} ensemble',
+  )
   axes[0].set_xlabel('drift time Δ · T/σ²')
   axes[0].set_title('(a) hidden autocorrelation\nρ(t0 + Δ, t0) (dotted: floor)')
   C.legend_below(axes[0], ncols=1)
@@ -330,17 +340,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     axes[2].plot(ens_lags.clip(0.02 / lam) * lam, row[5:8], 'o', color='k', ms=4)
   axes[2].set_xscale('log')
   axes[2].set_ylim(0.4, 1.02)
-  axes[2].set_xlabel('drift time Δ · T/σ² (▶: Δ = ∞; dots: ensembles)')
+  axes[2].set_xlabel('drift time Δ · T/σ² (▶: Δ = ∞)')
   axes[2].set_title('(c) frozen readout:\naffine-readout test accuracy')
-  axes[2].text(
-    0.03,
-    0.04,
-    'black dots: finite ensembles; their readout\nnoise exceeds the theory signal, so they\nsit above the lines '
-    '(not a test; see summary)',
-    transform=axes[2].transAxes,
-    fontsize=7,
-    color='0.25',
-  )
+  axes[2].plot([], [], 'o', color='k', ms=4, label='finite ensembles (readout noise above the signal: not a test)')
   C.legend_below(axes[2], ncols=1)
   rep.figure(
     fig, 'drift.png', 'Representational drift: (a) hidden autocorrelation, (b) all weights plastic, (c) frozen readout.'
