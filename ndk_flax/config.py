@@ -2,7 +2,7 @@
 and explicit command-line flags (later sources override earlier ones).
 
 Every key of :class:`RunConfig` is both a command-line flag (``--W_std 0.8``) and a key of the ``--config`` JSON
-file (``{"W_std": 0.8}``). Conventions (see THEORY.md §1): raw parameterisation h = W a/√N + b, initial stds σ0
+file (``{"W_std": 0.8}``). Conventions (see docs/theory.md §1): raw parameterisation h = W a/√N + b, initial stds σ0
 (``W_std``, ``b_std``), prior stds σ (``W_prior_std``, ``b_prior_std``), temperature T, decay λ = T/σ², summed ½-MSE
 loss, time t = learning_rate × steps.
 """
