@@ -15,7 +15,7 @@ from examples.paper import digits, drift, parameter_dependence, two_phases
 from examples.paper.common import verdict
 
 SCRIPTS = (two_phases, parameter_dependence, digits, drift)
-SHARE_QUICK = {'two_phases': 0.2, 'parameter_dependence': 0.3, 'digits': 0.2, 'drift': 0.3}
+SHARE_QUICK = {'two_phases': 0.17, 'parameter_dependence': 0.24, 'digits': 0.25, 'drift': 0.34}
 SHARE_FULL = {'two_phases': 0.2, 'parameter_dependence': 0.35, 'digits': 0.15, 'drift': 0.3}
 """Measured fractions of the run time of each script (2 CPU cores): the ETA printed before each script."""
 

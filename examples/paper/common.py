@@ -324,7 +324,7 @@ def _jsonable(value):
 
 def figure(nrows: int, ncols: int, row_height: float = 2.9):
   """``plt.subplots`` at the house size: :data:`ndk_flax.style.COLUMN` inches wide, ``row_height`` per row."""
-  return plt.subplots(nrows, ncols, figsize=(style.COLUMN, row_height * nrows), squeeze=False)
+  return plt.subplots(nrows, ncols, figsize=(style.COLUMN, row_height * nrows), squeeze=False, layout='constrained')
 
 
 def legend_below(ax, ncols: int = 2) -> None:

@@ -197,7 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     C.log_time_axis(ax)
   for ax in axes[1]:
     C.legend_below(ax, ncols=1)
-  fig.suptitle('Mean predictor vs time; lines: small-T theory (N → ∞), black: theory and ensemble at the same T')
+  fig.suptitle("Mean predictor vs time (lines: small-T theory, N → ∞; black: at the ensemble's T)")
   rep.figure(fig, 'digits.png', 'Test MSE and class error of the mean predictor vs time (lines: small-T theory).')
 
   # --- Claims. -------------------------------------------------------------------------------------------------

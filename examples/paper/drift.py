@@ -323,14 +323,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     label=f'{ens_act} ensemble',
   )
   axes[0].set_xlabel('drift time Δ · T/σ²')
-  axes[0].set_title('(a) hidden autocorrelation\nρ(t0 + Δ, t0) (dotted: floor)')
+  axes[0].set_title('(a) hidden autocorr.\nρ(t0 + Δ, t0); dotted: floor')
   C.legend_below(axes[0], ncols=1)
-  axes[1].plot((rec.times - rec.times[0]) * lam, acc_ens, 'o-', label=f'{ens_act} ensemble mean')
+  axes[1].plot((rec.times - rec.times[0]) * lam, acc_ens, 'o-', label=f'{ens_act} ensemble')
   for act, row in zip(acts, rows_a):
-    axes[1].axhline(row[-1], ls='--', label=f'{act} theory (equilibrium)', color='C1' if act == 'erf' else 'C0')
+    axes[1].axhline(row[-1], ls='--', label=f'{act} theory (eq.)', color='C1' if act == 'erf' else 'C0')
   axes[1].set_ylim(0.4, 1.02)
   axes[1].set_xlabel('drift time Δ · T/σ²')
-  axes[1].set_title('(b) test accuracy,\nall weights plastic')
+  axes[1].set_title('(b) test accuracy,\nall plastic')
   C.legend_below(axes[1], ncols=1)
   finite = np.isfinite(drift_lags)
   for (name, act), acc in acc_curves.items():
@@ -341,8 +341,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   axes[2].set_xscale('log')
   axes[2].set_ylim(0.4, 1.02)
   axes[2].set_xlabel('drift time Δ · T/σ² (▶: Δ = ∞)')
-  axes[2].set_title('(c) frozen readout:\naffine-readout test accuracy')
-  axes[2].plot([], [], 'o', color='k', ms=4, label='finite ensembles (readout noise above the signal: not a test)')
+  axes[2].set_title('(c) test accuracy,\nreadout frozen')
+  axes[2].plot([], [], 'o', color='k', ms=4, label='finite ensembles\n(noisy: not a test)')
   C.legend_below(axes[2], ncols=1)
   rep.figure(
     fig, 'drift.png', 'Representational drift: (a) hidden autocorrelation, (b) all weights plastic, (c) frozen readout.'
