@@ -38,6 +38,8 @@ RC: dict[str, Any] = {
   'figure.dpi': 100,
   'savefig.dpi': DPI,
   'figure.constrained_layout.use': True,
+  'figure.constrained_layout.w_pad': 0.1,
+  'figure.constrained_layout.h_pad': 0.06,
   'image.cmap': 'viridis',
 }
 """The rcParams of every figure (the colour cycle is :data:`PALETTE`)."""

@@ -143,9 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ax.set_xlabel('slow time τ = Tt/σ²')
     ax.set_title(f'{act}, {depth} hidden layer(s)')
     C.legend_below(ax, ncols=1)
-  for row in axes:
-    row[0].set_ylabel('test MSE')
-  fig.suptitle('Test MSE along the diffusive phase (T → 0; ◀ NTK end, ▶ NNGP end)')
+  fig.suptitle('Test MSE (y axes) along the diffusive phase (T → 0; ◀ NTK end, ▶ NNGP end)')
   rep.figure(fig, 'parameter_dependence.png', 'Test MSE along the diffusive phase (T → 0 limit).')
 
   # --- Ensemble: one point of the figure (erf, 1 layer, σ0²/σ² = 10). ---------------------------------------
