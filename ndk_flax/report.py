@@ -23,7 +23,12 @@ from ndk_flax import verdict
 
 
 def fmt(x: Any) -> str:
-  """Numbers in the report: 4 significant digits (``inf`` and ``nan`` spelled out)."""
+  """Numbers in the report: 4 significant digits (``inf`` and ``nan`` spelled out, None as a dash).
+
+  Examples:
+    >>> fmt(0.123456), fmt(float('inf')), fmt(None)
+    ('0.1235', 'inf', '—')
+  """
   if x is None:
     return '—'
   x = float(x)
