@@ -2,7 +2,7 @@
 and explicit command-line flags (later sources override earlier ones).
 
 Every key of :class:`RunConfig` is both a command-line flag (``--W_std 0.8``) and a key of the ``--config`` JSON
-file (``{"W_std": 0.8}``). Conventions (see THEORY.md §1): raw parameterisation h = W a/√N + b, initial stds σ0
+file (``{"W_std": 0.8}``). Conventions (see docs/theory.md §1): raw parameterisation h = W a/√N + b, initial stds σ0
 (``W_std``, ``b_std``), prior stds σ (``W_prior_std``, ``b_prior_std``), temperature T, decay λ = T/σ², summed ½-MSE
 loss, time t = learning_rate × steps.
 """
@@ -21,12 +21,36 @@ ACTIVATIONS = ('erf', 'relu')
 NOISE_LAWS = ('gaussian', 'rademacher')
 
 
+MAX_STEPS = 10**9
+"""Most Langevin steps a run may ask for (t_max / learning_rate); beyond, the time grid loses precision in float64."""
+
+STABLE_DECAY = 1.0
+"""Largest one-step prior decay η T/σ² accepted: the discrete rule multiplies θ by 1 − η T/σ² per step, which must
+stay positive for it to approximate the continuous decay e^(−η T/σ²)."""
+
+
 class ConfigError(ValueError):
   """A setting is missing, of the wrong type or out of range; the message is one line naming the key."""
 
 
-def _field(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-  return dataclasses.field(default=default, metadata={'help': help, 'choices': choices})
+BOTH = ('validate', 'kernels')
+VALIDATE = ('validate',)
+
+
+def _field(default: Any, help: str, choices: tuple[str, ...] | None = None, commands: tuple[str, ...] = BOTH) -> Any:
+  return dataclasses.field(default=default, metadata={'help': help, 'choices': choices, 'commands': commands})
+
+
+def fields_of(command: str) -> tuple[dataclasses.Field, ...]:
+  """The :class:`RunConfig` fields that ``command`` (``'validate'`` or ``'kernels'``) uses, i.e. its flags.
+
+  Examples:
+    >>> 'n_members' in [f.name for f in fields_of('kernels')], 'n_members' in [f.name for f in fields_of('validate')]
+    (False, True)
+  """
+  if command not in BOTH:
+    raise ValueError(f'command must be one of {BOTH}, got {command!r}')
+  return tuple(f for f in dataclasses.fields(RunConfig) if command in f.metadata['commands'])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +59,15 @@ class RunConfig:
 
   activation: str = _field('erf', 'Nonlinearity of every hidden layer.', ACTIVATIONS)
   depth: int = _field(1, 'Number of hidden layers (each Dense(width) followed by the nonlinearity).')
-  width: int = _field(1024, 'Hidden width N of the trained Flax networks (the theory is N -> infinity).')
+  width: int = _field(
+    1024, 'Hidden width N of the trained Flax networks (the theory is N -> infinity).', None, VALIDATE
+  )
   bias: bool = _field(False, 'Give every Dense layer a bias (std b_std, prior std b_prior_std).')
-  W_std: float = _field(2.0, "sigma0_W: initial std of every weight (NT's W_std, ntk parameterisation).")
+  W_std: float = _field(
+    2.0,
+    'sigma0_W: initial std of every weight (raw parameterisation h = W a/sqrt(N) + b, W ~ N(0, sigma0_W^2); '
+    "the same forward pass and NNGP as NT's W_std).",
+  )
   W_prior_std: float = _field(1.0, 'sigma_W: prior std of every weight; weight decay lambda = T / sigma_W^2.')
   b_std: float = _field(0.5, 'sigma0_b: initial std of every bias (only with --bias).')
   b_prior_std: float = _field(0.5, 'sigma_b: prior std of every bias (only with --bias).')
@@ -48,19 +78,22 @@ class RunConfig:
     'Law of the Langevin noise xi: gaussian (Euler-Maruyama) or rademacher (+-1, the '
     'weak Euler scheme: same mean and covariance, cheaper to draw).',
     NOISE_LAWS,
+    VALIDATE,
   )
-  n_members: int = _field(256, 'Ensemble size M (independent initialisations and noise).')
+  n_members: int = _field(256, 'Ensemble size M (independent initialisations and noise).', None, VALIDATE)
   t_max: float = _field(80.0, 'Last recorded time (in units of learning_rate * steps).')
-  n_times: int = _field(12, 'Number of record times (0 and a geometric grid up to t_max).')
-  seed: int = _field(0, 'Seed of the ensemble (initialisations and Langevin noise).')
+  n_times: int = _field(12, 'Number of record times (0 and a geometric grid from t_max/1000 to t_max), >= 3.')
+  seed: int = _field(0, 'Seed of the ensemble (initialisations and Langevin noise).', None, VALIDATE)
   dataset: str = _field('regression', 'Built-in synthetic data set.', KINDS)
   n_train: int = _field(6, 'Number P of training points.')
-  n_test: int = _field(4, 'Number of test points.')
+  n_test: int = _field(4, 'Number of test points.', None, VALIDATE)
   data_seed: int = _field(0, 'Seed of the synthetic data set.')
   z_tol: float = _field(
     4.5,
     'Tolerance in standard errors: pass if |ensemble - theory| <= z_tol * s.e. + '
     'delta (finite-width allowance) at every time and point.',
+    None,
+    VALIDATE,
   )
 
   def __post_init__(self) -> None:
@@ -107,8 +140,20 @@ def _check(c: RunConfig) -> None:
       raise ConfigError(f'{name} must be >= 0, got {getattr(c, name)!r}')
   if c.n_members < 2:
     raise ConfigError(f'n_members must be >= 2 (standard errors need two members), got {c.n_members!r}')
-  if c.n_times < 2:
-    raise ConfigError(f'n_times must be >= 2 (t = 0 and t_max), got {c.n_times!r}')
+  if c.n_times < 3:
+    raise ConfigError(f'n_times must be >= 3 (t = 0, t_max/1000 and t_max), got {c.n_times!r}')
+  if not c.t_max / c.learning_rate <= MAX_STEPS:
+    raise ConfigError(
+      f't_max = {c.t_max!r} is {c.t_max / c.learning_rate:.3g} steps of learning_rate = {c.learning_rate!r}; '
+      f'at most {MAX_STEPS:.0e} steps are accepted'
+    )
+  for name in ('W_prior_std',) + (('b_prior_std',) if c.bias else ()):
+    rate = c.learning_rate * c.temperature / getattr(c, name) ** 2
+    if rate >= STABLE_DECAY:
+      raise ConfigError(
+        f'temperature = {c.temperature!r} is too large for learning_rate = {c.learning_rate!r} and {name} = '
+        f'{getattr(c, name)!r}: the one-step prior decay eta T / sigma^2 = {rate:.3g} must be < {STABLE_DECAY:g}'
+      )
   if c.t_max < c.learning_rate * (c.n_times - 1):
     raise ConfigError(
       f't_max = {c.t_max!r} is shorter than n_times - 1 = {c.n_times - 1} steps of learning_rate = {c.learning_rate!r}'

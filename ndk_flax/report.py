@@ -6,6 +6,9 @@ The results dictionary (all arrays as nested lists, times first) has the keys
 * ``time_scales``: ``gradient`` = 1/λ_max(Θ0), ``diffusive`` = σ²/T (``null`` at T = 0);
 * ``tolerance``: ``z_tol``, the number of comparisons, the allowances δ; ``passed``; ``max_abs_z`` (``mean``,
   ``variance``, ``all``, and ``beyond_allowance`` = max (|ensemble − theory| − δ)/s.e., which passing bounds by z_tol);
+  ``worst`` (``statistic``, ``time_index``, ``point_index``, ``excess``: where that maximum is attained) and
+  ``sign_patterns`` (per statistic: points above / below the theory at the last time, range of ensemble/theory);
+  the rule and its explanation live in :mod:`ndk_flax.verdict`;
 * ``times`` (n_t,), ``points`` (names of the n_p compared points, training points first);
 * ``mean`` and ``variance``: each ``theory``, ``ensemble``, ``se``, ``z`` of shape (n_t, n_p);
 * ``train_loss`` and ``test_mse``: ``theory`` and ``ensemble`` of shape (n_t,) (of the mean predictor).
@@ -16,43 +19,16 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-ALPHA = 0.01
-"""Family-wise false-alarm probability behind the statistical part of the tolerance."""
-
-TOLERANCE_TEXT = """\
-Every recorded time t and every training and test point x gives two comparisons: the ensemble mean of f(x, t)
-against the theory's f̄(x, t), and the ensemble variance against the theory's variance. Each discrepancy is measured
-in standard errors of the ensemble estimate, z = (ensemble − theory) / s.e., with s.e. = s/√M for the mean and
-√((m₄ − s⁴)/M) for the sample variance (m₄ the fourth central moment; no Gaussian assumption). The run passes when
-
-    |ensemble − theory| ≤ z_tol · s.e. + δ    for all K = {n_comparisons} comparisons,
-
-with z_tol = {z_tol:g} and the finite-width allowance δ = κ · scale / N, κ = {kappa:g}, N = {width}:
-δ = {mean_atol:.3g} for the mean (scale max|y| = {y_scale:.3g}) and δ = {var_atol:.3g} for the variance
-(scale: the largest predicted variance, {var_scale:.3g}).
-
-Why these numbers.
-* Statistics. If the trained networks followed the theory exactly, each z would be close to standard normal
-  and max |z| over K comparisons would exceed Φ⁻¹(1 − α/(2K)) with probability at most α (union bound); for
-  K = {n_comparisons} and α = {alpha:g} that is {bonferroni:.2f} (conservative: neighbouring times are strongly
-  correlated). z_tol adds {margin:.2f} to it for two effects of the finite ensemble and step: the sample variance
-  of M = {m} members is a skewed χ²-like statistic (relative s.e. √(2/M) = {rel_var_se:.2f}) whose upper tail is
-  heavier than the normal one; and the discrete Langevin rule (step η = {eta:g}) relaxes the
-  fastest mode by (1 − ηλ_max) per step instead of e^(−ηλ_max), a relative error O(ηλ_max/2) = {half_eta_lambda:.3f}
-  in its time constant and stationary variance, at most ≈ {step_z:.2f} standard errors of a variance.
-* Finite width. The theory is the N → ∞ limit; the mean and covariance of a width-N network differ from it by
-  corrections of relative size O(1/N) with an architecture-dependent constant. δ allows that constant to be
-  κ = {kappa:g} ({percent:.2g} % of the scale at N = {width}).
-* Not vacuous. δ is {delta_in_median_se:.2f} median / {delta_in_min_se:.2f} smallest standard errors of the mean
-  (s.e. {median_mean_se:.3g} / {min_mean_se:.3g}), so the rule flags any mean off by more than about
-  {detect_median:.3g} at a typical point and {detect_min:.3g} at the best-measured one (scale of y: {y_scale:.3g}).
-  A wrong kernel, a wrong time or temperature scale, or a missing noise or prior-decay term in the trainer shifts
-  the predictions by more than that over a learning curve; the README reports the measured power of the default
-  run against deliberately perturbed theories."""
+from ndk_flax import verdict
 
 
 def fmt(x: Any) -> str:
-  """Numbers in the report: 4 significant digits (``inf`` and ``nan`` spelled out)."""
+  """Numbers in the report: 4 significant digits (``inf`` and ``nan`` spelled out, None as a dash).
+
+  Examples:
+    >>> fmt(0.123456), fmt(float('inf')), fmt(None)
+    ('0.1235', 'inf', '—')
+  """
   if x is None:
     return '—'
   x = float(x)
@@ -69,66 +45,53 @@ def _table(header, rows) -> list[str]:
   return [_row(header), _row(['---'] * len(header)), *[_row(r) for r in rows]]
 
 
-def bonferroni(n_comparisons: int, alpha: float = ALPHA) -> float:
-  """Φ⁻¹(1 − α/(2K)): the two-sided normal threshold that K comparisons exceed with probability ≤ α."""
-  from scipy.stats import norm
-
-  return float(norm.isf(alpha / (2 * n_comparisons)))
-
-
-def tolerance_text(results: Mapping[str, Any]) -> str:
-  """The tolerance paragraph: the pass rule with its numbers and why they were chosen."""
-  import numpy as np
-
-  cfg, tol = results['config'], results['tolerance']
-  m, width = cfg['n_members'], cfg['width']
-  threshold = bonferroni(tol['n_comparisons'])
-  half_eta_lambda = 0.5 * cfg['learning_rate'] / results['time_scales']['gradient']
-  median_mean_se = float(np.median(results['mean']['se']))
-  y_scale = float(np.max(np.abs(results['targets'][: cfg['n_train']])))
-  min_mean_se = float(np.min(results['mean']['se']))
-  return TOLERANCE_TEXT.format(
-    n_comparisons=tol['n_comparisons'],
-    z_tol=tol['z_tol'],
-    kappa=tol['width_allowance_kappa'],
-    width=width,
-    mean_atol=tol['mean_atol'],
-    var_atol=tol['var_atol'],
-    y_scale=y_scale,
-    var_scale=float(np.max(results['variance']['theory'])),
-    alpha=ALPHA,
-    bonferroni=threshold,
-    margin=tol['z_tol'] - threshold,
-    m=m,
-    rel_var_se=math.sqrt(2 / m),
-    eta=cfg['learning_rate'],
-    half_eta_lambda=half_eta_lambda,
-    step_z=half_eta_lambda / math.sqrt(2 / m),
-    percent=100 * tol['width_allowance_kappa'] / width,
-    delta_in_median_se=tol['mean_atol'] / median_mean_se,
-    delta_in_min_se=tol['mean_atol'] / min_mean_se,
-    median_mean_se=median_mean_se,
-    min_mean_se=min_mean_se,
-    detect_median=tol['z_tol'] * median_mean_se + tol['mean_atol'],
-    detect_min=tol['z_tol'] * min_mean_se + tol['mean_atol'],
-  )
+def summary_lines(results: Mapping[str, Any]) -> list[str]:
+  """The five-line summary that opens ``report.md``: verdict, deciding statistic and threshold, time scales, worst
+  comparison, systematic sign patterns at the last time. Every number is a ``results`` number (4 digits)."""
+  tol, ts, w = results['tolerance'], results['time_scales'], results['worst']
+  times, points = results['times'], results['points']
+  kind = 'mean' if w['statistic'] == 'mean' else 'variance'
+  i, j = w['time_index'], w['point_index']
+  stat = results[kind]
+  cmp = '≤' if results['passed'] else '>'
+  diffusive = fmt(ts['diffusive']) if ts['diffusive'] is not None else '∞ (T = 0)'
+  patterns = []
+  for p in results['sign_patterns']:
+    n = p['above'] + p['below']
+    if p['above'] == 0 or p['below'] == 0:
+      side = 'above' if p['below'] == 0 else 'below'
+      patterns.append(
+        f'the ensemble {p["statistic"]} is {side} the theory at all {n} points '
+        f'(ensemble/theory {fmt(p["ratio_min"])}–{fmt(p["ratio_max"])})'
+      )
+    else:
+      patterns.append(f'{p["statistic"]}: {p["above"]} points above, {p["below"]} below the theory')
+  return [
+    f'1. **{"PASSED" if results["passed"] else "FAILED"}**: {verdict.sentence(results).split(": ", 1)[1]}',
+    f'2. Deciding statistic: max (|ensemble − theory| − δ)/s.e. = {fmt(results["max_abs_z"]["beyond_allowance"])} '
+    f'{cmp} z_tol = {fmt(tol["z_tol"])}, over K = {tol["n_comparisons"]} comparisons, with finite-width allowances '
+    f'δ = {fmt(tol["mean_atol"])} (mean) and {fmt(tol["var_atol"])} (variance); max |z| without δ: '
+    f'{fmt(results["max_abs_z"]["all"])}.',
+    f'3. Time scales: gradient phase 1/λ_max(Θ0) = {fmt(ts["gradient"])}, diffusive phase 1/λ = σ²/T = {diffusive}; '
+    f'recorded up to t = {fmt(times[-1])}.',
+    f'4. Worst comparison: {kind} at t = {fmt(times[i])}, {points[j]}: ensemble {fmt(stat["ensemble"][i][j])} vs '
+    f'theory {fmt(stat["theory"][i][j])}, s.e. {fmt(stat["se"][i][j])}, z = {fmt(stat["z"][i][j])}.',
+    f'5. At the last time t = {fmt(times[-1])}: ' + '; '.join(patterns) + '.',
+  ]
 
 
 def render(results: Mapping[str, Any]) -> str:
   """The markdown report of ``results`` (see the module docstring for the keys)."""
-  cfg, ts, tol = results['config'], results['time_scales'], results['tolerance']
+  cfg, ts = results['config'], results['time_scales']
   times, points = results['times'], results['points']
   mean, var = results['mean'], results['variance']
   n_train = sum(p.startswith('train') for p in points)
-  verdict = 'PASSED' if results['passed'] else 'FAILED'
   eta_lambda = cfg['learning_rate'] / ts['gradient']
+  steps = int(round(times[-1] / cfg['learning_rate']))
   lines = [
     '# ndk-flax validate: infinite-width theory vs a Langevin-trained ensemble',
     '',
-    f'**{verdict}**: max (|ensemble − theory| − δ)/s.e. = {fmt(results["max_abs_z"]["beyond_allowance"])} '
-    f'{"≤" if results["passed"] else ">"} z_tol = {fmt(tol["z_tol"])} (δ: the finite-width allowance, see '
-    f'Tolerance); max |z| = {fmt(results["max_abs_z"]["all"])} (mean: {fmt(results["max_abs_z"]["mean"])}, '
-    f'variance: {fmt(results["max_abs_z"]["variance"])}).',
+    *summary_lines(results),
     '',
     '## What was run',
     '',
@@ -143,8 +106,8 @@ def render(results: Mapping[str, Any]) -> str:
     + (f', σ0_b = {fmt(cfg["b_std"])}, σ_b = {fmt(cfg["b_prior_std"])}' if cfg['bias'] else '')
     + '.',
     f'* Langevin dynamics on the summed ½-MSE loss: temperature T = {fmt(cfg["temperature"])}, '
-    f'step η = {fmt(cfg["learning_rate"])}, time t = η × steps up to t_max = {fmt(cfg["t_max"])} '
-    f'({int(round(cfg["t_max"] / cfg["learning_rate"]))} steps), noise ξ '
+    f'step η = {fmt(cfg["learning_rate"])}, time t = η × steps, trained up to t = {fmt(times[-1])} '
+    f'({steps} steps, {len(times)} record times, read from the recorded data), noise ξ '
     + (
       '~ N(0, 1) (Euler–Maruyama).'
       if cfg.get('noise', 'gaussian') == 'gaussian'
@@ -163,7 +126,7 @@ def render(results: Mapping[str, Any]) -> str:
     '',
     '## Tolerance',
     '',
-    tolerance_text(results),
+    verdict.tolerance_text(results),
     '',
     '## Summary per recorded time',
     '',
@@ -200,7 +163,16 @@ def render(results: Mapping[str, Any]) -> str:
   )
   lines += [
     '',
-    '## Theory vs ensemble at every recorded time and point',
+    '## Figures',
+    '',
+    '* `mean.png`: mean predictor vs time on training and test points.',
+    '* `variance.png`: variance of the predictor vs time.',
+    '* `loss.png`: training loss and test error vs time, the two phases marked.',
+    '* `kernel.png`: two-time kernel C(t, s, x, x) (and R) of the first training point.',
+  ]
+  lines += [
+    '',
+    '## Appendix: theory vs ensemble at every recorded time and point',
     '',
     f'Points `train i` are the P = {n_train} training inputs, `test i` the test inputs. z = (ensemble − theory) / s.e.',
     '',
@@ -237,14 +209,4 @@ def render(results: Mapping[str, Any]) -> str:
     ],
     rows,
   )
-  lines += [
-    '',
-    '## Figures',
-    '',
-    '* `mean.png`: mean predictor vs time on training and test points.',
-    '* `variance.png`: variance of the predictor vs time.',
-    '* `loss.png`: training loss and test error vs time, the two phases marked.',
-    '* `kernel.png`: two-time kernel C(t, s, x, x) (and R) of the first training point.',
-    '',
-  ]
   return '\n'.join(lines)

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from ndk_flax import _validation as V
-from ndk_flax import nn
+from ndk_flax import nn, verdict
 
 __all__ = ['KernelEstimate', 'ValidationReport', 'compare', 'empirical_ndk', 'two_time_overlap']
 
@@ -62,15 +62,15 @@ class ValidationReport(NamedTuple):
     return float(max(np.max(np.abs(z)) for z in zs))
 
   def passed(self, z_tol: float = 4.0, *, mean_atol: float = 0.0, var_atol: float = 0.0) -> bool:
-    """|ensemble − theory| ≤ z_tol · se + atol for every mean (and variance) entry.
+    """|ensemble − theory| ≤ z_tol · se + atol for every mean (and variance) entry (``ndk_flax.verdict.within``).
 
     ``mean_atol``/``var_atol`` allow a systematic finite-width deviation (the theory is the infinite-width limit).
     """
     if z_tol <= 0 or mean_atol < 0 or var_atol < 0:
       raise ValueError(f'need z_tol > 0 and atol >= 0, got {z_tol}, {mean_atol}, {var_atol}')
-    ok = np.all(np.abs(self.ensemble_mean - self.theory_mean) <= z_tol * self.mean_se + mean_atol)
+    ok = verdict.within(self.ensemble_mean, self.theory_mean, self.mean_se, z_tol, mean_atol)
     if self.var_z is not None:
-      ok &= np.all(np.abs(self.ensemble_var - self.theory_var) <= z_tol * self.var_se + var_atol)
+      ok &= verdict.within(self.ensemble_var, self.theory_var, self.var_se, z_tol, var_atol)
     return bool(ok)
 
 

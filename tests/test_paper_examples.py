@@ -92,6 +92,7 @@ def test_two_phases_numbers_match_closed_forms(run):
 def test_parameter_dependence_ends_match_closed_forms(run):
   """τ = 0: NTK(σ0) interpolant; τ = ∞: noise-free NNGP(σ) interpolant (from the Volterra-solver code path's
   closed-form branch); equilibrium at each T: NNGP posterior; the best value lies between the ends."""
+  from examples.paper import parameter_dependence
   from examples.paper.common import digits_task
 
   res = run[1]['parameter_dependence']
@@ -112,7 +113,15 @@ def test_parameter_dependence_ends_match_closed_forms(run):
         _mse(_posterior(r['act'], r['depth'], sigma, task, temperature), task.y_test),
         rtol=1e-7,
       )
-    assert r['best_mse'] <= min(r['ntk_end_mse'], r['nngp_end_mse']) + 1e-12
+    # The shape label must agree with the numbers (a mislabelled or mis-indexed best point fails): a 'dip' has its
+    # best strictly inside the path and below both ends by more than the tolerance, else the best is an end.
+    ends = (r['ntk_end_mse'], r['nngp_end_mse'])
+    assert r['best_tau'] in res['taus']
+    if r['shape'] == 'dip':
+      assert 0 < r['best_tau'] < math.inf and r['best_mse'] < min(ends) - parameter_dependence.TOL
+    else:
+      assert r['best_mse'] >= min(ends) - parameter_dependence.TOL
+  assert any(r[cols.index('shape')] == 'dip' for r in res['rows'])  # the quick preset shows the dip
 
 
 def test_digits_ends_match_closed_forms(run):

@@ -11,17 +11,11 @@ import time
 from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
+import matplotlib.pyplot as plt
+import numpy as np
 
-jax.config.update('jax_enable_x64', True)
-
-import matplotlib  # noqa: E402
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ndk_flax import stax  # noqa: E402
-from ndk_flax.ensemble import train_ensemble  # noqa: E402
+from ndk_flax import stax, style
+from ndk_flax.ensemble import train_ensemble
 
 ACTIVATIONS = {'erf': stax.Erf, 'relu': stax.Relu}
 
@@ -31,7 +25,15 @@ ACTIVATIONS = {'erf': stax.Erf, 'relu': stax.Relu}
 
 
 def parse_args(name: str, description: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-  """``--out DIR`` (default ``paper_out/<name>``), ``--quick`` (small preset for tests), ``--seed``."""
+  """``--out DIR`` (default ``paper_out/<name>``), ``--quick`` (small preset for tests), ``--seed``.
+
+  The entry point of every paper script: it also turns on float64 (the theory near equilibrium needs it) and the
+  Agg backend of matplotlib (files only) with the house style of ``ndk_flax.style`` (the CLI's), for this process;
+  nothing of that happens at import.
+  """
+  jax.config.update('jax_enable_x64', True)
+  plt.switch_backend('Agg')
+  style.use()
   parser = argparse.ArgumentParser(prog=f'python -m examples.paper.{name}', description=description)
   parser.add_argument('--out', default=os.path.join('paper_out', name), help='output directory')
   parser.add_argument('--quick', action='store_true', help='small, fast preset (used by the tests)')
@@ -250,6 +252,10 @@ class Report:
     self.start = time.time()
 
   def add(self, *lines: str) -> None:
+    """Append markdown lines; a section heading (``## ...``) is also printed as progress: what runs now."""
+    for line in lines:
+      if line.startswith('## '):
+        print(f'  {os.path.basename(self.out)}: {line[3:]} (at {time.time() - self.start:.0f} s)', flush=True)
     self.lines.extend(lines)
 
   def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -268,7 +274,7 @@ class Report:
 
   def figure(self, fig, name: str, caption: str) -> str:
     path = os.path.join(self.out, name)
-    fig.savefig(path, dpi=80)
+    style.save(fig, path)
     plt.close(fig)
     self.lines += [f'![{caption}]({name})', '', f'*{caption}*', '']
     return path
@@ -283,7 +289,19 @@ class Report:
       f.write('\n'.join(lines))
     with open(os.path.join(self.out, 'results.json'), 'w') as f:
       json.dump(_jsonable(self.results), f, indent=1)
+    print(summary_line(os.path.basename(self.out), self.claims, time.time() - self.start, self.out), flush=True)
     return self.results
+
+
+def summary_line(name: str, claims: Sequence[tuple[str, Optional[bool], str]], seconds: float, out: str) -> str:
+  """One line per script: how many of the paper's claims were reproduced, not reproduced, not tested."""
+  counts = {True: 0, False: 0, None: 0}
+  for _, ok, _ in claims:
+    counts[ok] += 1
+  return (
+    f'{name}: {counts[True]} of {len(claims)} claims reproduced, {counts[False]} not, {counts[None]} not tested '
+    f'in this preset ({seconds:.0f} s); see {os.path.join(out, "summary.md")}'
+  )
 
 
 def verdict(reproduced: Optional[bool]) -> str:
@@ -304,6 +322,16 @@ def _jsonable(value):
   return value
 
 
-def log_time_axis(ax, label: str = 'time t (learning rate × steps)') -> None:
+def figure(nrows: int, ncols: int, row_height: float = 2.9):
+  """``plt.subplots`` at the house size: :data:`ndk_flax.style.COLUMN` inches wide, ``row_height`` per row."""
+  return plt.subplots(nrows, ncols, figsize=(style.COLUMN, row_height * nrows), squeeze=False, layout='constrained')
+
+
+def legend_below(ax, ncols: int = 2) -> None:
+  """The legend of ``ax`` below its x axis, outside the data."""
+  ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.25), ncols=ncols, handlelength=1.5, columnspacing=1.0)
+
+
+def log_time_axis(ax, label: str = 'time t = η × steps') -> None:
   ax.set_xscale('log')
   ax.set_xlabel(label)

@@ -26,7 +26,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   quick = args.quick
   p, n_test = (16, 60) if quick else (60, 240)
   temps = [0.01] if quick else [0.01, 0.001]
-  exact_temp, ens_temp = 0.05, 0.1
+  exact_temp = ens_temp = 0.1  # one temperature: the exact solver, the theory and the ensemble share a panel
   n_members, width = (8, 128) if quick else (32, 512)
   tasks = [C.digits_task(pair, p, n_test, seed=args.seed) for pair in ((0, 1), (4, 9))]
   rep = C.Report(args.out, 'Digits 0-vs-1 and 4-vs-9: test error over the two learning phases', args)
@@ -126,6 +126,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     gap = float(np.max(np.abs(exact[1] - C.mse(approx.test, task.y_test))))
     rep.results['exact_vs_composite_max_test_mse_gap'] = {'T': exact_temp, 'gap': gap}
     rep.add(f'Exact solver vs small-T composite at T = {exact_temp} (4-vs-9, erf): max |Δ test MSE| = {gap:.3g}.', '')
+  # The theory at the ensemble's own parameters (same network, data and T), drawn with the ensemble points.
+  ens_times = np.geomspace(0.02 * t_grad, 10 / ens_temp, 40)
+  ens_theory = composite_small_temperature_mean(
+    net, task.x, task.y, temperature=ens_temp, times=ens_times, x_test=task.x_test, max_step=0.1
+  )
   lr = min(0.02, 0.5 * t_grad)
   ens = C.ensemble_points(
     net,
@@ -158,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   )
 
   # --- Figure. -------------------------------------------------------------------------------------------------
-  fig, axes = C.plt.subplots(2, 2, figsize=(11, 7))
+  fig, axes = C.figure(2, 2, row_height=3.3)
   for col, task_ in enumerate(tasks):
     for key, (times, test_mse, test_err, _) in curves.items():
       if key[0] != task_.name:
@@ -166,21 +171,33 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
       label = f'{key[1]}, T = {key[2]}'
       axes[0, col].plot(times, test_mse, label=label)
       axes[1, col].plot(times, test_err, label=label)
-    axes[0, col].set_title(f'{task_.name}: test MSE', fontsize=9)
-    axes[1, col].set_title(f'{task_.name}: test class error', fontsize=9)
+    axes[0, col].set_title(f'{task_.name}: test MSE')
+    axes[1, col].set_title(f'{task_.name}: test class error')
+    if all(np.max(v[2]) == 0 for k, v in curves.items() if k[0] == task_.name):
+      axes[1, col].text(
+        0.5, 0.5, 'class error 0 at every time\n(the task is separable)', transform=axes[1, col].transAxes, ha='center'
+      )
   if exact is not None:
     axes[0, 1].plot(exact[0], exact[1], 'k:', label=f'exact solver, erf, T = {exact_temp}')
+    axes[1, 1].plot([], [], 'k:', label=f'exact solver (top), erf, T = {exact_temp}')
+  same = f'erf σ0²=4σ², T = {ens_temp}'
+  axes[0, 1].plot(ens_times, C.mse(ens_theory.test, task.y_test), '--', color='k', lw=1.2, label=f'theory {same}')
+  axes[1, 1].plot(
+    ens_times, C.class_error(ens_theory.test, task.y_test), '--', color='k', lw=1.2, label=f'theory {same}'
+  )
   axes[0, 1].plot(
     ens.times,
     C.ensemble_mse(ens.test, ens.test_se, task.y_test),
     'o',
-    label=f'ensemble erf, T = {ens_temp} (finite-M variance subtracted)',
+    color='k',
+    label='_ensemble',  # finite-M variance subtracted from the MSE
   )
-  axes[1, 1].plot(ens.times, ens_err, 'o', label=f'ensemble erf, T = {ens_temp}')
+  axes[1, 1].plot(ens.times, ens_err, 'o', color='k', label=f'ensemble {same} (M = {n_members}, N = {width})')
   for ax in axes.ravel():
     C.log_time_axis(ax)
-    ax.legend(fontsize=6)
-  fig.tight_layout()
+  for ax in axes[1]:
+    C.legend_below(ax, ncols=1)
+  fig.suptitle("Mean predictor vs time (lines: small-T theory, N → ∞; black: at the ensemble's T)")
   rep.figure(fig, 'digits.png', 'Test MSE and class error of the mean predictor vs time (lines: small-T theory).')
 
   # --- Claims. -------------------------------------------------------------------------------------------------

@@ -306,21 +306,32 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   )
 
   # --- Figure. -------------------------------------------------------------------------------------------------
-  fig, axes = C.plt.subplots(1, 3, figsize=(15, 4))
+  fig, axes = C.figure(1, 3, row_height=3.4)
+  axes = axes[0]
   for act, (rho, floor) in rho_theory.items():
     (line,) = axes[0].plot(lags * lam, rho, label=f'{act} theory')
     axes[0].axhline(floor, ls=':', color=line.get_color())
-  axes[0].errorbar((rec.times - rec.times[0]) * lam, rho_ens, yerr=rho_se, fmt='o', label=f'{ens_act} ensemble')
+  theory_colour = {
+    line.get_label().split()[0]: line.get_color() for line in axes[0].get_lines() if 'theory' in line.get_label()
+  }
+  axes[0].errorbar(
+    (rec.times - rec.times[0]) * lam,
+    rho_ens,
+    yerr=rho_se,
+    fmt='o',
+    color=theory_colour.get(ens_act),
+    label=f'{ens_act} ensemble',
+  )
   axes[0].set_xlabel('drift time Δ · T/σ²')
-  axes[0].set_title('(a) hidden autocorrelation ρ(t0 + Δ, t0) (dotted: floor)', fontsize=9)
-  axes[0].legend(fontsize=7)
-  axes[1].plot((rec.times - rec.times[0]) * lam, acc_ens, 'o-', label=f'{ens_act} ensemble mean')
+  axes[0].set_title('(a) hidden autocorr.\nρ(t0 + Δ, t0); dotted: floor')
+  C.legend_below(axes[0], ncols=1)
+  axes[1].plot((rec.times - rec.times[0]) * lam, acc_ens, 'o-', label=f'{ens_act} ensemble')
   for act, row in zip(acts, rows_a):
-    axes[1].axhline(row[-1], ls='--', label=f'{act} theory (equilibrium)', color='C1' if act == 'erf' else 'C0')
+    axes[1].axhline(row[-1], ls='--', label=f'{act} theory (eq.)', color='C1' if act == 'erf' else 'C0')
   axes[1].set_ylim(0.4, 1.02)
   axes[1].set_xlabel('drift time Δ · T/σ²')
-  axes[1].set_title('(a) test accuracy, all weights plastic', fontsize=9)
-  axes[1].legend(fontsize=7)
+  axes[1].set_title('(b) test accuracy,\nall plastic')
+  C.legend_below(axes[1], ncols=1)
   finite = np.isfinite(drift_lags)
   for (name, act), acc in acc_curves.items():
     (line,) = axes[2].plot(np.maximum(drift_lags[finite], 0.02 / lam) * lam, acc[finite], label=f'{name}, {act}')
@@ -329,11 +340,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     axes[2].plot(ens_lags.clip(0.02 / lam) * lam, row[5:8], 'o', color='k', ms=4)
   axes[2].set_xscale('log')
   axes[2].set_ylim(0.4, 1.02)
-  axes[2].set_xlabel('drift time Δ · T/σ² (▶: Δ = ∞; dots: ensembles)')
-  axes[2].set_title('(b) frozen readout: affine-readout test accuracy', fontsize=9)
-  axes[2].legend(fontsize=6)
-  fig.tight_layout()
-  rep.figure(fig, 'drift.png', 'Representational drift: (a) all plastic, (b) frozen readout.')
+  axes[2].set_xlabel('drift time Δ · T/σ² (▶: Δ = ∞)')
+  axes[2].set_title('(c) test accuracy,\nreadout frozen')
+  axes[2].plot([], [], 'o', color='k', ms=4, label='finite ensembles\n(noisy: not a test)')
+  C.legend_below(axes[2], ncols=1)
+  rep.figure(
+    fig, 'drift.png', 'Representational drift: (a) hidden autocorrelation, (b) all weights plastic, (c) frozen readout.'
+  )
 
   # --- Claims. -------------------------------------------------------------------------------------------------
   decays = all(r[2] - r[3] < 0.05 and r[1] < 0.9 for r in rows_a)

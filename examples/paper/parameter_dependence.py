@@ -129,8 +129,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
   # --- Figure: test MSE along τ, one panel per (activation, depth). ------------------------------------------
   groups = sorted({(r[0], r[1]) for r in rows})
-  fig, axes = C.plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
-  for ax, (act, depth) in zip(axes[0], groups):
+  ncols = min(3, len(groups))
+  fig, axes = C.figure(math.ceil(len(groups) / ncols), ncols, row_height=3.0)
+  for ax in axes.ravel()[len(groups) :]:
+    ax.set_visible(False)
+  for ax, (act, depth) in zip(axes.ravel(), groups):
     for key, path in paths.items():
       if key.startswith(f'{act} L={depth} '):
         (line,) = ax.plot(taus[1:-1], path[1:-1], label=key.split(' ', 2)[2])
@@ -138,10 +141,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         ax.plot([taus[-2] * 2], [path[-1]], '>', color=line.get_color())
     ax.set_xscale('log')
     ax.set_xlabel('slow time τ = Tt/σ²')
-    ax.set_title(f'{act}, {depth} hidden layer(s)', fontsize=9)
-    ax.legend(fontsize=6)
-  axes[0][0].set_ylabel('test MSE (◀ NTK end, ▶ NNGP end)')
-  fig.tight_layout()
+    ax.set_title(f'{act}, {depth} hidden layer(s)')
+    C.legend_below(ax, ncols=1)
+  fig.suptitle('Test MSE (y axes) along the diffusive phase (T → 0; ◀ NTK end, ▶ NNGP end)')
   rep.figure(fig, 'parameter_dependence.png', 'Test MSE along the diffusive phase (T → 0 limit).')
 
   # --- Ensemble: one point of the figure (erf, 1 layer, σ0²/σ² = 10). ---------------------------------------

@@ -212,7 +212,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   )
 
   # --- Figure. -------------------------------------------------------------------------------------------------
-  fig, axes = C.plt.subplots(1, 3, figsize=(15, 4))
+  fig, axes = C.figure(1, 3, row_height=3.4)
+  axes = axes[0]
   colors = C.plt.rcParams['axes.prop_cycle'].by_key()['color']
   for i, (temperature, (times, train, test)) in enumerate(curves_a.items()):
     axes[0].plot(times, train, color=colors[i], label=f'T = {temperature}')
@@ -238,9 +239,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   axes[2].set_title(f'test MSE (T = {t_ratio})')
   for ax in axes:
     C.log_time_axis(ax)
-    ax.legend(fontsize=7)
-  fig.suptitle('Two phases: lines small-T theory, dotted exact solver (full preset), points ensemble', fontsize=9)
-  fig.tight_layout()
+    C.legend_below(ax, ncols=1)
+  fig.suptitle('Two phases: lines small-T theory, dotted exact solver (full preset), points ensemble')
   rep.figure(fig, 'two_phases.png', 'Training (log scale) and test MSE of the mean predictor vs time.')
 
   # --- Claims. -------------------------------------------------------------------------------------------------
