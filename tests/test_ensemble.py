@@ -1,5 +1,6 @@
 """Tests of ndk_flax.ensemble (mechanics: members, records, sharding, errors) and end-to-end checks vs the theory."""
 
+import math
 import os
 import subprocess
 import sys
@@ -92,12 +93,81 @@ def test_sharded_and_unsharded_runs_agree(tmp_path):
   np.testing.assert_allclose(np.load(out), unsharded, rtol=1e-12, atol=1e-13)
 
 
-def test_divergence_is_detected_with_the_step():
+def test_divergence_is_detected_with_the_step_and_the_bad_parameters():
+  """With the stability check switched off, η λ_max ≈ 8 diverges: the error names the step, the parameters that are
+  NaN/inf and their members."""
   relu = stax.serial(stax.Dense(8, W_std=1.5), stax.Relu(), stax.Dense(1))
-  with pytest.raises(FloatingPointError, match=r'after step \d+ .*smaller learning_rate'):
+  with pytest.raises(
+    FloatingPointError,
+    match=r'after step \d+ .*(Non-finite parameters: root/layers/\d/W \(members|'
+    r'still finite).*smaller learning_rate',
+  ):
     train_ensemble(
-      relu, X, Y, n_members=2, temperature=0.05, learning_rate=3.0, record_times=[300.0], width=64, progress=False
+      relu,
+      X,
+      Y,
+      n_members=2,
+      temperature=0.05,
+      learning_rate=3.0,
+      record_times=[300.0],
+      width=64,
+      progress=False,
+      stability_bound=math.inf,
     )
+
+
+def test_unstable_learning_rate_is_refused_with_the_numbers():
+  """The same run with the default bound is refused before training: η, η λ_max(Θ0), the bound, λ_max(Θ0), and the
+  largest η accepted, with λ_max(Θ0) the top eigenvalue of the NTK R(0, 0, X, X) computed here independently."""
+  relu = stax.serial(stax.Dense(8, W_std=1.5), stax.Relu(), stax.Dense(1))
+  lam = float(np.linalg.eigvalsh(np.asarray(relu.ndk_fn(X, X, 0.0, 0.0, temperature=0.05).ndk))[-1])
+  assert 3.0 * lam > 1  # the case is unstable
+  with pytest.raises(
+    ValueError,
+    match=rf'η = 3 is unstable: η λ_max\(Θ0\) = {3 * lam:.3g} >= 1 \(λ_max\(Θ0\) = '
+    rf'{lam:.4g}\); use learning_rate < {1 / lam:.3g}',
+  ):
+    train_ensemble(relu, X, Y, n_members=2, temperature=0.05, learning_rate=3.0, record_times=[3.0], progress=False)
+  # Just below the bound is accepted (the rule is η λ_max < 1, not a looser or tighter one).
+  eta = 0.99 / lam
+  train_ensemble(relu, X, Y, n_members=1, temperature=0.05, learning_rate=eta, record_times=[eta], progress=False)
+
+
+@pytest.mark.parametrize(
+  'schedule, match',
+  [
+    (lambda k: 0.1 - 0.03 * k, r'returns η = -0.02 at step 4'),
+    (lambda k: 0.01 * (1 + k), r'η = 0.5 at step 49 is unstable: η λ_max\(Θ0\) = 2.5 >= 1'),
+  ],
+)
+def test_check_learning_rate_refuses_negative_and_unstable_schedules(schedule, match):
+  from ndk_flax.ensemble import check_learning_rate
+
+  check_learning_rate(lambda k: 0.1 + 0 * k, 5.0, n_steps=50)  # constant 0.1 · 5 = 0.5 < 1: accepted
+  with pytest.raises(ValueError, match=match):
+    check_learning_rate(schedule, 5.0, n_steps=50)
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+def test_low_precision_parameters_are_refused(dtype):
+  with pytest.raises(TypeError, match='float32 or float64'):
+    train_ensemble(SMALL, X, Y, n_members=2, dtype=dtype, **KW)
+
+
+def test_trainable_filter_keeps_the_other_parameters_at_their_initial_values():
+  """trainable = the readout only: the hidden weights and biases at t = 1 equal those at t = 0, the readout moved."""
+  from flax import nnx
+
+  from ndk_flax import nn
+  from ndk_flax.ensemble import readout_filter
+
+  template = nn.from_stax(SMALL, 16, input_shape=X.shape, rngs=nnx.Rngs(0))
+  rec = train_ensemble(SMALL, X, Y, n_members=2, record_params=True, trainable=readout_filter(template), **KW)
+  flat = {'/'.join(map(str, p)): v for p, v in nnx.to_flat_state(rec.params)}
+  assert set(flat) == {'root/layers/0/W', 'root/layers/0/b', 'root/layers/2/W'}
+  for name in ('root/layers/0/W', 'root/layers/0/b'):
+    np.testing.assert_array_equal(flat[name][:, 0], flat[name][:, -1])
+  assert not np.allclose(flat['root/layers/2/W'][:, 0], flat['root/layers/2/W'][:, -1])
 
 
 def test_record_steps():
@@ -318,6 +388,7 @@ def test_empirical_ndk_contraction_is_the_response_weighted_gradient_product():
     )
 
 
+@pytest.mark.slow
 def test_empirical_ndk_of_trained_members_matches_ndk_fn():
   """64 members of width 512 (erf, σ0 = 1.4 ≠ σ = 1, biases), trained with Langevin at T = 1 to t = 1 = σ²/T:
   R̂(t, s) on train × test inputs at all recorded t ≥ s vs ndk_fn within 4 s.e. plus an allowance of
