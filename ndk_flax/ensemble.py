@@ -48,6 +48,9 @@ STABLE_ETA_LAMBDA = 1.0
 """Largest η λ_max(Θ0) accepted: gradient descent diverges at 2; the discretisation error of the fastest mode is
 O(η λ_max / 2), so beyond 1 the ensemble could not be compared with the continuous-time theory anyway."""
 
+PRNG_IMPLS = ('threefry2x32', 'rbg', 'unsafe_rbg')
+"""JAX PRNG implementations accepted for the members' noise streams."""
+
 SEGMENT_STEPS = 1000
 """Most Langevin steps run by one compiled call: progress, the NaN stop and Ctrl-C act at least this often."""
 
@@ -260,11 +263,16 @@ def build_program(
   dtype: Any,
   noise: str = 'gaussian',
   trainable: Any = nnx.Param,
+  prng_impl: str = 'threefry2x32',
+  optimizer: Optional[Callable[[jax.Array], optax.GradientTransformation]] = None,
 ) -> EnsembleProgram:
   """Jitted init / multi-step / observation / exact-drift functions of an ensemble (docs/theory.md §1).
 
   Inputs are validated by the caller (:func:`train_ensemble`); ``trainable`` is an NNX filter of the parameters
-  that the Langevin steps and the drift move (default: all).
+  that the Langevin steps and the drift move (default: all). ``prng_impl`` is the JAX PRNG implementation of the
+  members' noise streams (``'threefry2x32'``, ``'rbg'`` or ``'unsafe_rbg'``; see ``benchmarks/train.py``).
+  ``optimizer`` (key -> Optax transformation) replaces ``ndk_flax.optax.langevin`` with T, η, the prior and the
+  noise law given here (e.g. ``optax.sgd`` for a baseline through the same loop).
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -282,8 +290,23 @@ def build_program(
   if out_shape != tuple(y_train.shape):
     raise ValueError(f"y_train must have the network's output shape {out_shape} for x_train, got {y_train.shape}")
   prior = nn.prior_std_tree(template)
-  # Validates T, η and the noise law; update() does not depend on the key.
-  tx = langevin(learning_rate, temperature, prior, key=0, noise=noise)
+  if prng_impl not in PRNG_IMPLS:
+    raise ValueError(f'prng_impl must be one of {PRNG_IMPLS}, got {prng_impl!r}')
+
+  def member_optimizer(key):
+    if optimizer is not None:
+      return optimizer(key)
+    return langevin(learning_rate, temperature, prior, key=key, noise=noise)
+
+  def noise_stream(key):
+    """A typed key of ``prng_impl`` seeded by the bits of a threefry key."""
+    if prng_impl == 'threefry2x32':
+      return key
+    shape = jax.random.key_data(jax.random.key(0, impl=prng_impl)).shape
+    return jax.random.wrap_key_data(jax.random.bits(key, shape, jnp.uint32), impl=prng_impl)
+
+  # Validates T, η and the noise law; update() depends on the key only through the state.
+  tx = member_optimizer(noise_stream(jax.random.PRNGKey(0)))
   graphdef, template_params = nnx.split(template, nnx.Param)
   is_trainable = nnx.filterlib.to_predicate(trainable)
   kept = {path for path, v in nnx.to_flat_state(template_params) if is_trainable(path, v)}
@@ -295,7 +318,7 @@ def build_program(
     init_key, noise_key = jax.random.split(key)
     model = nn.from_stax(layer, width, input_shape=x_train.shape, rngs=nnx.Rngs(init_key), dtype=dtype)
     params = nnx.as_pure(nnx.state(model, nnx.Param))
-    return params, langevin(learning_rate, temperature, prior, key=noise_key, noise=noise).init(params)
+    return params, member_optimizer(noise_stream(noise_key)).init(params)
 
   def loss(params):
     residual = nnx.merge(graphdef, params)(x_train) - y_train

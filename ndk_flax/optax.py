@@ -218,6 +218,13 @@ def _tree_noise(key: jax.Array, tree: Any, noise: str) -> Any:
   )
 
 
+def _check_precision(params: Any) -> None:
+  """Refuse bfloat16 / float16 parameters (``_validation.langevin_dtype``), naming the first such leaf."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if hasattr(leaf, 'dtype') and jnp.issubdtype(leaf.dtype, jnp.floating):
+      V.langevin_dtype(f'params{jax.tree_util.keystr(path)} dtype', leaf.dtype)
+
+
 def add_langevin_noise(
   learning_rate: optax.ScalarOrSchedule, temperature: float, key: Any, *, noise: str = 'gaussian'
 ) -> optax.GradientTransformation:
@@ -233,6 +240,19 @@ def add_langevin_noise(
       mean, covariance and third moment, about 10× cheaper on CPU; see the module docstring).
 
   The state is :class:`LangevinNoiseState`; ``update`` draws ξ_k only from its key and returns the split key.
+  ``init`` refuses bfloat16 and float16 parameters (TypeError): the increment √(2ηT)ξ is rounded away relative to
+  θ and the stationary law is wrong (a free OU chain in bfloat16 ends 75 standard errors off).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> tx = add_langevin_noise(0.5, 1.0, key=0)  # √(2ηT) = 1: the update is ξ
+    >>> u, state = tx.update({'w': jnp.zeros(3)}, tx.init({'w': jnp.zeros(3)}))
+    >>> u['w'].shape, int(state.count)
+    ((3,), 1)
+    >>> tx.init({'w': jnp.zeros(3, jnp.bfloat16)})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: `params['w'] dtype` is bfloat16: Langevin dynamics need float32 or float64 parameters. ...
   """
   _check_learning_rate(learning_rate)
   _check_temperature(temperature)
@@ -240,7 +260,7 @@ def add_langevin_noise(
   key, impl = _key_data(key)
 
   def init_fn(params):
-    del params
+    _check_precision(params)
     return LangevinNoiseState(count=jnp.zeros([], jnp.int32), key=key)
 
   def update_fn(updates, state, params=None):
