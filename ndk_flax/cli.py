@@ -404,7 +404,7 @@ def validate(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[s
 
   stage(names[2])
   reports = {
-    'train': validate_lib.compare(record, theory),
+    'train': validate_lib.compare(record, theory, points='train'),
     'test': validate_lib.compare(record, theory, x_test=ds.x_test),
   }
   results = _results(cfg, argv, scales, reports, ds, record)

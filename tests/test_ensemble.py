@@ -297,14 +297,14 @@ def test_ensemble_matches_langevin_theory(nonlin, depth, width, s0, s, eta, nois
     + (eta * weight_rates.max() / 2 + width_rel + rtol) * y_scale
   )
 
-  train = compare(rec, predictor)
+  train = compare(rec, predictor, points='train')
   var_atol = (eta * max(evals[-1], weight_rates.max()) / 2 + width_rel + 10 * rtol) * float(np.max(train.theory_var))
   assert train.passed(4.0, mean_atol=mean_atol, var_atol=var_atol), (train.mean_z[..., 0], train.var_z[..., 0])
   test = compare(rec, predictor, x_test=E2E_X_TEST, compute_var=False)
   assert test.passed(4.0, mean_atol=mean_atol), test.mean_z[..., 0]
 
   gradient_flow = langevin_mse_ensemble(net, E2E_X, E2E_Y, temperature=0.0)
-  assert not compare(rec, gradient_flow).passed(4.0, mean_atol=mean_atol, var_atol=var_atol)
+  assert not compare(rec, gradient_flow, points='train').passed(4.0, mean_atol=mean_atol, var_atol=var_atol)
 
 
 @pytest.mark.slow
@@ -425,3 +425,40 @@ def test_empirical_ndk_of_trained_members_matches_ndk_fn():
   assert np.all(est.mean[~causal] == 0)
   frozen = np.asarray(net.ndk_fn(E2E_X, E2E_X_TEST, 0.0, 0.0, temperature=0.0).ndk)
   assert np.any((np.abs(est.mean - frozen) > 4 * est.se + allowance)[causal])
+
+
+def test_record_keeps_its_inputs(small_record):
+  np.testing.assert_array_equal(small_record.x_train, np.asarray(X))
+  np.testing.assert_array_equal(small_record.x_test, np.asarray(X_TEST))
+
+
+def test_progress_counts_steps_and_is_quiet_off_a_terminal(monkeypatch):
+  """The bar's total is the number of Langevin steps (not record points on a geometric grid), it advances by the
+  steps run (so its rate and ETA are per step), and it is disabled when stderr is not a terminal."""
+  from ndk_flax import ensemble
+
+  bars = []
+
+  class Recorder:
+    def __init__(self, total, disable, **kwargs):
+      self.total, self.disable, self.n = total, disable, 0
+      bars.append(self)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+    def update(self, n):
+      self.n += n
+
+  monkeypatch.setattr(ensemble, 'tqdm', Recorder)
+  monkeypatch.setattr(ensemble, 'SEGMENT_STEPS', 7)
+  kw = dict(KW, record_times=[0.0, 0.05, 1.0], progress=True)
+  monkeypatch.setattr(sys.stderr, 'isatty', lambda: True, raising=False)
+  train_ensemble(SMALL, X, Y, n_members=2, **kw)
+  assert (bars[-1].total, bars[-1].n, bars[-1].disable) == (20, 20, False)
+  monkeypatch.setattr(sys.stderr, 'isatty', lambda: False, raising=False)
+  train_ensemble(SMALL, X, Y, n_members=2, **kw)
+  assert bars[-1].disable
