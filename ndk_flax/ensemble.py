@@ -15,7 +15,10 @@ shows progress by steps. :func:`check_learning_rate` is the stability rule η·�
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import sys
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
@@ -411,16 +414,30 @@ def _progress(total: int, desc: str, enabled: bool):
   return tqdm(total=total, desc=desc, unit='step', disable=not enabled or not sys.stderr.isatty(), leave=False)
 
 
+def _initial_state(program: EnsembleProgram, members: _Members):
+  return jax.jit(program.init, out_shardings=members.sharding)(members.keys)
+
+
 def _train(
-  program: EnsembleProgram, members: _Members, steps: np.ndarray, learning_rate: float, progress: bool, on_record
+  program: EnsembleProgram,
+  members: _Members,
+  steps: np.ndarray,
+  learning_rate: float,
+  progress: bool,
+  on_record,
+  *,
+  state=None,
+  first: int = 0,
 ):
   """The record loop: Langevin steps up to every record step (segments of ≤ SEGMENT_STEPS), then
-  ``on_record(done, params)``. Raises FloatingPointError naming the step, parameters and members at a NaN/inf loss.
+  ``on_record(done, params, opt_state)``. ``state``/``first``: resume from (params, opt_state) taken at record point
+  ``first − 1``. Raises FloatingPointError naming the step, parameters and members at a NaN/inf loss.
   Returns the final (params, opt_state)."""
-  params, opt_state = jax.jit(program.init, out_shardings=members.sharding)(members.keys)
-  done = 0
+  params, opt_state = _initial_state(program, members) if state is None else state
+  done = int(steps[first - 1]) if first > 0 else 0
   with _progress(int(steps[-1]), 'Langevin ensemble', progress) as bar:
-    for target in steps:
+    bar.update(done)
+    for target in steps[first:]:
       while done < target:
         n = min(int(target) - done, SEGMENT_STEPS)
         params, opt_state, bad = program.advance(params, opt_state, jnp.asarray(done), jnp.asarray(n))
@@ -429,8 +446,70 @@ def _train(
           raise _diverged('the loss became NaN/inf', bad, learning_rate, params, members.n_members)
         done += n
         bar.update(n)
-      on_record(done, params)
+      on_record(done, params, opt_state)
   return params, opt_state
+
+
+class _Checkpoints:
+  """Orbax checkpoints of one ``train_ensemble`` run at its record points: the member state (params, opt_state)
+  and the outputs recorded so far. ``run.json`` holds the run's fingerprint; a directory of another run is refused.
+  """
+
+  def __init__(self, directory: str, fingerprint: dict):
+    import orbax.checkpoint as ocp
+
+    self._ocp = ocp
+    path = os.path.abspath(os.fspath(directory))
+    os.makedirs(path, exist_ok=True)
+    meta = os.path.join(path, 'run.json')
+    if os.path.exists(meta):
+      with open(meta) as fh:
+        stored = json.load(fh)
+      if stored != fingerprint:
+        changed = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+        raise ValueError(
+          f'checkpoint_dir {directory!r} holds checkpoints of another run (different {", ".join(changed)}); '
+          'use a new directory or the same arguments'
+        )
+    else:
+      tmp = meta + '.tmp'
+      with open(tmp, 'w') as fh:
+        json.dump(fingerprint, fh)
+      os.replace(tmp, meta)
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(os.path.join(path, 'records'), options=options)
+
+  def restore(self, state, output_shape: tuple, dtype):
+    """(records done, state, outputs (k, *output_shape)) of the latest checkpoint, or None."""
+    k = self._manager.latest_step()
+    if k is None:
+      return None
+    leaves, treedef = jax.tree.flatten(state)
+    target = {
+      'state': {str(i): jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) for i, x in enumerate(leaves)},
+      'outputs': np.zeros((k,) + tuple(output_shape), dtype),
+    }
+    restored = self._manager.restore(k, args=self._ocp.args.StandardRestore(target))
+    state = treedef.unflatten([restored['state'][str(i)] for i in range(len(leaves))])
+    return k, state, np.asarray(restored['outputs'])
+
+  def save(self, k: int, state, outputs: np.ndarray) -> None:
+    leaves = jax.tree.leaves(state)
+    item = {'state': {str(i): x for i, x in enumerate(leaves)}, 'outputs': outputs}
+    self._manager.save(k, args=self._ocp.args.StandardSave(item))
+    self._manager.wait_until_finished()
+
+
+def _fingerprint(**values) -> dict:
+  """JSON-able description of a run: scalars as given, arrays by shape, dtype and SHA-256 of their bytes."""
+
+  def describe(v):
+    if v is None or isinstance(v, (bool, int, float, str)):
+      return v
+    a = np.ascontiguousarray(np.asarray(v))
+    return f'{a.dtype}{list(a.shape)}:{hashlib.sha256(a.tobytes()).hexdigest()[:16]}'
+
+  return {k: describe(v) for k, v in values.items()}
 
 
 def _check_common(n_members, seed, learning_rate, dtype):
@@ -484,6 +563,7 @@ def train_ensemble(
   noise: str = 'gaussian',
   trainable: Any = nnx.Param,
   stability_bound: float = STABLE_ETA_LAMBDA,
+  checkpoint_dir: Optional[str] = None,
 ) -> EnsembleRecord:
   """Train M members with full-batch Langevin dynamics and record their outputs f_m(x, t) (docs/theory.md §1).
 
@@ -513,6 +593,11 @@ def train_ensemble(
     trainable: NNX filter of the parameters that are trained (default all); the others keep their initial values.
     stability_bound: the largest η λ_max(Θ0) accepted (default :data:`STABLE_ETA_LAMBDA`; ``math.inf`` allows any
       η, e.g. to study the divergence of the discrete chain).
+    checkpoint_dir: a directory for Orbax checkpoints, written at every record point (the member state and the
+      outputs so far; the last two are kept). Calling again with the same arguments and directory, e.g. after the
+      process was killed, resumes from the latest checkpoint and gives bit-identical records. A directory written
+      by a run with other arguments (or another device count) is refused. Not with ``record_hidden`` or
+      ``record_params``.
 
   Returns:
     :class:`EnsembleRecord` (NumPy arrays) with the inputs ``x_train`` and ``x_test``.
@@ -553,8 +638,38 @@ def train_ensemble(
     trainable=trainable,
   )
   outputs, hiddens, snapshots = [], [], []
+  members = _members(seed, n_members)
+  state, first, checkpoints = None, 0, None
+  if checkpoint_dir is not None:
+    if record_hidden or record_params:
+      raise ValueError(
+        'checkpoint_dir keeps the outputs only: it cannot be combined with record_hidden or record_params'
+      )
+    checkpoints = _Checkpoints(
+      checkpoint_dir,
+      _fingerprint(
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        temperature=float(temperature),
+        learning_rate=learning_rate,
+        steps=steps,
+        n_members=int(n_members),
+        width=None if width is None else int(width),
+        seed=int(seed),
+        dtype=dtype.name,
+        noise=noise,
+        devices=jax.device_count(),
+      ),
+    )
+    state = _initial_state(program, members)
+    out_shape = jax.eval_shape(program.observe, state[0]).shape
+    resumed = checkpoints.restore(state, (n_members,) + tuple(out_shape[1:]), dtype)
+    if resumed is not None:
+      first, state, done_outputs = resumed
+      outputs = list(done_outputs)
 
-  def on_record(done, params):
+  def on_record(done, params, opt_state):
     observed = program.observe(params)
     out = np.asarray(observed[0] if record_hidden else observed)[:n_members]
     if not np.all(np.isfinite(out)):
@@ -564,8 +679,10 @@ def train_ensemble(
       hiddens.append(tuple(np.asarray(h)[:n_members] for h in observed[1]))
     if record_params:
       snapshots.append(jax.tree.map(lambda p: np.asarray(p)[:n_members], params))
+    if checkpoints is not None:
+      checkpoints.save(len(outputs), (params, opt_state), np.stack(outputs))
 
-  _train(program, _members(seed, n_members), steps, learning_rate, progress, on_record)
+  _train(program, members, steps, learning_rate, progress, on_record, state=state, first=first)
   train_out = np.stack(outputs, axis=1)
   return EnsembleRecord(
     times=steps * learning_rate,

@@ -462,3 +462,68 @@ def test_progress_counts_steps_and_is_quiet_off_a_terminal(monkeypatch):
   monkeypatch.setattr(sys.stderr, 'isatty', lambda: False, raising=False)
   train_ensemble(SMALL, X, Y, n_members=2, **kw)
   assert bars[-1].disable
+
+
+_RESUME_SCRIPT = """
+import sys
+import jax
+jax.config.update('jax_enable_x64', True)
+import numpy as np
+from ndk_flax import stax
+from ndk_flax.ensemble import train_ensemble
+x = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
+y = jax.numpy.sin(x[:, :1])
+net = stax.serial(stax.Dense(8, W_std=1.2, b_std=0.1), stax.Erf(), stax.Dense(1))
+rec = train_ensemble(net, x, y, n_members=3, temperature=0.1, learning_rate=0.01, width=32, progress=False,
+                     record_times=0.01 * np.arange(0, 40 * 4000 + 1, 4000), x_test=x[:2] + 1.0,
+                     checkpoint_dir=sys.argv[1])
+np.save(sys.argv[2], np.concatenate([rec.train, rec.test], axis=2))
+"""
+
+
+@pytest.mark.slow
+def test_run_killed_by_sigkill_resumes_bit_identically(tmp_path, monkeypatch):
+  """A run with checkpoint_dir is SIGKILLed after its third record point (Orbax checkpoint on disk), restarted with
+  the same arguments: it resumes from the checkpoint (not from scratch: fewer record points are left than were
+  run) and its records equal those of an uninterrupted run bit for bit. A directory of another run is refused."""
+  import signal
+  import time
+
+  ckpt, first, second = tmp_path / 'ckpt', tmp_path / 'first.npy', tmp_path / 'second.npy'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  cmd = [sys.executable, '-c', _RESUME_SCRIPT, str(ckpt)]
+  proc = subprocess.Popen(cmd + [str(first)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  records = ckpt / 'records'
+  deadline = time.monotonic() + 240
+  while time.monotonic() < deadline and proc.poll() is None:
+    if records.is_dir() and any(p.name.isdigit() and int(p.name) >= 3 for p in records.iterdir()):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL and not first.exists(), proc.stderr.read().decode()[-2000:]
+  done_before = max(int(p.name) for p in records.iterdir() if p.name.isdigit())
+  assert 3 <= done_before < 41
+
+  # Restart in this process (same program, x64 as in the script), watching where the record loop starts.
+  from ndk_flax import ensemble
+
+  starts = []
+  real_train = ensemble._train
+  monkeypatch.setattr(ensemble, '_train', lambda *a, **k: starts.append(k['first']) or real_train(*a, **k))
+  script = {}
+  exec(
+    compile(
+      _RESUME_SCRIPT.replace('sys.argv[1]', repr(str(ckpt))).replace('sys.argv[2]', repr(str(second))), 'resume', 'exec'
+    ),
+    script,
+  )
+  assert starts == [done_before]
+  uninterrupted = subprocess.run(
+    cmd[:3] + [str(tmp_path / 'fresh'), str(first)], env=env, capture_output=True, text=True, timeout=600
+  )
+  assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+  np.testing.assert_array_equal(np.load(second), np.load(first))
+
+  with pytest.raises(ValueError, match='another run .*seed'):
+    train_ensemble(SMALL, X, Y, n_members=3, **dict(KW, record_times=[0.0, 0.05]), seed=5, checkpoint_dir=str(ckpt))
