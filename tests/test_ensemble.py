@@ -68,7 +68,8 @@ def test_zero_temperature_single_member_is_plain_gradient_descent():
 
 @pytest.mark.slow
 def test_sharded_and_unsharded_runs_agree(tmp_path):
-  """Same seed on 4 (forced host) devices with M = 6 (padded to 8) and on 1 device: the same numbers."""
+  """Same seed on 4 (forced host) devices with M = 6 (padded to 8) and on 1 device: the same numbers, for Langevin
+  training and for the frozen-readout drift (members sharded over the devices in both)."""
   out = tmp_path / 'sharded.npy'
   script = textwrap.dedent(f"""
         import jax, numpy as np
@@ -84,6 +85,11 @@ def test_sharded_and_unsharded_runs_agree(tmp_path):
         rec = train_ensemble(net, x, y, n_members=6, temperature=0.1, learning_rate=0.05,
                              record_times=[0.0, 0.5, 1.0], width=16, progress=False)
         np.save({str(out)!r}, rec.train)
+        from ndk_flax.ensemble import drift_ensemble, readout_filter
+        drifted = drift_ensemble(net, x, y, n_members=6, temperature=0.1, learning_rate=0.05, width=16,
+                                 equilibration_time=0.5, drift_times=[0.0, 2.0], frozen=readout_filter,
+                                 progress=False)
+        np.save({str(out)!r} + '.drift.npy', drifted.train)
     """)
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=300)
@@ -91,6 +97,22 @@ def test_sharded_and_unsharded_runs_agree(tmp_path):
   assert jax.device_count() == 1
   unsharded = train_ensemble(SMALL, X, Y, n_members=6, **KW).train
   np.testing.assert_allclose(np.load(out), unsharded, rtol=1e-12, atol=1e-13)
+  from ndk_flax.ensemble import drift_ensemble, readout_filter
+
+  drifted = drift_ensemble(
+    SMALL,
+    X,
+    Y,
+    n_members=6,
+    temperature=0.1,
+    learning_rate=0.05,
+    width=16,
+    equilibration_time=0.5,
+    drift_times=[0.0, 2.0],
+    frozen=readout_filter,
+    progress=False,
+  )
+  np.testing.assert_allclose(np.load(str(out) + '.drift.npy'), drifted.train, rtol=1e-12, atol=1e-13)
 
 
 def test_divergence_is_detected_with_the_step_and_the_bad_parameters():
