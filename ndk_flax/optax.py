@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import optax.tree_utils as otu
 
 from ndk_flax import _validation as V
 
@@ -201,15 +200,23 @@ def _check_noise(noise: Any) -> str:
 
 
 def _tree_noise(key: jax.Array, tree: Any, noise: str) -> Any:
-  """ξ for every leaf of ``tree`` (same shapes and dtypes). Gaussian: one split key per leaf. Rademacher: one draw
-  of random 32-bit words for the whole tree, 32 signs ±1 from each word, cut into the leaves."""
-  if noise == 'gaussian':
-    return otu.tree_random_like(key, tree)
+  """ξ for every leaf of ``tree`` (same shapes and dtypes), from one draw for the whole tree cut into the leaves
+  in ``jax.tree.flatten`` order. Gaussian: ``jax.random.normal(key, (n,))`` in the leaves' common dtype, i.e. the
+  ξ of ``jax.flatten_util.ravel_pytree`` (as BlackJAX draws it); one draw instead of one per leaf is 5–30 % faster
+  per step on CPU (``benchmarks/train.py``). Rademacher: random 32-bit words, 32 signs ±1 from each word."""
   leaves, treedef = jax.tree.flatten(tree)
   sizes = [math.prod(jnp.shape(x)) for x in leaves]
+  offsets = np.cumsum([0] + sizes)
+  if noise == 'gaussian':
+    z = jax.random.normal(key, (int(offsets[-1]),), jnp.result_type(*leaves))
+    return treedef.unflatten(
+      [
+        z[start:stop].reshape(jnp.shape(x)).astype(jnp.result_type(x))
+        for start, stop, x in zip(offsets[:-1], offsets[1:], leaves)
+      ]
+    )
   words = jax.random.bits(key, (-(-sum(sizes) // 32),), jnp.uint32)
   bits = ((words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1).reshape(-1)
-  offsets = np.cumsum([0] + sizes)
   return treedef.unflatten(
     [
       (2 * bits[start:stop].astype(jnp.result_type(x)) - 1).reshape(jnp.shape(x))
