@@ -142,8 +142,11 @@ def ensemble_table(n_members: int, n_steps: int, repeats: int) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--quick', action='store_true', help='fewer steps and repeats (smoke run)')
+  parser.add_argument('--steps', type=int, default=None, help='steps per timing (default 200, --quick 20)')
+  parser.add_argument('--repeats', type=int, default=None, help='timings per cell, the best is kept (default 5)')
   args = parser.parse_args()
   n_steps, repeats, n_members = (20, 2, 4) if args.quick else (200, 5, 16)
+  n_steps, repeats = args.steps or n_steps, args.repeats or repeats
   print(
     f'backend={jax.default_backend()} devices={jax.device_count()} float32, full batch, d={D_IN}, '
     f'one erf hidden layer, T={TEMPERATURE}, eta={ETA}'
