@@ -617,10 +617,11 @@ def train_ensemble(
     ((2, 2, 3, 1), [0.0, 1.0])
   """
   learning_rate, dtype = _check_common(n_members, seed, learning_rate, dtype)
+  x_given = V.batched_array('x_train', x_train, 2)  # λ_max(Θ0) in the inputs' own precision, as the CLI computes it
   x_train, y_train, x_test = _check_data(x_train, y_train, x_test, dtype)
   steps = record_steps(record_times, learning_rate)
   check_learning_rate(
-    learning_rate, ntk_lambda_max(layer, x_train, temperature), n_steps=max(1, int(steps[-1])), bound=stability_bound
+    learning_rate, ntk_lambda_max(layer, x_given, temperature), n_steps=max(1, int(steps[-1])), bound=stability_bound
   )
   x_all = x_train if x_test is None else jnp.concatenate([x_train, x_test])
   n_train = x_train.shape[0]
@@ -751,9 +752,10 @@ def drift_ensemble(
     raise ValueError(f'drift_times must be strictly increasing, got {drift}')
   if not callable(frozen):
     raise TypeError(f'frozen must be a callable model -> NNX filter (e.g. readout_filter), got {frozen!r}')
+  x_given = V.batched_array('x_train', x_train, 2)
   x_train, y_train, x_test = _check_data(x_train, y_train, x_test, dtype)
   n_steps = max(1, int(round(equilibration_time / learning_rate)))
-  check_learning_rate(learning_rate, ntk_lambda_max(layer, x_train, temperature), bound=stability_bound)
+  check_learning_rate(learning_rate, ntk_lambda_max(layer, x_given, temperature), bound=stability_bound)
   x_all = x_train if x_test is None else jnp.concatenate([x_train, x_test])
   template = nn.from_stax(layer, width, input_shape=x_train.shape, rngs=nnx.Rngs(0), dtype=dtype)
   kwargs = dict(
