@@ -202,8 +202,9 @@ def _check_noise(noise: Any) -> str:
 def _tree_noise(key: jax.Array, tree: Any, noise: str) -> Any:
   """ξ for every leaf of ``tree`` (same shapes and dtypes), from one draw for the whole tree cut into the leaves
   in ``jax.tree.flatten`` order. Gaussian: ``jax.random.normal(key, (n,))`` in the leaves' common dtype, i.e. the
-  ξ of ``jax.flatten_util.ravel_pytree`` (as BlackJAX draws it); one draw instead of one per leaf is 5–30 % faster
-  per step on CPU (``benchmarks/train.py``). Rademacher: random 32-bit words, 32 signs ±1 from each word."""
+  ξ of ``jax.flatten_util.ravel_pytree`` (as BlackJAX draws it); one draw instead of one per leaf cut the step
+  from 7.1× to 5.7× optax.sgd at width 512, P = 16, and from 1.60× to 1.47× at P = 256 (2-core CPU, same run).
+  Rademacher: random 32-bit words, 32 signs ±1 from each word."""
   leaves, treedef = jax.tree.flatten(tree)
   sizes = [math.prod(jnp.shape(x)) for x in leaves]
   offsets = np.cumsum([0] + sizes)
