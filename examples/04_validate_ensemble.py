@@ -38,8 +38,8 @@ record = ensemble.train_ensemble(
   seed=0,
   dtype=jnp.float32,
 )
-for x_test in (None, ds.x_test):
-  r = validate.compare(record, predictor, x_test=x_test)
+for points in ('train', 'test'):  # the record keeps its inputs: compare checks them and passes x_test
+  r = validate.compare(record, predictor, points=points)
   print(f'\n{r.points} points, M = {r.n_members}: theory mean / ensemble mean ± s.e. (first point), max |z|')
   for i, t in enumerate(r.times):
     print(

@@ -89,3 +89,26 @@ def inputs_like(name: str, x: Any, reference: jax.Array, reference_name: str = '
       f'`{reference_name}`, got {x.shape}.'
     )
   return x.astype(reference.dtype)
+
+
+LOW_PRECISION_DTYPES = ('bfloat16', 'float16')
+"""Parameter dtypes refused by the Langevin pieces: the increment √(2ηT)ξ is below their resolution relative to θ
+(bfloat16 has 8 significant bits, float16 11), so the chain's stationary law is wrong (e.g. a free OU chain in
+bfloat16 has mean −0.53 where 0.0025 is expected)."""
+
+
+def langevin_dtype(name: str, dtype: Any) -> Any:
+  """A floating dtype for Langevin parameters: float32 or wider (bfloat16 and float16 are refused)."""
+  try:
+    dt = jnp.dtype(dtype)
+  except TypeError:
+    raise TypeError(f'`{name}` must be a floating dtype, got {dtype!r}.') from None
+  if not jnp.issubdtype(dt, jnp.floating):
+    raise TypeError(f'`{name}` must be a floating dtype, got {dt}.')
+  if dt.name in LOW_PRECISION_DTYPES:
+    raise TypeError(
+      f'`{name}` is {dt.name}: Langevin dynamics need float32 or float64 parameters. In {dt.name} the noise '
+      '√(2ηT)ξ and the decay ηTθ/σ² are rounded away relative to θ, and the stationary law is wrong; keep the '
+      'parameters in float32 (mixed precision for activations is up to the model).'
+    )
+  return dt

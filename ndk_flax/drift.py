@@ -34,12 +34,9 @@ from typing import NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
 from ndk_flax import _validation as V
-from ndk_flax import nn, stax
-from ndk_flax.optax import langevin
+from ndk_flax import ensemble, stax
 
 __all__ = [
   'AutocorrelationEstimate',
@@ -359,16 +356,6 @@ class FrozenReadoutRecord(NamedTuple):
   test: Optional[np.ndarray]
 
 
-def _readout_mask(params: nnx.State, readout_position: int):
-  """True on the leaves of the readout (the last layer of the model's root Serial)."""
-
-  def is_readout(path, _):
-    keys = [getattr(k, 'key', getattr(k, 'idx', None)) for k in path]
-    return 'layers' in keys and keys[keys.index('layers') + 1] == readout_position
-
-  return jax.tree_util.tree_map_with_path(is_readout, params)
-
-
 def frozen_readout_ensemble(
   layers: Sequence,
   x_train,
@@ -382,14 +369,26 @@ def frozen_readout_ensemble(
   width: int,
   x_test=None,
   seed: int = 0,
+  progress: bool = False,
 ) -> FrozenReadoutRecord:
-  """Finite-width check of :func:`frozen_readout_mean`.
+  """Finite-width check of :func:`frozen_readout_mean`: member outputs f_m(x, t0 + Δ) with the readout frozen at t0.
 
   Each member (Flax model of ``stax.serial(*layers)``, ``ndk_flax.nn.from_stax`` with hidden ``width``) is trained
-  with ``ndk_flax.optax.langevin`` on ½ Σ ‖f − y‖² for t0 = ``equilibration_time`` (step η = ``learning_rate``).
-  Then its readout (the last layer) is frozen and every hidden parameter drifts under noise and decay only, the
-  Ornstein–Uhlenbeck process dθ = −(T/σ²) θ dt + √(2T) dB, sampled exactly at the drift times (no step error):
-  θ(Δ') = e^{−λ(Δ'−Δ)} θ(Δ) + σ √(1 − e^{−2λ(Δ'−Δ)}) ξ. Outputs are recorded at t0 + Δ.
+  with ``ndk_flax.optax.langevin`` on ½ Σ ‖f − y‖² for t0 = ``equilibration_time`` (step η = ``learning_rate``,
+  refused if η λ_max(Θ0) is unstable). Then its readout (the last layer) is frozen and every hidden parameter drifts
+  under noise and decay only, the Ornstein–Uhlenbeck process dθ = −(T/σ²) θ dt + √(2T) dB, sampled exactly at the
+  drift times (no step error). Outputs are recorded at t0 + Δ. The simulation is
+  ``ndk_flax.ensemble.drift_ensemble`` with ``frozen=ensemble.readout_filter`` (docs/theory.md §6).
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax import stax
+    >>> x = np.linspace(-1, 1, 6).reshape(3, 2); y = np.sign(x[:, :1])
+    >>> rec = frozen_readout_ensemble([stax.Dense(8), stax.Relu(), stax.Dense(1)], x, y, temperature=0.1,
+    ...                               learning_rate=0.05, equilibration_time=0.5, drift_times=[0.0, 2.0],
+    ...                               n_members=2, width=8)
+    >>> rec.train.shape, rec.drift_times.tolist()
+    ((2, 2, 3, 1), [0.0, 2.0])
   """
   layers = _check_layers(layers)
   x, y, _ = _check_data(x_train, y_train, None)
@@ -397,72 +396,24 @@ def frozen_readout_ensemble(
   drift = _check_drift_times(drift_times)
   if not np.all(np.isfinite(drift)) or np.any(np.diff(drift) <= 0):
     raise ValueError(f'`drift_times` must be finite and strictly increasing here, got {drift}.')
-  temperature = V.positive('temperature', temperature)
-  learning_rate = V.positive('learning_rate', learning_rate)
-  equilibration_time = V.positive('equilibration_time', equilibration_time)
   for name, v in (('n_members', n_members), ('width', width)):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
       raise ValueError(f'`{name}` must be a positive int, got {v!r}.')
   _readout_variances(layers)
-  n_steps = int(round(equilibration_time / learning_rate))
-  network = stax.serial(*layers)
-  template = nn.from_stax(network, width, input_shape=x.shape, rngs=nnx.Rngs(0))
-  graphdef, _ = nnx.split(template, nnx.Param)
-  prior = nn.prior_std_tree(template)
-  x_all = x if xt is None else jnp.concatenate([x, xt])
-  tx = langevin(learning_rate, temperature, prior, key=0)
-
-  def init(key):
-    init_key, noise_key = jax.random.split(key)
-    params = nnx.as_pure(
-      nnx.state(nn.from_stax(network, width, input_shape=x.shape, rngs=nnx.Rngs(init_key)), nnx.Param)
-    )
-    return params, langevin(learning_rate, temperature, prior, key=noise_key).init(params)
-
-  def loss(params):
-    return 0.5 * jnp.sum((nnx.merge(graphdef, params)(x) - y) ** 2)
-
-  def step(_, carry):
-    params, opt_state = carry
-    updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-  @jax.jit
-  def equilibrate(keys):
-    params, opt_state = jax.vmap(init)(keys)
-    params, _ = jax.lax.fori_loop(0, n_steps, jax.vmap(step, in_axes=(None, 0)), (params, opt_state))
-    return params
-
-  keys = jax.vmap(lambda m: jax.random.fold_in(jax.random.PRNGKey(seed), m))(jnp.arange(n_members))
-  params = equilibrate(keys)
-  frozen = _readout_mask(params, len(layers) - 1)
-  sigma = jax.tree.map(lambda p, s: jnp.full_like(p, s), params, prior)
-
-  @jax.jit
-  def drift_to(params, key, delta):
-    leaves, treedef = jax.tree.flatten(params)
-    noise = jax.tree.unflatten(
-      treedef, [jax.random.normal(k, l.shape, l.dtype) for k, l in zip(jax.random.split(key, len(leaves)), leaves)]
-    )
-
-    def move(p, s, xi, keep):
-      decay = jnp.exp(-temperature / s**2 * delta)
-      return jnp.where(keep, p, decay * p + s * jnp.sqrt(-jnp.expm1(-2 * temperature / s**2 * delta)) * xi)
-
-    return jax.tree.map(move, params, sigma, noise, frozen)
-
-  observe = jax.jit(jax.vmap(lambda p: nnx.merge(graphdef, p)(x_all)))
-  outputs, previous = [], 0.0
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), n_members + 1)
-  for i, delta in enumerate(drift):
-    params = drift_to(params, jax.random.fold_in(key, i), delta - previous)
-    previous = delta
-    outputs.append(np.asarray(observe(params)))
-  out = np.stack(outputs, axis=1)
-  if not np.all(np.isfinite(out)):
-    raise FloatingPointError(
-      'The frozen-readout ensemble produced NaN/inf outputs: the Langevin phase diverged; '
-      f'use a smaller learning_rate than {learning_rate:g}.'
-    )
-  n = x.shape[0]
-  return FrozenReadoutRecord(drift, out[:, :, :n], None if xt is None else out[:, :, n:])
+  rec = ensemble.drift_ensemble(
+    stax.serial(*layers),
+    x,
+    y,
+    temperature=V.positive('temperature', temperature),
+    learning_rate=V.positive('learning_rate', learning_rate),
+    equilibration_time=V.positive('equilibration_time', equilibration_time),
+    drift_times=drift,
+    frozen=ensemble.readout_filter,
+    n_members=n_members,
+    width=width,
+    x_test=xt,
+    seed=seed,
+    progress=progress,
+    dtype=x.dtype,
+  )
+  return FrozenReadoutRecord(drift, rec.train, rec.test)

@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import optax.tree_utils as otu
 
 from ndk_flax import _validation as V
 
@@ -201,21 +200,37 @@ def _check_noise(noise: Any) -> str:
 
 
 def _tree_noise(key: jax.Array, tree: Any, noise: str) -> Any:
-  """ξ for every leaf of ``tree`` (same shapes and dtypes). Gaussian: one split key per leaf. Rademacher: one draw
-  of random 32-bit words for the whole tree, 32 signs ±1 from each word, cut into the leaves."""
-  if noise == 'gaussian':
-    return otu.tree_random_like(key, tree)
+  """ξ for every leaf of ``tree`` (same shapes and dtypes), from one draw for the whole tree cut into the leaves
+  in ``jax.tree.flatten`` order. Gaussian: ``jax.random.normal(key, (n,))`` in the leaves' common dtype, i.e. the
+  ξ of ``jax.flatten_util.ravel_pytree`` (as BlackJAX draws it); one draw instead of one per leaf cut the step
+  from 7.1× to 5.7× optax.sgd at width 512, P = 16, and from 1.60× to 1.47× at P = 256 (2-core CPU, same run).
+  Rademacher: random 32-bit words, 32 signs ±1 from each word."""
   leaves, treedef = jax.tree.flatten(tree)
   sizes = [math.prod(jnp.shape(x)) for x in leaves]
+  offsets = np.cumsum([0] + sizes)
+  if noise == 'gaussian':
+    z = jax.random.normal(key, (int(offsets[-1]),), jnp.result_type(*leaves))
+    return treedef.unflatten(
+      [
+        z[start:stop].reshape(jnp.shape(x)).astype(jnp.result_type(x))
+        for start, stop, x in zip(offsets[:-1], offsets[1:], leaves)
+      ]
+    )
   words = jax.random.bits(key, (-(-sum(sizes) // 32),), jnp.uint32)
   bits = ((words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1).reshape(-1)
-  offsets = np.cumsum([0] + sizes)
   return treedef.unflatten(
     [
       (2 * bits[start:stop].astype(jnp.result_type(x)) - 1).reshape(jnp.shape(x))
       for start, stop, x in zip(offsets[:-1], offsets[1:], leaves)
     ]
   )
+
+
+def _check_precision(params: Any) -> None:
+  """Refuse bfloat16 / float16 parameters (``_validation.langevin_dtype``), naming the first such leaf."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if hasattr(leaf, 'dtype') and jnp.issubdtype(leaf.dtype, jnp.floating):
+      V.langevin_dtype(f'params{jax.tree_util.keystr(path)} dtype', leaf.dtype)
 
 
 def add_langevin_noise(
@@ -233,6 +248,19 @@ def add_langevin_noise(
       mean, covariance and third moment, about 10× cheaper on CPU; see the module docstring).
 
   The state is :class:`LangevinNoiseState`; ``update`` draws ξ_k only from its key and returns the split key.
+  ``init`` refuses bfloat16 and float16 parameters (TypeError): the increment √(2ηT)ξ is rounded away relative to
+  θ and the stationary law is wrong (a free OU chain in bfloat16 ends 75 standard errors off).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> tx = add_langevin_noise(0.5, 1.0, key=0)  # √(2ηT) = 1: the update is ξ
+    >>> u, state = tx.update({'w': jnp.zeros(3)}, tx.init({'w': jnp.zeros(3)}))
+    >>> u['w'].shape, int(state.count)
+    ((3,), 1)
+    >>> tx.init({'w': jnp.zeros(3, jnp.bfloat16)})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: `params['w'] dtype` is bfloat16: Langevin dynamics need float32 or float64 parameters. ...
   """
   _check_learning_rate(learning_rate)
   _check_temperature(temperature)
@@ -240,7 +268,7 @@ def add_langevin_noise(
   key, impl = _key_data(key)
 
   def init_fn(params):
-    del params
+    _check_precision(params)
     return LangevinNoiseState(count=jnp.zeros([], jnp.int32), key=key)
 
   def update_fn(updates, state, params=None):

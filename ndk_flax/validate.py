@@ -79,31 +79,83 @@ def _member_moments(samples: np.ndarray):
   return samples.mean(0), samples.var(0, ddof=1)
 
 
-def compare(record: Any, predictor: Any, *, x_test: Any = None, compute_var: bool = True) -> ValidationReport:
-  """Ensemble mean/variance vs the theory at every recorded time and point.
+POINTS = ('train', 'test')
+"""The point sets :func:`compare` can compare on."""
+
+
+def _record_points(record: Any, points: Optional[str], x_test: Any) -> tuple[np.ndarray, str, Any]:
+  """(outputs (M, n_t, n, out), the point set, the inputs to pass to the predictor) of a record.
+
+  The record's own inputs are used and checked: test points by default when the record has test outputs; a given
+  ``x_test`` must equal the record's.
+  """
+  if points is None:
+    points = 'train' if record.test is None and x_test is None else 'test'
+  if points not in POINTS:
+    raise ValueError(f"points must be 'train', 'test' or None (the record's test points if it has any), got {points!r}")
+  if points == 'train':
+    if x_test is not None:
+      raise ValueError("x_test is given but points='train' compares the training points; drop x_test or the points")
+    return np.asarray(record.train), points, None
+  if record.test is None:
+    raise ValueError("the record has no test outputs (train_ensemble(..., x_test=...)); compare points='train'")
+  outputs = np.asarray(record.test)
+  recorded = getattr(record, 'x_test', None)
+  if recorded is None:
+    if x_test is None:
+      raise ValueError('the record does not keep its test inputs: pass the x_test it was trained with')
+    if np.shape(x_test)[0] != outputs.shape[2]:
+      raise ValueError(f'x_test has {np.shape(x_test)[0]} points but the record has {outputs.shape[2]}')
+    return outputs, points, x_test
+  recorded = np.asarray(recorded)
+  if x_test is not None:
+    given = np.asarray(x_test)
+    same = given.shape == recorded.shape and np.array_equal(given.astype(recorded.dtype), recorded)
+    if not same:
+      detail = (
+        f'shape {given.shape} vs {recorded.shape}'
+        if given.shape != recorded.shape
+        else f'max |difference| {float(np.max(np.abs(given.astype(recorded.dtype) - recorded))):.3g}'
+      )
+      raise ValueError(f"x_test differs from the record's test inputs ({detail}); omit x_test to use the record's")
+  return outputs, points, recorded
+
+
+def compare(
+  record: Any, predictor: Any, *, x_test: Any = None, points: Optional[str] = None, compute_var: bool = True
+) -> ValidationReport:
+  """Ensemble mean/variance vs the theory at every recorded time and point: z = (f̄_M − f̄)/s.e. (docs/theory.md §4).
 
   Args:
-    record: an ``EnsembleRecord`` (``times``, ``train`` (M, n_t, P, out), ``test``).
+    record: an ``EnsembleRecord`` (``times``, ``train`` (M, n_t, P, out), ``test``, and the inputs ``x_test``).
     predictor: ``ndk_flax.predict.langevin_mse_ensemble(...)`` for the same network, data and temperature.
-    x_test: the test inputs of the record; given, the test outputs are compared, else the training outputs.
+    x_test: optional check: the test inputs the record was trained with (refused if they differ from
+      ``record.x_test``); needed only for records that do not keep their inputs.
+    points: ``'train'`` or ``'test'``; default: the test points when the record has test outputs, else the
+      training points.
     compute_var: also compare the member variance with the predicted covariance diagonal.
 
   Returns:
     :class:`ValidationReport`.
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax._nt import Gaussian
+    >>> from ndk_flax.ensemble import EnsembleRecord
+    >>> rng = np.random.default_rng(0)
+    >>> outputs = rng.standard_normal((400, 1, 2, 1))  # members ~ N(0, 1) at one time and two points
+    >>> rec = EnsembleRecord(np.array([0.0]), outputs, None, None)
+    >>> theory = lambda t, x, compute_cov: Gaussian(np.zeros((1, 2, 1)), np.eye(2)[None])
+    >>> r = compare(rec, theory)
+    >>> r.points, r.passed(4.0)
+    ('train', True)
   """
   for field in ('times', 'train', 'test'):
     if not hasattr(record, field):
       raise TypeError(f'record must be an EnsembleRecord (with times/train/test), got {type(record).__name__}')
   if not callable(predictor):
     raise TypeError(f'predictor must be callable as predictor(t, x_test, compute_cov), got {predictor!r}')
-  if x_test is None:
-    outputs, points = np.asarray(record.train), 'train'
-  else:
-    if record.test is None:
-      raise ValueError('x_test is given but the record has no test outputs (train_ensemble(..., x_test=...))')
-    outputs, points = np.asarray(record.test), 'test'
-    if np.shape(x_test)[0] != outputs.shape[2]:
-      raise ValueError(f'x_test has {np.shape(x_test)[0]} points but the record has {outputs.shape[2]}')
+  outputs, points, x_test = _record_points(record, points, x_test)
   n_members = outputs.shape[0]
   if n_members < 2:
     raise ValueError(f'need at least 2 members for standard errors, got {n_members}')

@@ -265,3 +265,20 @@ def test_frozen_readout_ensemble_matches_theory():
   se = rec.test.std(0, ddof=1) / math.sqrt(rec.test.shape[0])
   assert np.all(np.abs(mean - theory) <= 4 * se + 0.05), (mean[..., 0], theory[..., 0], se[..., 0])
   assert np.max(np.abs(theory[0] - theory[-1])) > 0.2  # the drift changes the prediction measurably
+
+
+def test_frozen_readout_ensemble_refuses_an_unstable_learning_rate():
+  """learning_rate = 5 used to return all-zero outputs; it is refused with η λ_max(Θ0) before training."""
+  layers = [stax.Dense(16, W_std=1.0), stax.Relu(), stax.Dense(1)]
+  with pytest.raises(ValueError, match=r'η = 5 is unstable: η λ_max\(Θ0\) = .* >= 1'):
+    drift.frozen_readout_ensemble(
+      layers,
+      X,
+      Y,
+      temperature=0.2,
+      learning_rate=5.0,
+      equilibration_time=50.0,
+      drift_times=[0.0, 1.0],
+      n_members=2,
+      width=16,
+    )

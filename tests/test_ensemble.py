@@ -1,5 +1,6 @@
 """Tests of ndk_flax.ensemble (mechanics: members, records, sharding, errors) and end-to-end checks vs the theory."""
 
+import math
 import os
 import subprocess
 import sys
@@ -67,7 +68,8 @@ def test_zero_temperature_single_member_is_plain_gradient_descent():
 
 @pytest.mark.slow
 def test_sharded_and_unsharded_runs_agree(tmp_path):
-  """Same seed on 4 (forced host) devices with M = 6 (padded to 8) and on 1 device: the same numbers."""
+  """Same seed on 4 (forced host) devices with M = 6 (padded to 8) and on 1 device: the same numbers, for Langevin
+  training and for the frozen-readout drift (members sharded over the devices in both)."""
   out = tmp_path / 'sharded.npy'
   script = textwrap.dedent(f"""
         import jax, numpy as np
@@ -83,6 +85,11 @@ def test_sharded_and_unsharded_runs_agree(tmp_path):
         rec = train_ensemble(net, x, y, n_members=6, temperature=0.1, learning_rate=0.05,
                              record_times=[0.0, 0.5, 1.0], width=16, progress=False)
         np.save({str(out)!r}, rec.train)
+        from ndk_flax.ensemble import drift_ensemble, readout_filter
+        drifted = drift_ensemble(net, x, y, n_members=6, temperature=0.1, learning_rate=0.05, width=16,
+                                 equilibration_time=0.5, drift_times=[0.0, 2.0], frozen=readout_filter,
+                                 progress=False)
+        np.save({str(out)!r} + '.drift.npy', drifted.train)
     """)
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=300)
@@ -90,14 +97,99 @@ def test_sharded_and_unsharded_runs_agree(tmp_path):
   assert jax.device_count() == 1
   unsharded = train_ensemble(SMALL, X, Y, n_members=6, **KW).train
   np.testing.assert_allclose(np.load(out), unsharded, rtol=1e-12, atol=1e-13)
+  from ndk_flax.ensemble import drift_ensemble, readout_filter
+
+  drifted = drift_ensemble(
+    SMALL,
+    X,
+    Y,
+    n_members=6,
+    temperature=0.1,
+    learning_rate=0.05,
+    width=16,
+    equilibration_time=0.5,
+    drift_times=[0.0, 2.0],
+    frozen=readout_filter,
+    progress=False,
+  )
+  np.testing.assert_allclose(np.load(str(out) + '.drift.npy'), drifted.train, rtol=1e-12, atol=1e-13)
 
 
-def test_divergence_is_detected_with_the_step():
+def test_divergence_is_detected_with_the_step_and_the_bad_parameters():
+  """With the stability check switched off, η λ_max ≈ 8 diverges: the error names the step, the parameters that are
+  NaN/inf and their members."""
   relu = stax.serial(stax.Dense(8, W_std=1.5), stax.Relu(), stax.Dense(1))
-  with pytest.raises(FloatingPointError, match=r'after step \d+ .*smaller learning_rate'):
+  with pytest.raises(
+    FloatingPointError,
+    match=r'after step \d+ .*(Non-finite parameters: root/layers/\d/W \(members|'
+    r'still finite).*smaller learning_rate',
+  ):
     train_ensemble(
-      relu, X, Y, n_members=2, temperature=0.05, learning_rate=3.0, record_times=[300.0], width=64, progress=False
+      relu,
+      X,
+      Y,
+      n_members=2,
+      temperature=0.05,
+      learning_rate=3.0,
+      record_times=[300.0],
+      width=64,
+      progress=False,
+      stability_bound=math.inf,
     )
+
+
+def test_unstable_learning_rate_is_refused_with_the_numbers():
+  """The same run with the default bound is refused before training: η, η λ_max(Θ0), the bound, λ_max(Θ0), and the
+  largest η accepted, with λ_max(Θ0) the top eigenvalue of the NTK R(0, 0, X, X) computed here independently."""
+  relu = stax.serial(stax.Dense(8, W_std=1.5), stax.Relu(), stax.Dense(1))
+  lam = float(np.linalg.eigvalsh(np.asarray(relu.ndk_fn(X, X, 0.0, 0.0, temperature=0.05).ndk))[-1])
+  assert 3.0 * lam > 1  # the case is unstable
+  with pytest.raises(
+    ValueError,
+    match=rf'η = 3 is unstable: η λ_max\(Θ0\) = {3 * lam:.3g} >= 1 \(λ_max\(Θ0\) = '
+    rf'{lam:.4g}\); use learning_rate < {1 / lam:.3g}',
+  ):
+    train_ensemble(relu, X, Y, n_members=2, temperature=0.05, learning_rate=3.0, record_times=[3.0], progress=False)
+  # Just below the bound is accepted (the rule is η λ_max < 1, not a looser or tighter one).
+  eta = 0.99 / lam
+  train_ensemble(relu, X, Y, n_members=1, temperature=0.05, learning_rate=eta, record_times=[eta], progress=False)
+
+
+@pytest.mark.parametrize(
+  'schedule, match',
+  [
+    (lambda k: 0.1 - 0.03 * k, r'returns η = -0.02 at step 4'),
+    (lambda k: 0.01 * (1 + k), r'η = 0.5 at step 49 is unstable: η λ_max\(Θ0\) = 2.5 >= 1'),
+  ],
+)
+def test_check_learning_rate_refuses_negative_and_unstable_schedules(schedule, match):
+  from ndk_flax.ensemble import check_learning_rate
+
+  check_learning_rate(lambda k: 0.1 + 0 * k, 5.0, n_steps=50)  # constant 0.1 · 5 = 0.5 < 1: accepted
+  with pytest.raises(ValueError, match=match):
+    check_learning_rate(schedule, 5.0, n_steps=50)
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+def test_low_precision_parameters_are_refused(dtype):
+  with pytest.raises(TypeError, match='float32 or float64'):
+    train_ensemble(SMALL, X, Y, n_members=2, dtype=dtype, **KW)
+
+
+def test_trainable_filter_keeps_the_other_parameters_at_their_initial_values():
+  """trainable = the readout only: the hidden weights and biases at t = 1 equal those at t = 0, the readout moved."""
+  from flax import nnx
+
+  from ndk_flax import nn
+  from ndk_flax.ensemble import readout_filter
+
+  template = nn.from_stax(SMALL, 16, input_shape=X.shape, rngs=nnx.Rngs(0))
+  rec = train_ensemble(SMALL, X, Y, n_members=2, record_params=True, trainable=readout_filter(template), **KW)
+  flat = {'/'.join(map(str, p)): v for p, v in nnx.to_flat_state(rec.params)}
+  assert set(flat) == {'root/layers/0/W', 'root/layers/0/b', 'root/layers/2/W'}
+  for name in ('root/layers/0/W', 'root/layers/0/b'):
+    np.testing.assert_array_equal(flat[name][:, 0], flat[name][:, -1])
+  assert not np.allclose(flat['root/layers/2/W'][:, 0], flat['root/layers/2/W'][:, -1])
 
 
 def test_record_steps():
@@ -227,14 +319,14 @@ def test_ensemble_matches_langevin_theory(nonlin, depth, width, s0, s, eta, nois
     + (eta * weight_rates.max() / 2 + width_rel + rtol) * y_scale
   )
 
-  train = compare(rec, predictor)
+  train = compare(rec, predictor, points='train')
   var_atol = (eta * max(evals[-1], weight_rates.max()) / 2 + width_rel + 10 * rtol) * float(np.max(train.theory_var))
   assert train.passed(4.0, mean_atol=mean_atol, var_atol=var_atol), (train.mean_z[..., 0], train.var_z[..., 0])
   test = compare(rec, predictor, x_test=E2E_X_TEST, compute_var=False)
   assert test.passed(4.0, mean_atol=mean_atol), test.mean_z[..., 0]
 
   gradient_flow = langevin_mse_ensemble(net, E2E_X, E2E_Y, temperature=0.0)
-  assert not compare(rec, gradient_flow).passed(4.0, mean_atol=mean_atol, var_atol=var_atol)
+  assert not compare(rec, gradient_flow, points='train').passed(4.0, mean_atol=mean_atol, var_atol=var_atol)
 
 
 @pytest.mark.slow
@@ -318,6 +410,7 @@ def test_empirical_ndk_contraction_is_the_response_weighted_gradient_product():
     )
 
 
+@pytest.mark.slow
 def test_empirical_ndk_of_trained_members_matches_ndk_fn():
   """64 members of width 512 (erf, σ0 = 1.4 ≠ σ = 1, biases), trained with Langevin at T = 1 to t = 1 = σ²/T:
   R̂(t, s) on train × test inputs at all recorded t ≥ s vs ndk_fn within 4 s.e. plus an allowance of
@@ -354,3 +447,105 @@ def test_empirical_ndk_of_trained_members_matches_ndk_fn():
   assert np.all(est.mean[~causal] == 0)
   frozen = np.asarray(net.ndk_fn(E2E_X, E2E_X_TEST, 0.0, 0.0, temperature=0.0).ndk)
   assert np.any((np.abs(est.mean - frozen) > 4 * est.se + allowance)[causal])
+
+
+def test_record_keeps_its_inputs(small_record):
+  np.testing.assert_array_equal(small_record.x_train, np.asarray(X))
+  np.testing.assert_array_equal(small_record.x_test, np.asarray(X_TEST))
+
+
+def test_progress_counts_steps_and_is_quiet_off_a_terminal(monkeypatch):
+  """The bar's total is the number of Langevin steps (not record points on a geometric grid), it advances by the
+  steps run (so its rate and ETA are per step), and it is disabled when stderr is not a terminal."""
+  from ndk_flax import ensemble
+
+  bars = []
+
+  class Recorder:
+    def __init__(self, total, disable, **kwargs):
+      self.total, self.disable, self.n = total, disable, 0
+      bars.append(self)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+    def update(self, n):
+      self.n += n
+
+  monkeypatch.setattr(ensemble, 'tqdm', Recorder)
+  monkeypatch.setattr(ensemble, 'SEGMENT_STEPS', 7)
+  kw = dict(KW, record_times=[0.0, 0.05, 1.0], progress=True)
+  monkeypatch.setattr(sys.stderr, 'isatty', lambda: True, raising=False)
+  train_ensemble(SMALL, X, Y, n_members=2, **kw)
+  assert (bars[-1].total, bars[-1].n, bars[-1].disable) == (20, 20, False)
+  monkeypatch.setattr(sys.stderr, 'isatty', lambda: False, raising=False)
+  train_ensemble(SMALL, X, Y, n_members=2, **kw)
+  assert bars[-1].disable
+
+
+_RESUME_SCRIPT = """
+import sys
+import jax
+jax.config.update('jax_enable_x64', True)
+import numpy as np
+from ndk_flax import stax
+from ndk_flax.ensemble import train_ensemble
+x = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
+y = jax.numpy.sin(x[:, :1])
+net = stax.serial(stax.Dense(8, W_std=1.2, b_std=0.1), stax.Erf(), stax.Dense(1))
+rec = train_ensemble(net, x, y, n_members=3, temperature=0.1, learning_rate=0.01, width=32, progress=False,
+                     record_times=0.01 * np.arange(0, 40 * 4000 + 1, 4000), x_test=x[:2] + 1.0,
+                     checkpoint_dir=sys.argv[1])
+np.save(sys.argv[2], np.concatenate([rec.train, rec.test], axis=2))
+"""
+
+
+@pytest.mark.slow
+def test_run_killed_by_sigkill_resumes_bit_identically(tmp_path, monkeypatch):
+  """A run with checkpoint_dir is SIGKILLed after its third record point (Orbax checkpoint on disk), restarted with
+  the same arguments: it resumes from the checkpoint (not from scratch: fewer record points are left than were
+  run) and its records equal those of an uninterrupted run bit for bit. A directory of another run is refused."""
+  import signal
+  import time
+
+  ckpt, first, second = tmp_path / 'ckpt', tmp_path / 'first.npy', tmp_path / 'second.npy'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  cmd = [sys.executable, '-c', _RESUME_SCRIPT, str(ckpt)]
+  proc = subprocess.Popen(cmd + [str(first)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  records = ckpt / 'records'
+  deadline = time.monotonic() + 240
+  while time.monotonic() < deadline and proc.poll() is None:
+    if records.is_dir() and any(p.name.isdigit() and int(p.name) >= 3 for p in records.iterdir()):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL and not first.exists(), proc.stderr.read().decode()[-2000:]
+  done_before = max(int(p.name) for p in records.iterdir() if p.name.isdigit())
+  assert 3 <= done_before < 41
+
+  # Restart in this process (same program, x64 as in the script), watching where the record loop starts.
+  from ndk_flax import ensemble
+
+  starts = []
+  real_train = ensemble._train
+  monkeypatch.setattr(ensemble, '_train', lambda *a, **k: starts.append(k['first']) or real_train(*a, **k))
+  script = {}
+  exec(
+    compile(
+      _RESUME_SCRIPT.replace('sys.argv[1]', repr(str(ckpt))).replace('sys.argv[2]', repr(str(second))), 'resume', 'exec'
+    ),
+    script,
+  )
+  assert starts == [done_before]
+  uninterrupted = subprocess.run(
+    cmd[:3] + [str(tmp_path / 'fresh'), str(first)], env=env, capture_output=True, text=True, timeout=600
+  )
+  assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+  np.testing.assert_array_equal(np.load(second), np.load(first))
+
+  with pytest.raises(ValueError, match='another run .*seed'):
+    train_ensemble(SMALL, X, Y, n_members=3, **dict(KW, record_times=[0.0, 0.05]), seed=5, checkpoint_dir=str(ckpt))
