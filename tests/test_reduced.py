@@ -145,8 +145,9 @@ def test_gap_to_full_solver_shrinks_linearly_in_temperature():
     comp = composite_small_temperature_mean(
       NET, X, Y, temperature=temperature, times=times, x_test=X_TEST, max_step=0.1
     )
-    test = full(times, X_TEST)
-    solver_errors.append(full.error_estimate)
+    out = full.predict(times, X_TEST)
+    test = out.mean
+    solver_errors.append(out.stats.mean.error_estimate)
     gaps.append([float(jnp.max(jnp.abs(test[-1] - red.mean[0]))), *np.max(np.abs(test - comp.test), axis=(1, 2))])
   gaps = np.array(gaps)
   slopes = np.polyfit(np.log(temps), np.log(gaps), 1)[0]
