@@ -15,7 +15,8 @@ gradient_descent_mse_ensemble`` does for gradient flow. Its modules, one concept
 * :mod:`~ndk_flax.predict.mean`: the Volterra mean solver (T > 0, finite t);
 * :mod:`~ndk_flax.predict.covariance`: the covariance (T > 0, finite t) and its memory estimate;
 * :mod:`~ndk_flax.predict.closed_forms`: T = 0, t = 0 and t = ∞;
-* memory and cost refusals: :mod:`ndk_flax.resources`.
+* memory and cost refusals: :mod:`ndk_flax.resources`; the training points are sharded over all visible devices
+  by :mod:`ndk_flax._sharding` (docs/scaling.md).
 
 The public :class:`LangevinPredictor` is stateless: every call computes from scratch, results never depend on
 earlier calls. :meth:`LangevinPredictor.predict` also returns what the solver did (:class:`PredictionStats`).
@@ -38,6 +39,7 @@ import numpy as np
 
 from ndk_flax import _validation as V
 from ndk_flax._nt import Gaussian
+from ndk_flax._sharding import shard_points
 from ndk_flax.predict import closed_forms, covariance
 from ndk_flax.predict.grid import DEFAULT_GROWTH, bisect, time_grid
 from ndk_flax.predict.kernels import KernelAccess, NDKFn, require_finite
@@ -416,7 +418,7 @@ def langevin_mse_ensemble(
   if not isinstance(max_grid_times, int) or isinstance(max_grid_times, bool) or max_grid_times < 2:
     raise ValueError(f'`max_grid_times` must be an int >= 2, got {max_grid_times!r}.')
   return LangevinPredictor(
-    KernelAccess(ndk_fn, x_train, y_train, temperature, max_kernel_elements),
+    KernelAccess(ndk_fn, shard_points(x_train), y_train, temperature, max_kernel_elements),
     relaxation_rates,
     rtol,
     max_refinements,
