@@ -1,9 +1,9 @@
-"""Reduced small-temperature equations of Langevin learning in slow time τ = λt (THEORY.md §5).
+"""Reduced small-temperature equations of Langevin learning in slow time τ = λt (docs/theory.md §5).
 
 For T → 0 the two learning phases separate. In the gradient-driven phase (t = O(1)) the mean follows NTK gradient
 flow and ends on the NTK interpolant; in the diffusive phase (t = O(1/λ), λ = T/σ²) the training error stays O(T)
 and the test prediction moves from the NTK(σ0²) interpolant to the noise-free NNGP(σ²) interpolant. Writing
-Y − f̄(X, t) = λ ε(τ) with τ = λt, the leading order in T of the Volterra equation of THEORY.md §4 is
+Y − f̄(X, t) = λ ε(τ) with τ = λt, the leading order in T of the Volterra equation of docs/theory.md §4 is
 
     Y = R(τ, 0, X, X) Θ0⁻¹ Y + ∫_0^τ R(τ, τ', X, X) ε(τ') dτ'           (first kind in ε)
     f̄(x*, τ) = R(τ, 0, x*, X) Θ0⁻¹ Y + ∫_0^τ R(τ, τ', x*, X) ε(τ') dτ'
@@ -31,9 +31,12 @@ import numpy as np
 from jax import lax
 
 from ndk_flax import _validation as V
+from ndk_flax import resources
 
 DEFAULT_MAX_STEP = 0.05
 """Default step of the fine τ grid (the kernels move on the scale Δτ ~ 1)."""
+DEFAULT_MAX_KERNEL_PAIRS = 10**7
+"""Default cap on the kernel time pairs of one reduced solve (≈ 2 (τ_max/max_step)²): larger requests are refused."""
 
 
 class ReducedSolution(NamedTuple):
@@ -208,8 +211,9 @@ def reduced_small_temperature_mean(
   x_test=None,
   relaxation_rate: Optional[float] = None,
   max_step: float = DEFAULT_MAX_STEP,
+  max_kernel_pairs: int = DEFAULT_MAX_KERNEL_PAIRS,
 ) -> ReducedSolution:
-  """Mean predictor of Langevin learning to leading order in T, in slow time τ = λt (THEORY.md §5).
+  """Mean predictor of Langevin learning to leading order in T, in slow time τ = λt (docs/theory.md §5).
 
   Solves Y = R(τ, 0, X, X) Θ0⁻¹Y + ∫_0^τ R(τ, τ', X, X) ε(τ') dτ' for the scaled training residual ε and returns
   f̄(x*, τ) = R(τ, 0, x*, X) Θ0⁻¹Y + ∫_0^τ R(τ, τ', x*, X) ε(τ') dτ' (kernels at real times τ/λ). Useful at small T,
@@ -230,12 +234,15 @@ def reduced_small_temperature_mean(
     x_test: (n, ...) inputs for ``mean``; None gives f̄(X) = Y − λε on the training inputs.
     relaxation_rate: λ defining τ (default for a layer: min of ``layer.relaxation_rates(T)`` = T/max σ²).
     max_step: largest τ step of the fine grid (> 0).
+    max_kernel_pairs: cap on the estimated kernel time pairs; a larger request (large τ, tiny ``max_step``) is
+      refused up front with its estimate.
 
   Returns:
     :class:`ReducedSolution`.
   """
   prep = _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate)
-  return _reduced(prep, V.increasing_times('taus', taus)[0], V.positive('max_step', max_step))[0]
+  taus = V.increasing_times('taus', taus)[0]
+  return _reduced(prep, taus, V.positive('max_step', max_step), V.positive('max_kernel_pairs', max_kernel_pairs))[0]
 
 
 class _Extras(NamedTuple):
@@ -253,7 +260,9 @@ def _theta_inv_y(theta0, y):
   return jnp.linalg.solve(theta0, y)
 
 
-def _reduced(prep: _Prepared, taus: np.ndarray, max_step: float) -> tuple[ReducedSolution, _Extras]:
+def _reduced(
+  prep: _Prepared, taus: np.ndarray, max_step: float, max_kernel_pairs: float
+) -> tuple[ReducedSolution, _Extras]:
   """Solve on the grid of step h and on the grid of step 2h (same number of steps, so the same kernel shapes and
   compiled functions), evaluate at the requested τ; the fine solution is returned, their difference estimates its
   error."""
@@ -264,6 +273,13 @@ def _reduced(prep: _Prepared, taus: np.ndarray, max_step: float) -> tuple[Reduce
   has_inf = finite.size < taus.size
   top = max(float(finite[-1]) if finite.size else 0.0, 2 * max_step)
   n_steps = 2 * max(2, math.ceil(top / max_step / 2))
+  resources.require_work(
+    f'The reduced equations up to τ = {top:g} with step {max_step:g}',
+    2 * (n_steps + 1) * (n_steps + finite.size),
+    unit='kernel time pairs',
+    cap=max_kernel_pairs,
+    cap_name='max_kernel_pairs',
+  )
   h = top / n_steps
   grids = [_make_grid(top, n_steps, h, finite), _make_grid(2 * top, n_steps, 2 * h, finite)]
   eval_taus = np.concatenate([finite, [np.inf]]) if has_inf else finite
@@ -332,8 +348,9 @@ def composite_small_temperature_mean(
   x_test=None,
   relaxation_rate: Optional[float] = None,
   max_step: float = DEFAULT_MAX_STEP,
+  max_kernel_pairs: int = DEFAULT_MAX_KERNEL_PAIRS,
 ) -> CompositeSolution:
-  """Small-T mean predictor over both learning phases at once (matched asymptotics of THEORY.md §5).
+  """Small-T mean predictor over both learning phases at once (matched asymptotics of docs/theory.md §5).
 
   The gradient-driven phase (NTK gradient flow with Θ0, times t = O(1)) and the diffusive phase (the reduced
   equations in τ = λt) overlap on the NTK interpolant, so
@@ -356,7 +373,7 @@ def composite_small_temperature_mean(
   prep = _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate)
   times = V.increasing_times('times', times)[0]
   taus = prep.rate * times if times[0] == 0 else np.concatenate([[0.0], prep.rate * times])
-  red, extras = _reduced(prep, taus, V.positive('max_step', max_step))
+  red, extras = _reduced(prep, taus, V.positive('max_step', max_step), V.positive('max_kernel_pairs', max_kernel_pairs))
   offset = taus.size - times.size
   y, p = prep.y, prep.x.shape[0]
   evals, evecs = jnp.linalg.eigh(extras.theta0)

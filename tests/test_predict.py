@@ -85,10 +85,7 @@ def linear_predictor(data):
 
 def _grid_solution(predictor, t_max, grid):
   """The raw trapezoid solution g = Y − f̄(X, ·) on ``grid`` (no extrapolation), on the predictor's lattice."""
-  lattice = predictor._lattice(t_max)
-  state = {}
-  predictor._sweep(predictor._x, lattice, [predictor._solve_job(lattice, grid, state)])
-  return np.asarray(state['g'])
+  return np.asarray(predictor.mean_solver.solve_on_grid(t_max, grid).g)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -136,7 +133,7 @@ def test_mean_meets_documented_accuracy(data, linear_predictor):
     exact, _ = MODEL.exact(x, y, T, TIMES, x if points is None else points)
     chex.assert_shape(mean, exact.shape)
     assert np.abs(mean - exact).max() <= bound
-  assert linear_predictor.error_estimate <= bound
+  assert linear_predictor.predict(TIMES).stats.mean.error_estimate <= bound
 
 
 def test_stationarity_detection_and_both_lattices(data, linear_predictor, monkeypatch):
@@ -144,12 +141,10 @@ def test_stationarity_detection_and_both_lattices(data, linear_predictor, monkey
   lattice of rows gives the same, documented accuracy. A hidden erf layer with σ0 ≠ σ is not stationary, with
   σ0 = σ it is."""
   x, y, x_test = data
-  linear_predictor(TIMES)
-  assert linear_predictor._mean[0].stationary
-  lattice = predict.LangevinPredictor._lattice
-  monkeypatch.setattr(
-    predict.LangevinPredictor, '_lattice', lambda self, t: lattice(self, t)._replace(stationary=False)
-  )
+  assert linear_predictor.predict(TIMES).stats.mean.stationary
+  choose = predict.lattice.choose_lattice
+  monkeypatch.setattr(predict.lattice, 'choose_lattice', lambda *args: choose(*args)._replace(stationary=False))
+  assert not predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T).predict(TIMES).stats.mean.stationary
   predictor = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T)
   exact, _ = MODEL.exact(x, y, T, TIMES, x_test)
   assert np.abs(predictor(TIMES, x_test) - exact).max() <= predict.DEFAULT_RTOL * np.abs(y).max()
@@ -158,7 +153,8 @@ def test_stationarity_detection_and_both_lattices(data, linear_predictor, monkey
     layer = stax.serial(
       stax.Dense(8, W_std=1.4, W_prior_std=prior_std), stax.Erf(), stax.Dense(1, W_std=1.4, W_prior_std=prior_std)
     )
-    assert predict.langevin_mse_ensemble(layer, x, y[:, :1], temperature=T)._lattice(10.0).stationary == stationary
+    predictor = predict.langevin_mse_ensemble(layer, x, y[:, :1], temperature=T)
+    assert predictor.mean_solver.lattice(10.0).stationary == stationary
 
 
 def test_covariance_meets_documented_accuracy(data, linear_predictor):
@@ -178,10 +174,10 @@ def test_mean_solver_is_second_order(data, linear_predictor):
   halving of the step."""
   t_max = 10.0
   grid = predict.time_grid(t_max, first_step=0.4, growth=0.5, max_step=2.0)
-  grids = [grid, predict._bisect(grid), predict._bisect(predict._bisect(grid))]
+  grids = [grid, predict.grid.bisect(grid), predict.grid.bisect(predict.grid.bisect(grid))]
   reference_grid = grids[-1]
   for _ in range(2):
-    reference_grid = predict._bisect(reference_grid)
+    reference_grid = predict.grid.bisect(reference_grid)
   reference = _grid_solution(linear_predictor, t_max, reference_grid)[::16]
   errors = [np.abs(_grid_solution(linear_predictor, t_max, g)[:: 2**k] - reference).max() for k, g in enumerate(grids)]
   ratios = np.array(errors[:-1]) / np.array(errors[1:])
@@ -195,13 +191,11 @@ def test_covariance_is_second_order(data, linear_predictor):
   times = np.array([1.0, 5.0])
   grid = np.union1d(predict.time_grid(5.0, first_step=0.3, growth=0.5, max_step=1.0), times)
   _, exact = MODEL.exact(x, y, T, times, x_test)
-  linear_predictor(times)  # solve (and cache) the mean once
   errors = []
   for _ in range(3):
     predictor = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T, cov_grid=grid)
-    predictor._mean = linear_predictor._mean  # reuse the cached mean solution: only the covariance differs
     errors.append(np.abs(predictor(times, x_test, compute_cov=True).covariance - exact).max())
-    grid = predict._bisect(grid)
+    grid = predict.grid.bisect(grid)
   ratios = np.array(errors[:-1]) / np.array(errors[1:])
   assert np.all((ratios > 3.0) & (ratios < 5.0)), ratios
 
@@ -362,7 +356,14 @@ def test_invalid_arguments(data):
 def test_covariance_that_does_not_fit_fails_fast(data):
   """A covariance request that cannot fit raises MemoryError saying how much it needs, before solving anything."""
   x, y, _ = data
-  predictor = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T, memory_limit=1e5)
+  calls = []
+
+  def counting_ndk_fn(*args, **kwargs):
+    calls.append(args[2:4])
+    return MODEL.ndk_fn(*args, **kwargs)
+
+  predictor = predict.langevin_mse_ensemble(counting_ndk_fn, x, y, temperature=T, memory_limit=1e5)
+  n_setup = len(calls)
   with pytest.raises(MemoryError, match='GiB'):
     predictor(10.0, compute_cov=True)
-  assert predictor._mean is None
+  assert len(calls) == n_setup  # refused before any kernel evaluation

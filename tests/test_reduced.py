@@ -145,10 +145,22 @@ def test_gap_to_full_solver_shrinks_linearly_in_temperature():
     comp = composite_small_temperature_mean(
       NET, X, Y, temperature=temperature, times=times, x_test=X_TEST, max_step=0.1
     )
-    test = full(times, X_TEST)
-    solver_errors.append(full.error_estimate)
+    out = full.predict(times, X_TEST)
+    test = out.mean
+    solver_errors.append(out.stats.mean.error_estimate)
     gaps.append([float(jnp.max(jnp.abs(test[-1] - red.mean[0]))), *np.max(np.abs(test - comp.test), axis=(1, 2))])
   gaps = np.array(gaps)
   slopes = np.polyfit(np.log(temps), np.log(gaps), 1)[0]
   assert np.all(np.abs(slopes - 1) < 0.3), (gaps, slopes)
   assert gaps.min() > 5 * max(solver_errors) and gaps.max() < 0.2, (gaps, solver_errors)
+
+
+@pytest.mark.parametrize('kw', [dict(taus=[1e3]), dict(taus=[1.0], max_step=1e-6)], ids=['tau=1e3', 'max_step=1e-6'])
+def test_huge_reduced_requests_are_refused_with_a_cost_estimate(kw):
+  """τ = 1e3 or max_step = 1e-6 would run for minutes: refused up front, naming the estimate and the cap."""
+  with pytest.raises(ValueError, match=r'needs about .* kernel time pairs.*`max_kernel_pairs`'):
+    reduced_small_temperature_mean(NET, X, Y, temperature=0.01, **kw)
+  with pytest.raises(ValueError, match='max_kernel_pairs'):
+    composite_small_temperature_mean(
+      NET, X, Y, temperature=0.01, times=[kw['taus'][0] / 0.01], max_step=kw.get('max_step', 0.05)
+    )

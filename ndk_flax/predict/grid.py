@@ -1,0 +1,108 @@
+"""Time grids of the Volterra solvers and their product-trapezoid weights (docs/theory.md §5)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ndk_flax import _validation as V
+
+__all__ = ['DEFAULT_GROWTH', 'bisect', 'interior_weights', 'pad', 'time_grid', 'trapezoid_row']
+
+DEFAULT_GROWTH = 0.2
+"""Default geometric growth of the base grid's steps (h_{k+1} = (1 + growth) h_k)."""
+
+
+def time_grid(
+  t_max: float, *, first_step: float, growth: float = DEFAULT_GROWTH, max_step: float = math.inf
+) -> np.ndarray:
+  """Grid 0 = t_0 < t_1 < … < t_n = t_max resolving both learning phases (docs/theory.md §5).
+
+  Steps grow geometrically from h_0 ≤ ``first_step``, h_{k+1} = (1 + growth) h_k, until they reach ``max_step``,
+  then stay uniform (≤ ``max_step``) up to t_max. Without the cap:
+
+      t_k = t_max ((1 + g)^k − 1) / ((1 + g)^n − 1),   n = ⌈log(1 + g t_max / first_step) / log(1 + g)⌉.
+
+  The grid is nearly uniform (step ≈ first_step) while t ≲ first_step/g, i.e. dense through the gradient-driven
+  phase when first_step ~ 1/λ_max(Θ0), then geometric (≈ 1/log(1 + g) points per e-fold of t), so an exponential
+  relaxation at any rate ρ is met with step h ≲ first_step + g/ρ around its own time t ~ 1/ρ, with O(log t_max)
+  points. The cap keeps the step below the diffusive correlation time (e.g. max_step = g/λ with λ = T/σ²): at
+  t ≫ 1/λ the kernels still vary on that scale in |t − s|.
+
+  Args:
+    t_max: the last time, finite and > 0.
+    first_step: upper bound on the first step h_0 (> 0).
+    growth: g > 0, the relative growth of consecutive steps.
+    max_step: upper bound on every step (> 0, default none).
+
+  Returns:
+    float64 NumPy array of the n + 1 grid times.
+
+  Examples:
+    >>> from ndk_flax.predict import time_grid
+    >>> time_grid(10.0, first_step=1.0, growth=0.5).round(2).tolist()
+    [0.0, 0.76, 1.9, 3.6, 6.16, 10.0]
+  """
+  t_max = V.positive('t_max', t_max)
+  first_step = V.positive('first_step', first_step)
+  growth = V.positive('growth', growth)
+  if not max_step > 0:
+    raise ValueError(f'`max_step` must be > 0, got {max_step!r}.')
+  log_g = math.log1p(growth)
+  n = max(1, math.ceil(math.log1p(growth * t_max / first_step) / log_g))
+  k = np.arange(n + 1, dtype=np.float64)
+  grid = t_max * np.expm1(k * log_g) / np.expm1(n * log_g)
+  if np.diff(grid).max() > max_step:
+    n_geo = max(0, math.floor(math.log(max_step / first_step) / log_g)) if max_step > first_step else 0
+    geo = first_step * np.expm1(np.arange(n_geo + 1) * log_g) / growth
+    n_uniform = max(1, math.ceil((t_max - geo[-1]) / max_step))
+    grid = np.concatenate([geo[:-1], np.linspace(geo[-1], t_max, n_uniform + 1)])
+  grid[-1] = t_max
+  return np.unique(grid)
+
+
+def bisect(grid: np.ndarray) -> np.ndarray:
+  """The grid with the midpoint of every interval inserted (step halving).
+
+  Examples:
+    >>> from ndk_flax.predict.grid import bisect
+    >>> import numpy as np
+    >>> bisect(np.array([0.0, 1.0, 3.0])).tolist()
+    [0.0, 0.5, 1.0, 2.0, 3.0]
+  """
+  fine = np.empty(2 * len(grid) - 1, dtype=grid.dtype)
+  fine[0::2] = grid
+  fine[1::2] = 0.5 * (grid[1:] + grid[:-1])
+  return fine
+
+
+def interior_weights(grid: jax.Array) -> jax.Array:
+  """Composite trapezoid weights (t_{j+1} − t_{j−1})/2 of the nodes t_j < t (t_{−1} := t_0) for a row t on the grid."""
+  n = grid.shape[0]
+  j = jnp.arange(n)
+  return 0.5 * (grid[jnp.minimum(j + 1, n - 1)] - grid[jnp.maximum(j - 1, 0)])
+
+
+def trapezoid_row(grid: jax.Array, k: jax.Array, t_star: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Product-trapezoid weights of ∫_0^{t*} g(s) ds on the nodes t_0 … t_k (t_k < t* ≤ t_{k+1}) and t* itself.
+
+  Returns (w, w_star): w has the grid's length and is zero beyond k (all of it when k = −1, i.e. t* = 0).
+  On grid nodes (t* = t_{k+1}) these are the usual composite trapezoid weights; off the grid the last interval is
+  [t_k, t*] (Nyström interpolation, consistent with the second-order scheme).
+  """
+  j = jnp.arange(grid.shape[0])
+  interior = interior_weights(grid)
+  kc = jnp.maximum(k, 0)
+  t_k = grid[kc]
+  half_last = 0.5 * (t_star - t_k)
+  w_k = 0.5 * (t_k - grid[jnp.maximum(kc - 1, 0)]) + half_last
+  w = jnp.where(j < k, interior, jnp.where(j == k, w_k, 0.0))
+  return w, jnp.where(k >= 0, half_last, 0.0)
+
+
+def pad(grid: jax.Array, chunk: int) -> jax.Array:
+  """Pad a grid to a whole number of chunks by repeating its last time."""
+  return jnp.concatenate([grid, jnp.full((-grid.shape[0] % chunk,), grid[-1], grid.dtype)])

@@ -1,0 +1,165 @@
+"""The uniform kernel lattice R(a·h, b·h, x1, X) read by the mean solver, its cubic interpolation and its ring buffer.
+
+The dynamics need a fine time grid (stiff NTK eigenvalues early, the diffusive scale late), but the kernels only
+drift on the weights' time scale ~1/λ. So R is evaluated on a uniform lattice R(a·h, b·h) (b ≤ a) resolving that
+drift and interpolated (cubic Lagrange in u = t − s and s, whose stencils stay in the causal region s ≤ t) at the
+grid pairs: O((t_max/h)² P²) kernel work instead of O(n_t² P²). A solver row at time t only touches lattice rows
+a ∈ [⌊t/h⌋ − 4, ⌊t/h⌋ + 7], kept in a ring buffer while sweeping t upwards: O(t_max/h · P²) memory.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ndk_flax.predict.kernels import KernelAccess
+
+__all__ = ['RING', 'Lattice', 'choose_lattice', 'cubic_stencil', 'lagrange4']
+
+RING = 12
+"""Lattice rows a solver row at time t can touch: [⌊t/h⌋ − 4, ⌊t/h⌋ + 7] (cubic stencils, ±1 rounding)."""
+
+
+class Lattice(NamedTuple):
+  """Kernel lattice: R(a·h, b·h, ·, X) for 0 ≤ b ≤ a < size; stationary when R(t, s) depends on t − s only."""
+
+  h: float
+  size: int
+  stationary: bool
+
+
+def lagrange4(r):
+  """Cubic Lagrange weights of the nodes 0, 1, 2, 3 at position r (…, 4). Works on NumPy and JAX arrays.
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax.predict.lattice import lagrange4
+    >>> lagrange4(np.array(2.0)).tolist()
+    [0.0, -0.0, 1.0, 0.0]
+  """
+  xp = jnp if isinstance(r, jax.Array) else np
+  return xp.stack(
+    [
+      -(r - 1) * (r - 2) * (r - 3) / 6,
+      r * (r - 2) * (r - 3) / 2,
+      -r * (r - 1) * (r - 3) / 2,
+      r * (r - 1) * (r - 2) / 6,
+    ],
+    axis=-1,
+  )
+
+
+def cubic_stencil(x, h):
+  """First lattice index i0 and the 4 cubic Lagrange weights at nodes i0 … i0 + 3 interpolating at x ≥ 0 on the
+  lattice {i·h} (centred, i0 = ⌊x/h⌋ − 1, one-sided near 0). Works on NumPy and JAX arrays."""
+  xp = jnp if isinstance(x, jax.Array) else np
+  z = x / h
+  i0 = xp.maximum(xp.floor(z) - 1, 0)
+  return i0.astype(xp.int32), lagrange4(z - i0)
+
+
+def choose_lattice(access: KernelAccess, theta0: jax.Array, t_max: float, max_step: float, rtol: float) -> Lattice:
+  """Lattice spacing: 8 × the kernel drift time ``max_step`` (≈ growth/λ), halved until the interpolated R on (up to
+  8 of) the training points matches ``ndk_fn`` within rtol · max|R(0, 0)| at probe pairs (edges s = 0, s = t and
+  random ones). The lattice is marked stationary when R(t, s) = R(t − s, 0) within that tolerance at every probe
+  (all groups start at their prior, σ0 = σ): its rows are then shifts of one row."""
+  xs = access.x[:8]
+  scale = float(jnp.max(jnp.abs(theta0[:8, :8])))
+  rng = np.random.default_rng(0)
+  t = t_max * np.concatenate([[1.0, 1.0, 1.0], rng.uniform(size=29)])
+  s = t * np.concatenate([[0.0, 1.0, 0.5], rng.uniform(size=29)])
+
+  def ndk(t1, t2):
+    out = np.asarray(access(xs, xs, access.times(t1), access.times(t2))[1], np.float64)
+    if not np.all(np.isfinite(out)):
+      bad = np.argwhere(~np.isfinite(out))[0]
+      raise FloatingPointError(
+        f'`ndk_fn` returned a non-finite R(t, s) at t = {np.atleast_1d(t1)[bad[0]]:g}, '
+        f's = {np.atleast_1d(t2)[bad[1]]:g} on `x_train`: check the kernel function there.'
+      )
+    return out
+
+  exact = [ndk(ti, si)[0, 0] for ti, si in zip(t, s)]
+  drift = max(np.abs(ex - ndk(ti - si, 0.0)[0, 0]).max() for ti, si, ex in zip(t, s, exact)) / scale
+  h = min(8 * max_step, t_max / 4)
+  q = np.arange(4)
+  for _ in range(12):
+    err = 0.0
+    for ti, si, ex in zip(t, s, exact):
+      a0, la = cubic_stencil(np.float64(ti - si), h)
+      b0, lb = cubic_stencil(np.float64(si), h)
+      nodes = ndk(h * (a0 + b0 + np.arange(7)), h * (b0 + q))
+      interp = np.einsum('p,q,pqmn->mn', la, lb, nodes[q[:, None] + q[None, :], q[None, :]])
+      err = max(err, np.abs(interp - ex).max() / scale)
+    if err <= rtol:
+      break
+    h /= 2
+  else:
+    warnings.warn(
+      f'The kernel lattice did not reach interpolation error rtol = {rtol:.2g} (got {err:.2g} at spacing {h:.3g}).',
+      RuntimeWarning,
+      stacklevel=4,
+    )
+  return Lattice(h, math.floor(t_max / h) + 9, drift + err <= rtol)
+
+
+def lattice_row(access: KernelAccess, x1, a, h, size):
+  """Lattice row a: R(a·h, b·h, x1, X) for b ≤ a (zero beyond), shape (n1, size, P), ``chunk`` columns a call."""
+  chunk = access.chunk(x1.shape[0], size)
+  width = -(-size // chunk) * chunk
+
+  def add(c, row):
+    ts = (c * chunk + jnp.arange(chunk)) * h
+    return lax.dynamic_update_slice_in_dim(row, access(x1, access.x, (a * h)[None], ts)[1][0], c * chunk, 0)
+
+  row = lax.fori_loop(0, a // chunk + 1, add, jnp.zeros((width, x1.shape[0], access.p), access.dtype))
+  return jnp.swapaxes(row[:size], 0, 1)
+
+
+def ring_row(access: KernelAccess, x1, ring, a, h, master):
+  """Store lattice row a in ring slot a mod RING: from ``ndk_fn``, or for a stationary lattice as a shift of
+  ``master`` = [row size − 1, zeros] (R(a·h, b·h) = R((size − 1)h, (size − 1 − a + b)h))."""
+  size = ring.shape[2]
+  if master is None:
+    row = lattice_row(access, x1, a, h, size)
+  else:
+    row = lax.dynamic_slice_in_dim(master, size - 1 - a, size, axis=1)
+  return ring.at[:, a % RING].set(row)
+
+
+def window_nodes(ring, w):
+  """The 16 lattice nodes N[:, p, q] = R((β0 + p + q)h, (β0 + q)h) of the cubic stencils of pairs (t, s) with
+  ⌊s/h⌋ = w and 0 ≤ t − s < h (β0 = max(w − 1, 0)); returns (β0, N of shape (n1, 4, 4, P))."""
+  four = jnp.arange(4)
+  b0 = jnp.maximum(w - 1, 0)
+  cols = b0 + four[None, :]
+  return b0, ring[:, (cols + four[:, None]) % RING, cols]
+
+
+def old_history(ring, h, grid, g, t_rows, w_rows):
+  """Σ_j w_rows[r, j] R̃(t_rows[r], t_j, x1, X) g_j for a block of rows, R̃ the interpolated kernel: the weighted
+  g_j are scattered onto the lattice nodes of their cubic stencils (a = α + β, b = β, held by ring slot
+  a mod RING; all in the ring's window) and contracted with the ring once for the whole block. (B, n1, out)."""
+  four = jnp.arange(4)
+  size = ring.shape[2]
+  a0, la = cubic_stencil(jnp.maximum(t_rows[:, None] - grid[None, :], 0), h)
+  b0, lb = cubic_stencil(grid, h)
+  coef = w_rows[:, :, None, None] * la[:, :, :, None] * lb[None, :, None, :]
+  beta = b0[None, :, None, None] + four
+  slot = (a0[:, :, None, None] + four[:, None] + beta) % RING
+  rows = jnp.arange(t_rows.shape[0])[:, None, None, None]
+  scattered = (
+    jnp.zeros((t_rows.shape[0], RING, size) + g.shape[1:], g.dtype)
+    .at[rows, slot, beta]
+    .add(coef[..., None, None] * g[None, :, None, None], mode='drop')
+  )
+  # A plain matrix product (XLA:CPU lowers the equivalent 4-index einsum ~30× slower).
+  n_rows, out = scattered.shape[0], scattered.shape[-1]
+  flat = jnp.moveaxis(scattered.reshape(n_rows, -1, out), 0, 1).reshape(-1, n_rows * out)
+  return jnp.moveaxis((ring.reshape(ring.shape[0], -1) @ flat).reshape(ring.shape[0], n_rows, out), 0, 1)
