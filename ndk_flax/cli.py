@@ -31,6 +31,7 @@ import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 from ndk_flax import config as config_lib
+from ndk_flax import resources
 from ndk_flax import verdict as verdict_lib
 from ndk_flax.config import ConfigError, RunConfig
 
@@ -165,18 +166,6 @@ def parse(argv: Sequence[str]) -> Settings:
   return Settings(command, cfg, out, fv.progress)
 
 
-def _available_bytes() -> int:
-  """MemAvailable of the host (/proc/meminfo), else physical memory."""
-  try:
-    with open('/proc/meminfo') as fh:
-      for line in fh:
-        if line.startswith('MemAvailable:'):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-
-
 def estimated_bytes(cfg: RunConfig, command: str) -> dict[str, float]:
   """Rough peak memory of each part of ``command`` (bytes), from the sizes alone; the refusal of
   :func:`memory_problem` compares their sum with the available memory.
@@ -213,7 +202,7 @@ def memory_problem(cfg: RunConfig, command: str, available: int | None = None) -
   """
   sizes = estimated_bytes(cfg, command)
   need = sum(sizes.values())
-  available = _available_bytes() if available is None else available
+  available = resources.host_available_bytes() if available is None else available
   if need <= available:
     return None
   parts = ', '.join(f'{k} {v:.2g}' for k, v in sizes.items())

@@ -11,9 +11,25 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-import jax
+__all__ = ['available_bytes', 'host_available_bytes', 'require_memory', 'require_work']
 
-__all__ = ['available_bytes', 'require_memory', 'require_work']
+
+def host_available_bytes() -> int:
+  """Bytes the host can allocate now: MemAvailable of /proc/meminfo, else half the physical memory (no JAX import).
+
+  Examples:
+    >>> from ndk_flax.resources import host_available_bytes
+    >>> host_available_bytes() > 0
+    True
+  """
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return int(0.5 * os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
 
 
 def available_bytes() -> int:
@@ -24,18 +40,13 @@ def available_bytes() -> int:
     >>> available_bytes() > 0
     True
   """
+  import jax
+
   device = jax.devices()[0]
   stats = device.memory_stats() if device.platform != 'cpu' else None
   if stats and 'bytes_limit' in stats:
     return int(stats['bytes_limit'] - stats.get('bytes_in_use', 0))
-  try:
-    with open('/proc/meminfo') as f:
-      for line in f:
-        if line.startswith('MemAvailable:'):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return int(0.5 * os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
+  return host_available_bytes()
 
 
 def _gib(n: float) -> str:
