@@ -32,7 +32,7 @@ def _report(n_members: int, seed: int = 0, var=None):
   def predictor(t, x_test=None, compute_cov=False):
     return Gaussian(mean, np.stack([np.diag(v) for v in var])) if compute_cov else mean
 
-  return compare(EnsembleRecord(TIMES, train, train[:, :, :1], None), predictor), var
+  return compare(EnsembleRecord(TIMES, train, train[:, :, :1], None), predictor, points='train'), var
 
 
 def test_the_stated_standard_errors_are_the_ones_compare_uses():
