@@ -47,10 +47,10 @@ def covariance(t: Any, s: Any, *, init_std: Any, prior_std: Any, temperature: An
     >>> round(float(covariance(jnp.inf, jnp.inf, init_std=1.0, prior_std=2.0, temperature=1.0)), 6)
     4.0
   """
-  rate = temperature / prior_std**2
+  rate = temperature / jnp.square(prior_std)
   total = jnp.exp(-(_decay(rate, t) + _decay(rate, s)))
   gap = jnp.exp(-_decay(rate, _abs_gap(t, s)))
-  return init_std**2 * total + prior_std**2 * (gap - total)
+  return jnp.square(init_std) * total + jnp.square(prior_std) * (gap - total)
 
 
 def response(t: Any, s: Any, *, prior_std: Any, temperature: Any) -> jax.Array:
@@ -60,7 +60,7 @@ def response(t: Any, s: Any, *, prior_std: Any, temperature: Any) -> jax.Array:
     >>> float(response(1.0, 2.0, prior_std=1.0, temperature=1.0))
     0.0
   """
-  rate = temperature / prior_std**2
+  rate = temperature / jnp.square(prior_std)
   causal = t >= s
   return jnp.where(causal, jnp.exp(-_decay(rate, jnp.where(causal, _abs_gap(t, s), 0.0))), 0.0)
 
@@ -72,7 +72,7 @@ def transition(theta_s: Any, delta: Any, noise: Any, *, prior_std: Any, temperat
     >>> float(transition(2.0, 0.0, 1.0, prior_std=1.0, temperature=1.0))
     2.0
   """
-  rate = temperature / prior_std**2
+  rate = temperature / jnp.square(prior_std)
   return jnp.exp(-_decay(rate, delta)) * theta_s + prior_std * jnp.sqrt(-jnp.expm1(-2 * _decay(rate, delta))) * noise
 
 
