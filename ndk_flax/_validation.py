@@ -112,3 +112,39 @@ def langevin_dtype(name: str, dtype: Any) -> Any:
       'parameters in float32 (mixed precision for activations is up to the model).'
     )
   return dt
+
+
+def positive_int(name: str, value: Any) -> int:
+  """An integer ≥ 1 (Python or NumPy integer; bool refused), returned as ``int``."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f'`{name}` must be a positive integer, got {value!r}.')
+  if value < 1:
+    raise ValueError(f'`{name}` must be a positive integer, got {value!r}.')
+  return int(value)
+
+
+def network_inputs(name: str, x: Any, mask_constant: Any = None) -> jax.Array:
+  """Inputs of a stax network: a real, non-empty array with a batch axis; finite except masked entries.
+
+  Entries equal to ``mask_constant`` (Neural Tangents' masking; NaN matches NaN) may be non-finite. Integers become
+  floats; complex values are refused (a kernel of real networks would drop the imaginary part).
+  """
+  try:
+    x = jnp.asarray(x)
+  except TypeError:
+    raise TypeError(f'`{name}` must be an array, got {type(x).__name__}.') from None
+  if jnp.issubdtype(x.dtype, jnp.complexfloating):
+    raise TypeError(f'`{name}` must be real, got dtype {x.dtype} (the imaginary part would be lost).')
+  if x.ndim < 2:
+    raise ValueError(f'`{name}` must have at least 2 dimensions (batch first), got shape {x.shape}.')
+  if x.size == 0:
+    raise ValueError(f'`{name}` must not be empty, got shape {x.shape}.')
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.result_type(float))
+  values = np.asarray(x)  # NumPy: the check must not be traced when the caller runs under jax.jit
+  finite = np.isfinite(values)
+  if mask_constant is not None:
+    finite |= (values == mask_constant) | (np.isnan(values) & bool(np.isnan(mask_constant)))
+  if not finite.all():
+    raise ValueError(f'`{name}` contains NaN or inf.')
+  return x

@@ -26,8 +26,9 @@ from typing import Callable, NamedTuple, Optional
 
 import jax.numpy as jnp
 
+from ndk_flax import ou
 from ndk_flax._nt import Kernel
-from ndk_flax._two_time import ParamGroup, make_group, ou_covariance, ou_response
+from ndk_flax.spec import ParamGroup, param_group
 
 KernelFn = Callable[[Kernel], Kernel]
 UnitKernelFnAt = Callable[[object], KernelFn]
@@ -61,13 +62,6 @@ class AttentionGroups(NamedTuple):
     return tuple(g for g in self if g is not None)
 
 
-def _optional_group(kind: str, init_std, prior_std) -> Optional[ParamGroup]:
-  """A validated group, or None when `init_std` is 0 and no prior std is given (the group is absent)."""
-  if prior_std is None and init_std == 0:
-    return None
-  return make_group(kind, init_std, prior_std)
-
-
 def attention_groups(
   W_query_std,
   W_key_std,
@@ -92,19 +86,17 @@ def attention_groups(
     >>> round(g.query_key.init_std, 6), round(g.query_key.prior_std, 6), g.bias.prior_std
     (1.0, 2.0, 0.1)
   """
-  if b_std is None and b_prior_std is not None:
-    raise ValueError('`b_prior_std` is given but `b_std` is None (the layer has no bias); pass `b_std` to add a bias.')
-  query = _optional_group('W_query', W_query_std, W_query_prior_std)
-  key = _optional_group('W_key', W_key_std, W_key_prior_std)
+  query = param_group('W_query', W_query_std, W_query_prior_std)
+  key = param_group('W_key', W_key_std, W_key_prior_std)
   if query is None or key is None:
     query_key = None
   else:
     query_key = ParamGroup(math.sqrt(query.init_std * key.init_std), math.sqrt(query.prior_std * key.prior_std))
   return AttentionGroups(
     query_key=query_key,
-    value=_optional_group('W_value', W_value_std, W_value_prior_std),
-    out=_optional_group('W_out', W_out_std, W_out_prior_std),
-    bias=None if b_std is None else _optional_group('b', b_std, b_prior_std),
+    value=param_group('W_value', W_value_std, W_value_prior_std),
+    out=param_group('W_out', W_out_std, W_out_prior_std),
+    bias=param_group('b', b_std, b_prior_std),
   )
 
 
@@ -135,11 +127,13 @@ def unsupported_reason(linear_scaling: bool, pos_emb_type: str) -> Optional[str]
 
 
 def _covariance(group: Optional[ParamGroup], temperature, t, s):
-  return 0.0 if group is None else ou_covariance(group, temperature, t, s)
+  if group is None:
+    return 0.0
+  return ou.covariance(t, s, init_std=group.init_std, prior_std=group.prior_std, temperature=temperature)
 
 
 def _response(group: Optional[ParamGroup], temperature, t, s):
-  return 0.0 if group is None else ou_response(group, temperature, t, s)
+  return 0.0 if group is None else ou.response(t, s, prior_std=group.prior_std, temperature=temperature)
 
 
 def _weigh_own(unit_kernel_fn_at: UnitKernelFnAt, cov, k: Kernel, logit_scale, which: str):
@@ -174,7 +168,8 @@ def self_attention_rule(
     9.0
   """
 
-  def rule(k: Kernel, t1, t2, temperature) -> Kernel:
+  def rule(k: Kernel, t1, t2, temperature, **nt_kwargs) -> Kernel:
+    del nt_kwargs  # NT's attention kernel_fn takes none either
     if refusal is not None:
       raise NotImplementedError(refusal)
     qk, v, o, b = groups

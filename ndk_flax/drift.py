@@ -37,6 +37,7 @@ import numpy as np
 
 from ndk_flax import _validation as V
 from ndk_flax import ensemble, stax
+from ndk_flax.spec import DenseSpec, FreeSpec
 
 __all__ = [
   'AutocorrelationEstimate',
@@ -156,7 +157,7 @@ def _activation(layers: tuple, layer_index: int) -> stax.NDKLayer:
   start, end = _hidden_slice(layers, layer_index)
   free = layers[start + 1 : end]
   for layer in free:
-    name = layer.spec.params.get('name')
+    name = layer.spec.name if isinstance(layer.spec, FreeSpec) else type(layer.spec).__name__
     if name not in _ELEMENTWISE:
       raise ValueError(
         f'The layers between hidden layer {layer_index} and the next parametric layer must be '
@@ -223,10 +224,9 @@ def _check_data(x_train, y_train, x_test):
 
 def _readout_variances(layers: tuple) -> tuple[float, float]:
   spec = layers[-1].spec
-  if spec.kind != 'Dense':
-    raise ValueError(f'The last layer must be the Dense readout for a frozen readout, got {spec.kind!r}.')
-  b = spec.params['b_prior_std']
-  return spec.params['W_prior_std'] ** 2, 0.0 if b is None else b**2
+  if not isinstance(spec, DenseSpec) or spec.weight is None:
+    raise ValueError(f'The last layer must be the Dense readout (with weights) for a frozen readout, got {spec!r}.')
+  return spec.weight.prior_std**2, 0.0 if spec.bias is None else spec.bias.prior_std**2
 
 
 def _check_drift_times(drift_times) -> np.ndarray:

@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from ndk_flax import _validation as V
-from ndk_flax import nn
+from ndk_flax import nn, ou
 from ndk_flax.optax import langevin
 
 __all__ = [
@@ -360,9 +360,9 @@ def build_program(
     moved = []
     for p, k, sigma, keep in zip(leaves, keys, jax.tree.leaves(prior), jax.tree.leaves(mask)):
       if keep:
-        rate = jnp.asarray(temperature / sigma**2 * delta, p.dtype)
         xi = jax.random.normal(k, p.shape, p.dtype)
-        p = jnp.exp(-rate) * p + jnp.asarray(sigma, p.dtype) * jnp.sqrt(-jnp.expm1(-2 * rate)) * xi
+        sigma = jnp.asarray(sigma, p.dtype)
+        p = ou.transition(p, jnp.asarray(delta, p.dtype), xi, prior_std=sigma, temperature=temperature).astype(p.dtype)
       moved.append(p)
     return treedef.unflatten(moved)
 

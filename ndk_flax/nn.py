@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ndk_flax import _validation as V
+from ndk_flax import spec as S
+from ndk_flax.spec import ParamGroup, param_group
 
 __all__ = [
   'Conv',
@@ -39,30 +41,25 @@ __all__ = [
 Hidden = Optional[list]
 
 
-def _check_std(name: str, value: Any, *, allow_none: bool = False) -> Optional[float]:
-  return None if value is None and allow_none else V.positive(name, value)
-
-
 def _check_size(name: str, value: Any) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f'{name} must be a positive integer, got {value!r}')
-  return value
+  return V.positive_int(name, value)
 
 
-def _raw_param(rngs: nnx.Rngs, shape: tuple, init_std: float, prior_std: Optional[float], dtype) -> nnx.Param:
-  """θ ~ N(0, σ0²) of the given shape, tagged with σ0 (``init_std``) and σ (``prior_std``, default σ0)."""
-  value = init_std * jax.random.normal(rngs.params(), shape, dtype or jnp.result_type(float))
-  return nnx.Param(value, init_std=init_std, prior_std=init_std if prior_std is None else prior_std)
+def _raw_param(rngs: nnx.Rngs, shape: tuple, group: ParamGroup, dtype) -> nnx.Param:
+  """θ ~ N(0, σ0²) of the given shape, tagged with σ0 (``init_std``) and σ (``prior_std``)."""
+  value = group.init_std * jax.random.normal(rngs.params(), shape, dtype or jnp.result_type(float))
+  return nnx.Param(value, init_std=group.init_std, prior_std=group.prior_std)
 
 
-def _parametric_stds(W_std, b_std, W_prior_std, b_prior_std):
-  W_std = _check_std('W_std', W_std)
-  W_prior_std = _check_std('W_prior_std', W_prior_std, allow_none=True)
-  b_std = _check_std('b_std', b_std, allow_none=True)
-  b_prior_std = _check_std('b_prior_std', b_prior_std, allow_none=True)
-  if b_std is None and b_prior_std is not None:
-    raise ValueError('b_prior_std is given but b_std is None (the layer has no bias); pass b_std to add one')
-  return W_std, b_std, W_prior_std, b_prior_std
+def _parametric_stds(W_std, b_std, W_prior_std, b_prior_std) -> tuple[ParamGroup, Optional[ParamGroup]]:
+  """The weight and bias groups by the std rule of :func:`ndk_flax.spec.param_group` (shared with ``stax``)."""
+  weight = param_group('W', W_std, W_prior_std)
+  if weight is None:
+    raise ValueError(
+      '`W_std` is 0 and no `W_prior_std` is given, so the weights are absent (frozen at zero) and the layer is a '
+      'constant; ndk_flax.nn has no module for that. Give `W_prior_std` to train weights started at zero.'
+    )
+  return weight, param_group('b', b_std, b_prior_std)
 
 
 class Dense(nnx.Module):
@@ -89,11 +86,11 @@ class Dense(nnx.Module):
   ):
     self.in_features = _check_size('in_features', in_features)
     self.out_features = _check_size('out_features', out_features)
-    W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
+    weight, bias = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
     self.channel_axis = channel_axis
     self.record_input = record_input
-    self.W = _raw_param(rngs, (in_features, out_features), W_std, W_prior_std, dtype)
-    self.b = None if b_std is None else _raw_param(rngs, (out_features,), b_std, b_prior_std, dtype)
+    self.W = _raw_param(rngs, (in_features, out_features), weight, dtype)
+    self.b = None if bias is None else _raw_param(rngs, (out_features,), bias, dtype)
 
   def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
     if hidden is not None and self.record_input:
@@ -187,11 +184,11 @@ class _SharedFilterConv(nnx.Module):
     self.filter_shape, self.strides, self.padding, self.dimension_numbers = _conv_geometry(
       filter_shape, strides, padding, dimension_numbers
     )
-    W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
+    weight, bias = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
     self.record_input = record_input
     w_shape = _kernel_shape(self.dimension_numbers[1], in_channels, out_channels, self.filter_shape)
-    self.W = _raw_param(rngs, w_shape, W_std, W_prior_std, dtype)
-    self.b = None if b_std is None else _raw_param(rngs, (out_channels,), b_std, b_prior_std, dtype)
+    self.W = _raw_param(rngs, w_shape, weight, dtype)
+    self.b = None if bias is None else _raw_param(rngs, (out_channels,), bias, dtype)
 
   def _fan_in_input(self, x: jax.Array, hidden: Hidden, layer: str) -> tuple[jax.Array, int]:
     """Records the input when asked, checks its channels; returns it in the computation dtype, and N."""
@@ -309,7 +306,7 @@ class ConvLocal(nnx.Module):
         f'input_spatial_shape must have {n} entries (the spatial sizes of the input), got {input_spatial_shape!r}'
       )
     self.input_spatial_shape = tuple(_check_size('input_spatial_shape entries', s) for s in input_spatial_shape)
-    W_std, b_std, W_prior_std, b_prior_std = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
+    weight, bias = _parametric_stds(W_std, b_std, W_prior_std, b_prior_std)
     self.record_input = record_input
     in_sizes = dict(zip((c for c in lhs if c not in 'NC'), self.input_spatial_shape))
     out_sizes = {}
@@ -324,8 +321,8 @@ class ConvLocal(nnx.Module):
     fan_in = in_channels * math.prod(self.filter_shape)
     w_shape = _kernel_shape(rhs, fan_in, out_channels, [out_sizes[c] for c in rhs if c not in 'IO'])
     b_shape = tuple(out_channels if c == 'C' else out_sizes[c] for c in out if c != 'N')
-    self.W = _raw_param(rngs, w_shape, W_std, W_prior_std, dtype)
-    self.b = None if b_std is None else _raw_param(rngs, b_shape, b_std, b_prior_std, dtype)
+    self.W = _raw_param(rngs, w_shape, weight, dtype)
+    self.b = None if bias is None else _raw_param(rngs, b_shape, bias, dtype)
 
   def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
     if hidden is not None and self.record_input:
@@ -413,15 +410,6 @@ class StaxModel(nnx.Module):
     return out, tuple(hidden)
 
 
-_PARAMETRIC_KINDS = ('Dense', 'Conv', 'ConvTranspose', 'ConvLocal')
-
-
-def _parametric_specs(spec) -> list:
-  if spec.kind in _PARAMETRIC_KINDS:
-    return [spec]
-  return [s for child in spec.children for s in _parametric_specs(child)]
-
-
 def _is_shape_list(shape) -> bool:
   """Whether ``shape`` is a list of input shapes (after FanOut), as opposed to one shape."""
   return isinstance(shape, list) or (
@@ -430,54 +418,68 @@ def _is_shape_list(shape) -> bool:
 
 
 class _Builder:
-  """Walks a ``LayerSpec`` tree, propagating shapes with each layer's own init rule."""
+  """Walks an :mod:`ndk_flax.spec` tree, propagating shapes with each layer's own init rule."""
 
   def __init__(self, width: Optional[int], readout, rngs: nnx.Rngs, dtype):
     self.width, self.readout, self.rngs, self.dtype = width, readout, rngs, dtype
 
-  def build(self, spec, shape, downstream):
+  def build(self, spec: S.NetworkSpec, shape, downstream):
     """Returns (module, output shape, whether the output lies downstream of a parametric layer)."""
-    kind = spec.kind
-    if kind == 'serial':
-      layers = []
-      for child in spec.children:
-        module, shape, downstream = self.build(child, shape, downstream)
-        layers.append(module)
-      return Serial(layers), shape, downstream
-    if kind == 'parallel':
+    if isinstance(spec, S.SerialSpec):
+      return self._serial(spec.children, shape, downstream)
+    if isinstance(spec, S.RepeatSpec):
+      return self._serial((spec.child,) * spec.n, shape, downstream)
+    if isinstance(spec, S.ParallelSpec):
       if not _is_shape_list(shape) or len(shape) != len(spec.children):
         raise ValueError(f'parallel of {len(spec.children)} layers needs as many inputs, got shape {shape}')
       built = [self.build(child, s, downstream) for child, s in zip(spec.children, shape)]
       return (Parallel([b[0] for b in built]), [b[1] for b in built], downstream or any(b[2] for b in built))
-    if kind == 'free':
-      init_fn, apply_fn, _ = spec.params['layer']
+    if isinstance(spec, S.FreeSpec):
+      init_fn, apply_fn, _ = spec.layer
       out_shape, nt_params = init_fn(jax.random.PRNGKey(0), shape)
       if jax.tree.leaves(nt_params):
         raise TypeError(
-          f'layer {spec.params["name"]!r} has parameters; only parameter-free layers may be '
+          f'layer {spec.name!r} has parameters; only parameter-free layers may be '
           "'free' (build parametric layers with ndk_flax.stax)"
         )
-      return Free(spec.params['name'], apply_fn, nt_params), out_shape, downstream
-    if kind == 'Dense':
+      return Free(spec.name, apply_fn, nt_params), out_shape, downstream
+    if spec.parameterization != 'ntk':
+      raise ValueError(
+        f"from_stax needs parameterization='ntk' (the raw parameterisation h = W a/√N + b), got "
+        f'{spec.parameterization!r} in a {spec.kind.value} layer.'
+      )
+    if isinstance(spec, S.DenseSpec):
       return self._dense(spec, shape, downstream)
-    if kind in ('Conv', 'ConvTranspose', 'ConvLocal'):
-      return self._conv(spec, shape, downstream)
-    raise NotImplementedError(
-      f'ndk_flax.nn.from_stax does not support {kind!r} layers yet '
-      f'(supported: {", ".join(_PARAMETRIC_KINDS)}, serial, parallel, '
-      'parameter-free layers)'
+    return self._conv(spec, shape, downstream)
+
+  def _serial(self, children, shape, downstream):
+    layers = []
+    for child in children:
+      module, shape, downstream = self.build(child, shape, downstream)
+      layers.append(module)
+    return Serial(layers), shape, downstream
+
+  def _out(self, spec, size: int) -> int:
+    return size if self.width is None or spec is self.readout else self.width
+
+  @staticmethod
+  def _stds(spec) -> dict:
+    w, b = spec.weight, spec.bias
+    if w is None:
+      raise ValueError(
+        f'a {spec.kind.value} layer has absent weights (W_std = 0 and no W_prior_std); ndk_flax.nn has no module '
+        'for a constant layer. Give W_prior_std to train weights started at zero.'
+      )
+    return dict(
+      W_std=w.init_std,
+      W_prior_std=w.prior_std,
+      b_std=None if b is None else b.init_std,
+      b_prior_std=None if b is None else b.prior_std,
     )
 
-  def _out(self, spec, key):
-    return spec.params[key] if self.width is None or spec is self.readout else self.width
-
-  def _stds(self, spec):
-    p = spec.params
-    return dict(W_std=p['W_std'], b_std=p['b_std'], W_prior_std=p['W_prior_std'], b_prior_std=p['b_prior_std'])
-
-  def _dense(self, spec, shape, downstream):
-    axis = spec.params.get('channel_axis', -1)
-    out = self._out(spec, 'out_dim')
+  def _dense(self, spec: S.DenseSpec, shape, downstream):
+    axis = spec.channel_axis
+    out = self._out(spec, spec.out_dim)
     module = Dense(
       shape[axis], out, channel_axis=axis, record_input=downstream, dtype=self.dtype, rngs=self.rngs, **self._stds(spec)
     )
@@ -485,33 +487,26 @@ class _Builder:
     out_shape[axis] = out
     return module, tuple(out_shape), True
 
-  def _conv(self, spec, shape, downstream):
-    p = spec.params
-    n = len(p['filter_shape'])
-    dimension_numbers = p.get('dimension_numbers') or _default_dimension_numbers(n)
+  def _conv(self, spec: S.ConvSpec, shape, downstream):
+    dimension_numbers = spec.dimension_numbers or _default_dimension_numbers(len(spec.filter_shape))
     lhs = dimension_numbers[0]
     if len(shape) != len(lhs):
       raise ValueError(
-        f'{spec.kind} with dimension numbers {dimension_numbers} needs {len(lhs)}-D inputs, got shape {shape}'
+        f'{spec.kind.value} with dimension numbers {dimension_numbers} needs {len(lhs)}-D inputs, got shape {shape}'
       )
     kwargs = dict(
       dimension_numbers=dimension_numbers, record_input=downstream, dtype=self.dtype, rngs=self.rngs, **self._stds(spec)
     )
-    if spec.kind == 'ConvLocal':
+    if spec.kind is S.LayerKind.CONV_LOCAL:
       spatial = tuple(s for s, c in zip(shape, lhs) if c not in 'NC')
       if any(s in (-1, None) for s in spatial):
         raise ValueError(
           f"ConvLocal needs the input's spatial sizes (its weights differ per position), got input shape {shape}"
         )
       kwargs['input_spatial_shape'] = spatial
-    module_cls = {'Conv': Conv, 'ConvTranspose': ConvTranspose, 'ConvLocal': ConvLocal}[spec.kind]
-    module = module_cls(
-      shape[lhs.index('C')],
-      self._out(spec, 'out_chan'),
-      p['filter_shape'],
-      p.get('strides'),
-      p.get('padding', 'VALID'),
-      **kwargs,
+    module_cls = {S.LayerKind.CONV: Conv, S.LayerKind.CONV_TRANSPOSE: ConvTranspose, S.LayerKind.CONV_LOCAL: ConvLocal}
+    module = module_cls[spec.kind](
+      shape[lhs.index('C')], self._out(spec, spec.out_chan), spec.filter_shape, spec.strides, spec.padding, **kwargs
     )
     dummy = jax.ShapeDtypeStruct(tuple(1 if s in (-1, None) else s for s in shape), module.W[...].dtype)
     out_shape = jax.eval_shape(lambda z: module(z), dummy).shape
@@ -525,7 +520,7 @@ def from_stax(
   """The Flax NNX model of an ``ndk_flax.stax`` network (raw parameterisation, same σ0 and σ per layer).
 
   Args:
-    layer: an ``ndk_flax.stax`` layer (anything with a ``spec`` :class:`ndk_flax.stax.LayerSpec`).
+    layer: an ``ndk_flax.stax`` layer (its ``spec`` is an :mod:`ndk_flax.spec` tree).
     width: if given, the output size (``out_dim`` / ``out_chan``) of every parametric layer except the readout,
       i.e. the last parametric layer in forward order, which keeps its own; None keeps every layer's own size.
       (All hidden layers get the same width, so residual branches stay compatible.)
@@ -541,10 +536,10 @@ def from_stax(
     GlobalSelfAttention is not supported (TypeError: a layer with parameters but no Flax module here).
   """
   spec = getattr(layer, 'spec', None)
-  if spec is None or not hasattr(spec, 'kind'):
+  if not isinstance(spec, (S.DenseSpec, S.ConvSpec, S.FreeSpec, S.SerialSpec, S.ParallelSpec, S.RepeatSpec)):
     raise TypeError(f'layer must be an ndk_flax.stax layer (with a .spec), got {type(layer).__name__}')
   if width is not None:
-    _check_size('width', width)
+    width = _check_size('width', width)
   if not isinstance(rngs, nnx.Rngs):
     raise TypeError(f'rngs must be an nnx.Rngs, got {type(rngs).__name__}')
   try:
@@ -553,7 +548,7 @@ def from_stax(
     raise TypeError(f'input_shape must be a sequence of ints (batch axis first), got {input_shape!r}') from None
   if len(input_shape) < 2:
     raise ValueError(f'input_shape must include the batch axis and features, got {input_shape}')
-  parametric = _parametric_specs(spec)
+  parametric = S.parametric_specs(spec)
   if not parametric:
     raise ValueError('the network has no parametric layer (Dense, Conv, ConvTranspose or ConvLocal): nothing to train')
   builder = _Builder(width, parametric[-1], rngs, dtype)

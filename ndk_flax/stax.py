@@ -1,19 +1,34 @@
 """`ndk_flax.stax`: a drop-in superset of `neural_tangents.stax` with two-time kernels under Langevin learning.
 
-Every layer and combinator of `neural_tangents.stax` is importable from here with the same signature and still
-unpacks as ``init_fn, apply_fn, kernel_fn = layer`` (Neural Tangents' own triple). The result is an
-:class:`NDKLayer`, which additionally has
+Every name of `neural_tangents.stax` is importable from here with the same signature. Helpers (``Slice``, the
+enums, the decorators) are Neural Tangents' own objects; layers and combinators return an :class:`NDKLayer`, which
+unpacks as ``init_fn, apply_fn, kernel_fn = layer`` (Neural Tangents' own triple, same parameter trees and results)
+and additionally has
 
-* ``layer.ndk_fn(x1, x2, t1, t2, *, temperature)`` -> :class:`TwoTimeKernel` with the two-time NNGP
-  ``nngp`` = C(t1, t2, x1, x2) and the Neural Dynamical Kernel ``ndk`` = R(t1, t2, x1, x2) (THEORY.md §3);
-* ``layer.spec``: a :class:`LayerSpec` tree describing the architecture (used by ``ndk_flax.nn.from_stax``);
+* ``layer.ndk_fn(x1, x2, t1, t2, *, temperature, **kwargs)`` -> :class:`TwoTimeKernel` with the two-time NNGP
+  ``nngp`` = C(t1, t2, x1, x2) and the Neural Dynamical Kernel ``ndk`` = R(t1, t2, x1, x2) (docs/theory.md §3);
+  ``kwargs`` (``pattern``, ``mask_constant``, ``channel_axis``, ``diagonal_spatial``, ...) mean what they mean in
+  ``kernel_fn``;
+* ``layer.spec``: the frozen :mod:`ndk_flax.spec` tree of the architecture (read by ``ndk_flax.nn.from_stax``);
 * ``layer.relaxation_rates(temperature)``: λ = T/σ² of every parameter group.
 
 Parametric layers (`Dense`, `Conv`, `ConvTranspose`, `ConvLocal`) take the initialisation stds as Neural Tangents
 does (``W_std`` = σ0_W, ``b_std`` = σ0_b) plus the prior stds ``W_prior_std`` = σ_W, ``b_prior_std`` = σ_b
-(default: equal to the initialisation ones). The network is in the raw parameterisation of THEORY.md §1
-(h = W a/√fan_in + b with W itself trained), whose kernels at T = 0 are Neural Tangents' NNGP and the raw NTK
-(for bias-free networks with one σ0: NT's ntk / σ0²).
+(default: equal to the initialisation ones). Zero stds: a group with init std 0 and no explicit prior std is
+absent (frozen at zero), which matches Neural Tangents at T = 0 and adds nothing at any time; init std 0 with an
+explicit prior std is a group that starts at zero and grows under the Langevin noise
+(:func:`ndk_flax.spec.param_group`).
+``ndk_fn`` needs ``parameterization='ntk'``: the raw parameterisation of docs/theory.md §1 (h = W a/√fan_in + b with
+W itself trained), whose kernels at T = 0 are Neural Tangents' NNGP and the raw NTK (for bias-free networks with one
+σ0: NT's ntk / σ0²). The NT triple works with ``'standard'`` too.
+
+Examples:
+  >>> import jax.numpy as jnp
+  >>> from ndk_flax import stax
+  >>> net = stax.serial(stax.Dense(16, W_std=1.5, b_std=0.1), stax.Erf(), stax.Dense(1, W_std=1.5))
+  >>> k = net.ndk_fn(jnp.ones((2, 3)), None, 1.0, 0.5, temperature=0.1)
+  >>> k.nngp.shape, k.ndk.shape, k.cov1.shape
+  ((2, 2), (2, 2), (2,))
 """
 
 from __future__ import annotations
@@ -27,10 +42,11 @@ import numpy as np
 
 from ndk_flax import _two_time, attention
 from ndk_flax import _validation as V
+from ndk_flax import spec as S
 from ndk_flax._nt import Kernel, nt_stax
-from ndk_flax._two_time import ParamGroup
+from ndk_flax.spec import ParamGroup
 
-# Re-exported unchanged: enums, helpers and decorators that are not layers.
+# Neural Tangents' own helpers, enums and decorators (the same objects).
 AggregateImplementation = nt_stax.AggregateImplementation
 AttentionMechanism = nt_stax.AttentionMechanism
 Bool = nt_stax.Bool
@@ -38,23 +54,28 @@ Diagonal = nt_stax.Diagonal
 MaskedArray = nt_stax.MaskedArray
 Padding = nt_stax.Padding
 PositionalEmbedding = nt_stax.PositionalEmbedding
+Slice = nt_stax.Slice
+layer = nt_stax.layer
 requires = nt_stax.requires
 supports_masking = nt_stax.supports_masking
 unmask_fn = nt_stax.unmask_fn
-layer = nt_stax.layer  # NT's layer decorator
 
-Rule = Callable[[Any, Any, Any, Any], Any]
-"""A two-time rule: (kernel tree, t1, t2, temperature) -> kernel tree."""
+Rule = Callable[..., Any]
+"""A two-time rule: (kernel tree, t1, t2, temperature, **nt_kwargs) -> kernel tree."""
 
 
 class TwoTimeKernel(NamedTuple):
-  """Two-time kernels of a network output.
+  """Two-time kernels of a network output (docs/theory.md §3).
 
   Attributes:
     nngp: C(t1, t2, x1, x2), the two-time NNGP (covariance of the free network output at times t1 and t2).
     ndk: R(t1, t2, x1, x2), the Neural Dynamical Kernel in response form (zero for t1 < t2).
     cov1: C(t1, t1, x1, x1) (diagonal over the batch, as Neural Tangents' ``cov1``).
     cov2: C(t2, t2, x2, x2).
+
+  Examples:
+    >>> TwoTimeKernel(1.0, 2.0, 3.0, 4.0).ndk
+    2.0
   """
 
   nngp: jax.Array
@@ -63,28 +84,84 @@ class TwoTimeKernel(NamedTuple):
   cov2: jax.Array
 
 
-class LayerSpec(NamedTuple):
-  """Architecture description: ``kind`` in {'Dense', 'Conv', 'ConvTranspose', 'ConvLocal', 'serial',
-  'parallel', 'free'}; ``params`` the constructor arguments (for 'free': ``name`` and the NT ``layer`` triple
-  whose ``apply_fn`` is the forward pass); ``children`` the sub-specs of combinators."""
+def _is_kernel(z: Any) -> bool:
+  return isinstance(z, Kernel)
 
-  kind: str
-  params: dict
-  children: tuple = ()
+
+def _input_kernel_fn(req: dict) -> Callable:
+  """NT's ``kernel_fn`` of an identity layer carrying ``req``: maps inputs to the input `Kernel` of the network."""
+
+  @nt_stax.layer
+  def InputKernel():
+    init_fn, apply_fn, _ = nt_stax.Identity()
+
+    @nt_stax.requires(**req)
+    def kernel_fn(k, **kwargs):
+      return k
+
+    return init_fn, apply_fn, kernel_fn
+
+  return InputKernel()[2]
+
+
+def two_time_grid(rule: Rule, input_kernel_fn: Callable, x1, x2, t1v, t2v, temperature, array_kwargs, static_kwargs):
+  """(nngp, ndk, cov1, cov2) of ``rule`` on the grid t1v × t2v: leading axes (n1, n2), (n1, n2), (n1,), (n2,).
+
+  The one place where the time grid is laid out (vectorised over t2, ``lax.map`` over t1 in memory-bounded
+  batches). The pair is treated as identical inputs (NT's ``x1_is_x2``, used by ``Dropout``) only where t1 = t2
+  and NT finds x1 = x2.
+  """
+  nt_kwargs = dict(static_kwargs, **array_kwargs)
+  k0 = input_kernel_fn(x1, x2, None, **nt_kwargs)
+
+  def pair(t1, t2):
+    same = t1 == t2
+    k = jax.tree.map(lambda kk: kk.replace(x1_is_x2=jnp.logical_and(kk.x1_is_x2, same)), k0, is_leaf=_is_kernel)
+    out = rule(k, t1, t2, temperature, **nt_kwargs)
+    return tuple(
+      jax.tree.map(lambda kk: getattr(kk, f), out, is_leaf=_is_kernel) for f in ('nngp', 'ntk', 'cov1', 'cov2')
+    )
+
+  row = jax.vmap(pair, in_axes=(None, 0))
+  per_pair = sum(kk.nngp.size for kk in jax.tree.leaves(k0, is_leaf=_is_kernel))
+  batch_size = int(max(1, min(t1v.shape[0], _GRID_BUDGET // max(1, per_pair * t2v.shape[0]))))
+  nngp, ndk, cov1, cov2 = jax.lax.map(lambda t: row(t, t2v), t1v, batch_size=batch_size)
+  return nngp, ndk, jax.tree.map(lambda a: a[:, 0], cov1), jax.tree.map(lambda a: a[0], cov2)
+
+
+# Elements (per time pair) that one lax.map batch of the time grid may hold per kernel copy.
+_GRID_BUDGET = 2**26
 
 
 class NDKLayer(tuple):
-  """A Neural Tangents ``(init_fn, apply_fn, kernel_fn)`` triple that also computes two-time kernels."""
+  """A Neural Tangents ``(init_fn, apply_fn, kernel_fn)`` triple that also computes two-time kernels.
+
+  Attributes:
+    rule: the two-time rule ``rule(k, t1, t2, temperature, **nt_kwargs)`` on NT `Kernel` trees.
+    spec: the frozen :mod:`ndk_flax.spec` description of the architecture.
+    groups: the :class:`ndk_flax.spec.ParamGroup` of every present parameter group, in network order.
+
+  Examples:
+    >>> net = serial(Dense(4), Relu(), Dense(1))
+    >>> init_fn, apply_fn, kernel_fn = net
+    >>> type(net.spec).__name__, len(net.groups)
+    ('SerialSpec', 2)
+  """
+
+  rule: Rule
+  spec: S.NetworkSpec
+  groups: tuple[ParamGroup, ...]
 
   def __new__(
-    cls, triple: Sequence[Callable], rule: Rule, spec: LayerSpec, groups: tuple[ParamGroup, ...]
+    cls, triple: Sequence[Callable], rule: Rule, spec: S.NetworkSpec, groups: tuple[ParamGroup, ...]
   ) -> 'NDKLayer':
     init_fn, apply_fn, kernel_fn = triple[:3]
     self = super().__new__(cls, (init_fn, apply_fn, kernel_fn))
     self.rule = rule
     self.spec = spec
-    self.groups = groups
-    self._jitted_grid = jax.jit(self._grid)
+    self.groups = tuple(groups)
+    input_fn = _input_kernel_fn(dict(getattr(kernel_fn, 'input_req', {})))
+    self._jitted_grid = jax.jit(functools.partial(two_time_grid, rule, input_fn), static_argnames=('static_kwargs',))
     return self
 
   @property
@@ -100,81 +177,77 @@ class NDKLayer(tuple):
     return self[2]
 
   def relaxation_rates(self, temperature: float) -> tuple[float, ...]:
-    """λ = T/σ² of every parameter group, in network order (weights, then bias, per layer)."""
+    """λ = T/σ² of every parameter group, in network order (weights, then bias, per layer).
+
+    Examples:
+      >>> Dense(3, W_std=1.0, W_prior_std=2.0).relaxation_rates(1.0)
+      (0.25,)
+    """
     temperature = V.temperature(temperature)
     return tuple(g.decay_rate(temperature) for g in self.groups)
 
-  def ndk_fn(self, x1, x2=None, t1=0.0, t2=0.0, *, temperature) -> TwoTimeKernel:
-    """Two-time kernels C(t1, t2, x1, x2) and R(t1, t2, x1, x2) of the network under Langevin learning.
+  def ndk_fn(self, x1, x2=None, t1=0.0, t2=0.0, *, temperature, **kwargs) -> TwoTimeKernel:
+    """Two-time kernels C(t1, t2, x1, x2) and R(t1, t2, x1, x2) of the network under Langevin learning (§3).
 
     Args:
       x1: inputs, shaped as for Neural Tangents' ``kernel_fn`` (batch first).
-      x2: second batch of inputs, or None for ``x2 = x1`` (the pair is still never treated as identical
-        inputs when ``t1 != t2``: the correlation of h(x, t) and h(x, s) is below one).
+      x2: second batch of inputs, or None for ``x2 = x1``. The pair is treated as identical inputs (NT's
+        ``x1_is_x2``, which only ``Dropout`` uses) only where ``t1 == t2``: the correlation of h(x, t) and h(x, s)
+        is below one.
       t1, t2: times ≥ 0 (``jnp.inf`` allowed), scalars or 1-D arrays. 1-D arrays give leading axes
         ``(len(t1), len(t2))`` on ``nngp``/``ndk``, ``(len(t1),)`` on ``cov1`` and ``(len(t2),)`` on ``cov2``,
         computed in one jitted, vectorised call.
       temperature: T ≥ 0 (keyword only). T = 0 gives the NNGP and the raw NTK at the initialisation variances.
+      **kwargs: Neural Tangents' keyword arguments of ``kernel_fn`` (``pattern``, ``mask_constant``,
+        ``channel_axis``, ``diagonal_batch``, ``diagonal_spatial``, ...), with the same meaning.
 
     Returns:
       :class:`TwoTimeKernel` (float64 when ``jax_enable_x64`` is on).
+
+    Raises:
+      FloatingPointError: the kernels hold NaN or inf (named by field).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> k = serial(Dense(8), Relu(), Dense(1)).ndk_fn(jnp.ones((3, 2)), None, [0.0, 1.0], 0.0, temperature=0.2)
+      >>> k.nngp.shape, k.cov1.shape, k.cov2.shape
+      ((2, 3, 3), (2, 3), (3,))
     """
     temperature = V.temperature(temperature)
-    x1 = _check_inputs('x1', x1)
-    x2 = x1 if x2 is None else _check_inputs('x2', x2)
-    batch_axis = self.kernel_fn.input_req.get('batch_axis', 0) if hasattr(self.kernel_fn, 'input_req') else 0
-    if x1.ndim != x2.ndim or _drop(x1.shape, batch_axis) != _drop(x2.shape, batch_axis):
-      raise ValueError(
-        f'`x1` and `x2` must have the same shape apart from the batch axis {batch_axis}; got {x1.shape} and {x2.shape}.'
-      )
+    mask_constant = kwargs.get('mask_constant')
+    x1 = _check_inputs('x1', x1, mask_constant)
+    x2 = x1 if x2 is None else _check_inputs('x2', x2, mask_constant)
+    _check_same_shapes(x1, x2, kwargs.get('batch_axis', getattr(self.kernel_fn, 'input_req', {}).get('batch_axis', 0)))
     t1v, scalar1 = _check_times('t1', t1)
     t2v, scalar2 = _check_times('t2', t2)
-    out = self._jitted_grid(x1, x2, t1v, t2v, temperature)
-    nngp, ndk, cov1, cov2 = out
+    array_kwargs = {k: v for k, v in kwargs.items() if _holds_arrays(v)}
+    static_kwargs = tuple(sorted((k, v) for k, v in kwargs.items() if k not in array_kwargs))
+    nngp, ndk, cov1, cov2 = self._jitted_grid(x1, x2, t1v, t2v, temperature, array_kwargs, static_kwargs=static_kwargs)
     if scalar2:
       nngp, ndk, cov2 = _take_first(nngp, 1), _take_first(ndk, 1), _take_first(cov2, 0)
     if scalar1:
       nngp, ndk, cov1 = _take_first(nngp, 0), _take_first(ndk, 0), _take_first(cov1, 0)
-    return TwoTimeKernel(nngp, ndk, cov1, cov2)
-
-  def _input_kernel(self, x1, x2) -> Kernel:
-    """Neural Tangents' input `Kernel` of (x1, x2) under this network's requirements, with x1_is_x2 = False."""
-    req = getattr(self.kernel_fn, 'input_req', {})
-    k = _input_layer(dict(req))[2](x1, x2, get=None)
-    return jax.tree.map(lambda kk: kk.replace(x1_is_x2=jnp.array(False)), k, is_leaf=lambda z: isinstance(z, Kernel))
-
-  def _grid(self, x1, x2, t1v, t2v, temperature):
-    k0 = self._input_kernel(x1, x2)
-
-    def pair(t1, t2):
-      k = self.rule(k0, t1, t2, temperature)
-      return _fields(k)
-
-    row = jax.vmap(pair, in_axes=(None, 0))
-    per_pair = _kernel_size(k0) * max(1, len(self.groups))
-    batch_size = int(max(1, min(t1v.shape[0], _GRID_BUDGET // max(1, per_pair * t2v.shape[0]))))
-    nngp, ndk, cov1, cov2 = jax.lax.map(lambda t: row(t, t2v), t1v, batch_size=batch_size)
-    take_cov1 = jax.tree.map(lambda a: a[:, 0], cov1)
-    take_cov2 = jax.tree.map(lambda a: a[0], cov2)
-    return nngp, ndk, take_cov1, take_cov2
+    out = TwoTimeKernel(nngp, ndk, cov1, cov2)
+    _check_finite(out)
+    return out
 
 
-# Elements (per time pair) that one lax.map batch of the time grid may hold per kernel copy.
-_GRID_BUDGET = 2**26
+def _holds_arrays(value: Any) -> bool:
+  return any(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in jax.tree.leaves(value))
 
 
 def _take_first(tree, axis: int):
   return jax.tree.map(lambda a: jnp.take(a, 0, axis=axis), tree)
 
 
-def _fields(k):
-  is_kernel = lambda z: isinstance(z, Kernel)
-  return tuple(jax.tree.map(lambda kk: getattr(kk, f), k, is_leaf=is_kernel) for f in ('nngp', 'ntk', 'cov1', 'cov2'))
-
-
-def _kernel_size(k) -> int:
-  sizes = [kk.nngp.size for kk in jax.tree.leaves(k, is_leaf=lambda z: isinstance(z, Kernel))]
-  return int(sum(sizes))
+def _check_finite(k: TwoTimeKernel) -> None:
+  for name, value in zip(k._fields, k):
+    for leaf in jax.tree.leaves(value):
+      if not V.is_traced(leaf) and not bool(jnp.all(jnp.isfinite(leaf))):
+        raise FloatingPointError(
+          f'ndk_fn produced NaN or inf in `{name}`: the network or its stds overflow at these times or '
+          'temperature (check W_std, the prior stds and T).'
+        )
 
 
 def _drop(shape, axis):
@@ -182,29 +255,12 @@ def _drop(shape, axis):
   return shape[:axis] + shape[axis + 1 :]
 
 
-@functools.lru_cache(maxsize=None)
-def _input_layer_cached(req_items):
-  req = dict(req_items)
-
-  @nt_stax.layer
-  def InputKernel():
-    init_fn, apply_fn, _ = nt_stax.Identity()
-
-    @nt_stax.requires(**req)
-    def kernel_fn(k, **kwargs):
-      return k
-
-    return init_fn, apply_fn, kernel_fn
-
-  return InputKernel()
-
-
-def _input_layer(req: dict):
-  return _input_layer_cached(tuple(sorted(req.items())))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Input validation.
+def _check_same_shapes(x1, x2, batch_axis: int) -> None:
+  for a, b in zip(jax.tree.leaves(x1), jax.tree.leaves(x2)):
+    if a.ndim != b.ndim or _drop(a.shape, batch_axis) != _drop(b.shape, batch_axis):
+      raise ValueError(
+        f'`x1` and `x2` must have the same shape apart from the batch axis {batch_axis}; got {a.shape} and {b.shape}.'
+      )
 
 
 def _check_times(name: str, t):
@@ -214,28 +270,29 @@ def _check_times(name: str, t):
     t = np.asarray(t, dtype=np.float64)
     if t.ndim > 1:
       raise ValueError(f'`{name}` must be a scalar or a 1-D array of times, got shape {t.shape}.')
+    if t.size == 0:
+      raise ValueError(f'`{name}` must hold at least one time, got an empty array.')
     if np.any(np.isnan(t)) or np.any(t < 0):
       raise ValueError(f'`{name}` must hold times >= 0 (inf allowed, no NaN), got {t}.')
     t = jnp.asarray(t, dtype=jnp.result_type(float))
   if t.ndim > 1:
     raise ValueError(f'`{name}` must be a scalar or a 1-D array of times, got shape {t.shape}.')
-  scalar = t.ndim == 0
-  return jnp.atleast_1d(t), scalar
+  return jnp.atleast_1d(t), t.ndim == 0
 
 
-def _check_inputs(name: str, x):
-  return x if V.is_traced(x) else V.batched_array(name, x, 2)
+def _check_inputs(name: str, x, mask_constant):
+  if isinstance(x, (list, tuple)):
+    return type(x)(_check_inputs(f'{name}[{i}]', xi, mask_constant) for i, xi in enumerate(x))
+  return x if V.is_traced(x) else V.network_inputs(name, x, mask_constant)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Parameter-free layers: Neural Tangents' own kernel rule on the joint covariance.
 
-_PARAMETRIC_NT_LAYERS = ('Dense', 'Conv', 'ConvTranspose', 'ConvLocal', 'GlobalSelfAttention')
-
 
 def _free_rule(nt_kernel_fn: Callable) -> Rule:
-  def rule(k, t1, t2, temperature):
-    return nt_kernel_fn(k)
+  def rule(k, t1, t2, temperature, **nt_kwargs):
+    return nt_kernel_fn(k, **nt_kwargs)
 
   return rule
 
@@ -244,8 +301,8 @@ def _foreign_rule(triple: Sequence[Callable], name: str) -> Rule:
   """Rule for a plain Neural Tangents triple: allowed only if it has no parameters (checked on its input)."""
   init_fn, _, kernel_fn = triple[:3]
 
-  def rule(k, t1, t2, temperature):
-    shapes = [kk.shape1 for kk in jax.tree.leaves(k, is_leaf=lambda z: isinstance(z, Kernel))]
+  def rule(k, t1, t2, temperature, **nt_kwargs):
+    shapes = [kk.shape1 for kk in jax.tree.leaves(k, is_leaf=_is_kernel)]
     shape = shapes[0] if isinstance(k, Kernel) else shapes
     params = jax.eval_shape(lambda: init_fn(jax.random.PRNGKey(0), shape)[1])
     if jax.tree.leaves(params):
@@ -254,13 +311,21 @@ def _foreign_rule(triple: Sequence[Callable], name: str) -> Rule:
         f'two-time rule of Langevin learning: build it from `ndk_flax.stax` '
         f'(e.g. `ndk_flax.stax.{name}`) instead of `neural_tangents.stax`.'
       )
-    return kernel_fn(k)
+    return kernel_fn(k, **nt_kwargs)
 
   return rule
 
 
+_PARAMETRIC_NT_LAYERS = frozenset(k.value for k in S.PARAMETRIC_KINDS) | {'GlobalSelfAttention'}
+
+
 def as_ndk_layer(layer_: Sequence[Callable]) -> NDKLayer:
-  """Wraps a plain Neural Tangents triple for use in our combinators (parameter-free layers only)."""
+  """Wraps a plain Neural Tangents triple for use in our combinators (parameter-free layers only).
+
+  Examples:
+    >>> type(as_ndk_layer(nt_stax.Relu())).__name__
+    'NDKLayer'
+  """
   if isinstance(layer_, NDKLayer):
     return layer_
   if not (isinstance(layer_, (tuple, list)) and len(layer_) >= 3 and all(callable(f) for f in layer_[:3])):
@@ -271,117 +336,99 @@ def as_ndk_layer(layer_: Sequence[Callable]) -> NDKLayer:
       f'`neural_tangents.stax.{name}` has trainable parameters and no two-time rule; use '
       f'`ndk_flax.stax.{name}` (same signature, plus `W_prior_std`/`b_prior_std`).'
     )
-  return NDKLayer(
-    layer_, _foreign_rule(layer_, name), LayerSpec('free', {'name': name, 'layer': tuple(layer_[:3])}), ()
-  )
+  triple = tuple(layer_[:3])
+  return NDKLayer(triple, _foreign_rule(triple, name), S.FreeSpec(name, triple), ())
 
 
-def _wrap_free(nt_layer_fn: Callable) -> Callable[..., NDKLayer]:
+def _free_layer(nt_layer_fn: Callable) -> Callable[..., NDKLayer]:
+  """The ``ndk_flax.stax`` version of a parameter-free NT layer: same signature, NT's rule on the joint covariance."""
+
   @functools.wraps(nt_layer_fn)
   def new_layer(*args, **kwargs) -> NDKLayer:
-    triple = nt_layer_fn(*args, **kwargs)
-    spec = LayerSpec('free', {'name': nt_layer_fn.__name__, 'layer': tuple(triple[:3]), 'args': args, 'kwargs': kwargs})
-    return NDKLayer(triple, _free_rule(triple[2]), spec, ())
+    triple = tuple(nt_layer_fn(*args, **kwargs)[:3])
+    return NDKLayer(triple, _free_rule(triple[2]), S.FreeSpec(nt_layer_fn.__name__, triple), ())
 
   return new_layer
 
 
-_FREE_LAYERS = (
-  'ABRelu',
-  'Abs',
-  'Aggregate',
-  'AvgPool',
-  'Cos',
-  'DotGeneral',
-  'Dropout',
-  'Elementwise',
-  'ElementwiseNumerical',
-  'Erf',
-  'Exp',
-  'ExpNormalized',
-  'FanInConcat',
-  'FanInProd',
-  'FanInSum',
-  'FanOut',
-  'Flatten',
-  'Gabor',
-  'Gaussian',
-  'Gelu',
-  'GlobalAvgPool',
-  'GlobalSumPool',
-  'Hermite',
-  'Identity',
-  'ImageResize',
-  'Index',
-  'LayerNorm',
-  'LeakyRelu',
-  'Monomial',
-  'Polynomial',
-  'Rbf',
-  'RectifiedMonomial',
-  'Relu',
-  'Sigmoid_like',
-  'Sign',
-  'Sin',
-  'Slice',
-  'SumPool',
-)
-
-for _name in _FREE_LAYERS:
-  globals()[_name] = _wrap_free(getattr(nt_stax, _name))
-del _name
+ABRelu = _free_layer(nt_stax.ABRelu)
+Abs = _free_layer(nt_stax.Abs)
+Aggregate = _free_layer(nt_stax.Aggregate)
+AvgPool = _free_layer(nt_stax.AvgPool)
+Cos = _free_layer(nt_stax.Cos)
+DotGeneral = _free_layer(nt_stax.DotGeneral)
+Dropout = _free_layer(nt_stax.Dropout)
+Elementwise = _free_layer(nt_stax.Elementwise)
+ElementwiseNumerical = _free_layer(nt_stax.ElementwiseNumerical)
+Erf = _free_layer(nt_stax.Erf)
+Exp = _free_layer(nt_stax.Exp)
+ExpNormalized = _free_layer(nt_stax.ExpNormalized)
+FanInConcat = _free_layer(nt_stax.FanInConcat)
+FanInProd = _free_layer(nt_stax.FanInProd)
+FanInSum = _free_layer(nt_stax.FanInSum)
+FanOut = _free_layer(nt_stax.FanOut)
+Flatten = _free_layer(nt_stax.Flatten)
+Gabor = _free_layer(nt_stax.Gabor)
+Gaussian = _free_layer(nt_stax.Gaussian)
+Gelu = _free_layer(nt_stax.Gelu)
+GlobalAvgPool = _free_layer(nt_stax.GlobalAvgPool)
+GlobalSumPool = _free_layer(nt_stax.GlobalSumPool)
+Hermite = _free_layer(nt_stax.Hermite)
+Identity = _free_layer(nt_stax.Identity)
+ImageResize = _free_layer(nt_stax.ImageResize)
+Index = _free_layer(nt_stax.Index)
+LayerNorm = _free_layer(nt_stax.LayerNorm)
+LeakyRelu = _free_layer(nt_stax.LeakyRelu)
+Monomial = _free_layer(nt_stax.Monomial)
+Polynomial = _free_layer(nt_stax.Polynomial)
+Rbf = _free_layer(nt_stax.Rbf)
+RectifiedMonomial = _free_layer(nt_stax.RectifiedMonomial)
+Relu = _free_layer(nt_stax.Relu)
+Sigmoid_like = _free_layer(nt_stax.Sigmoid_like)
+Sign = _free_layer(nt_stax.Sign)
+Sin = _free_layer(nt_stax.Sin)
+SumPool = _free_layer(nt_stax.SumPool)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Parametric layers: the shared two-time rule of `_two_time.parametric_rule`.
 
 
-def _parametric(
-  kind: str,
-  nt_layer_fn: Callable,
-  args: tuple,
-  kwargs: dict,
-  *,
-  W_std,
-  b_std,
-  W_prior_std,
-  b_prior_std,
-  parameterization: str,
-  shared_bias: bool,
-) -> NDKLayer:
-  if parameterization != 'ntk':
+def _refuse_standard(kind: str) -> Rule:
+  def rule(k, t1, t2, temperature, **nt_kwargs):
     raise ValueError(
-      f'`parameterization` must be "ntk" (the raw parameterisation of Langevin learning, '
-      f'h = W a/√fan_in + b), got {parameterization!r}.'
+      f"ndk_fn needs parameterization='ntk' in {kind}: the two-time rule is that of the raw parameterisation "
+      '(h = W a/√fan_in + b with W itself trained, docs/theory.md §1), and Langevin learning in the standard '
+      "one has other gradient scales. init_fn, apply_fn and kernel_fn work with 'standard'; build the layer "
+      "with parameterization='ntk' for ndk_fn."
     )
-  weight = _two_time.make_group('W', W_std, W_prior_std)
-  if b_std is None:
-    if b_prior_std is not None:
-      raise ValueError(
-        '`b_prior_std` is given but `b_std` is None (the layer has no bias); pass `b_std` to add a bias.'
-      )
-    bias = None
+
+  return rule
+
+
+def _check_parameterization(parameterization: Any) -> str:
+  if parameterization not in ('ntk', 'standard'):
+    raise ValueError(f"`parameterization` must be 'ntk' or 'standard', got {parameterization!r}.")
+  return parameterization
+
+
+def _parametric_layer(
+  layer_spec: S.DenseSpec | S.ConvSpec, nt_layer_fn: Callable, args: tuple, kwargs: dict, W_std, b_std, s
+) -> NDKLayer:
+  """The NDKLayer of a parametric NT layer: NT's triple with the given stds, and the rule of its spec."""
+  parameterization = layer_spec.parameterization
+  triple = nt_layer_fn(*args, W_std=W_std, b_std=b_std, parameterization=parameterization, s=s, **kwargs)
+  kind = layer_spec.kind.value
+  weight, bias = layer_spec.weight, layer_spec.bias
+  if parameterization == 'standard':
+    rule = _refuse_standard(kind)
   else:
-    bias = _two_time.make_group('b', b_std, b_prior_std)
-  triple = nt_layer_fn(*args, W_std=W_std, b_std=b_std, parameterization='ntk', **kwargs)
-  unit_kernel_fn = nt_layer_fn(*args, W_std=1.0, b_std=None, parameterization='ntk', **kwargs)[2]
-  bias_pattern_fn = None
-  if bias is not None and not shared_bias:
-    bias_pattern_fn = nt_layer_fn(*args, W_std=0.0, b_std=1.0, parameterization='ntk', **kwargs)[2]
-  rule = _two_time.parametric_rule(unit_kernel_fn, weight, bias, bias_pattern_fn)
-  spec = LayerSpec(
-    kind,
-    dict(
-      args=args,
-      **kwargs,
-      W_std=weight.init_std,
-      b_std=b_std,
-      W_prior_std=weight.prior_std,
-      b_prior_std=None if bias is None else bias.prior_std,
-    ),
-  )
-  groups = (weight,) if bias is None else (weight, bias)
-  return NDKLayer(triple, rule, spec, groups)
+    unit_kernel_fn = nt_layer_fn(*args, W_std=1.0, b_std=None, parameterization='ntk', s=s, **kwargs)[2]
+    bias_pattern_fn = None
+    if bias is not None and layer_spec.kind is S.LayerKind.CONV_LOCAL:
+      bias_pattern_fn = nt_layer_fn(*args, W_std=0.0, b_std=1.0, parameterization='ntk', s=s, **kwargs)[2]
+    rule = _two_time.parametric_rule(unit_kernel_fn, weight, bias, bias_pattern_fn)
+  return NDKLayer(triple, rule, layer_spec, tuple(g for g in (weight, bias) if g is not None))
 
 
 def Dense(
@@ -396,28 +443,32 @@ def Dense(
   W_prior_std: Optional[float] = None,
   b_prior_std: Optional[float] = None,
 ) -> NDKLayer:
-  """Dense layer h = W a/√N + b (raw parameterisation), W ~ N(0, W_std²), prior N(0, W_prior_std²).
+  """Dense layer h = W a/√N + b (raw parameterisation), W(0) ~ N(0, W_std²), prior N(0, W_prior_std²).
 
-  Same signature as `neural_tangents.stax.Dense` plus the prior stds (default: the initialisation stds).
+  Same signature as `neural_tangents.stax.Dense` plus the prior stds (default: the initialisation stds; see the
+  module docstring for zero stds). docs/theory.md §3.
+
+  Examples:
+    >>> Dense(3, 1.0, 0.0).spec.bias is None  # b_std = 0 and no prior: no bias, as in Neural Tangents
+    True
+    >>> Dense(3, W_std=0.0, W_prior_std=1.0).groups
+    (ParamGroup(init_std=0.0, prior_std=1.0),)
   """
-  out = _parametric(
-    'Dense',
-    nt_stax.Dense,
-    (out_dim,),
-    dict(batch_axis=batch_axis, channel_axis=channel_axis, s=s),
-    W_std=W_std,
-    b_std=b_std,
-    W_prior_std=W_prior_std,
-    b_prior_std=b_prior_std,
-    parameterization=parameterization,
-    shared_bias=True,
+  layer_spec = S.DenseSpec(
+    out_dim=V.positive_int('out_dim', out_dim),
+    weight=S.param_group('W', W_std, W_prior_std),
+    bias=S.param_group('b', b_std, b_prior_std),
+    batch_axis=batch_axis,
+    channel_axis=channel_axis,
+    parameterization=_check_parameterization(parameterization),
   )
-  out.spec.params['out_dim'] = out_dim
-  return out
+  kwargs = dict(batch_axis=batch_axis, channel_axis=channel_axis)
+  return _parametric_layer(layer_spec, nt_stax.Dense, (layer_spec.out_dim,), kwargs, W_std, b_std, s)
 
 
-def _conv_factory(kind: str, nt_layer_fn: Callable, shared_bias: bool):
+def _conv_factory(kind: S.LayerKind, nt_layer_fn: Callable) -> Callable[..., NDKLayer]:
 
+  @functools.wraps(nt_layer_fn, assigned=('__module__',))
   def conv(
     out_chan: int,
     filter_shape: Sequence[int],
@@ -432,32 +483,35 @@ def _conv_factory(kind: str, nt_layer_fn: Callable, shared_bias: bool):
     W_prior_std: Optional[float] = None,
     b_prior_std: Optional[float] = None,
   ) -> NDKLayer:
-    out = _parametric(
-      kind,
-      nt_layer_fn,
-      (out_chan, filter_shape),
-      dict(strides=strides, padding=padding, dimension_numbers=dimension_numbers, s=s),
-      W_std=W_std,
-      b_std=b_std,
-      W_prior_std=W_prior_std,
-      b_prior_std=b_prior_std,
-      parameterization=parameterization,
-      shared_bias=shared_bias,
+    layer_spec = S.ConvSpec(
+      kind=kind,
+      out_chan=V.positive_int('out_chan', out_chan),
+      filter_shape=tuple(filter_shape),
+      strides=None if strides is None else tuple(strides),
+      padding=padding,
+      dimension_numbers=None if dimension_numbers is None else tuple(dimension_numbers),
+      weight=S.param_group('W', W_std, W_prior_std),
+      bias=S.param_group('b', b_std, b_prior_std),
+      parameterization=_check_parameterization(parameterization),
     )
-    out.spec.params.update(out_chan=out_chan, filter_shape=tuple(filter_shape))
-    return out
+    args = (layer_spec.out_chan, filter_shape)
+    kwargs = dict(strides=strides, padding=padding, dimension_numbers=dimension_numbers)
+    return _parametric_layer(layer_spec, nt_layer_fn, args, kwargs, W_std, b_std, s)
 
-  conv.__name__ = conv.__qualname__ = kind
+  conv.__name__ = conv.__qualname__ = kind.value
   conv.__doc__ = (
-    f'{kind} layer in the raw parameterisation (fan-in = in_channels × filter size), with the '
-    f'signature of `neural_tangents.stax.{kind}` plus `W_prior_std`, `b_prior_std`.'
+    f'{kind.value} layer in the raw parameterisation (fan-in = in_channels × filter size), with the '
+    f'signature of `neural_tangents.stax.{kind.value}` plus `W_prior_std`, `b_prior_std` (docs/theory.md §3).\n\n'
+    '  Examples:\n'
+    f'    >>> {kind.value}(4, (3, 3), padding="SAME").spec.filter_shape\n'
+    '    (3, 3)\n'
   )
   return conv
 
 
-Conv = _conv_factory('Conv', nt_stax.Conv, shared_bias=True)
-ConvTranspose = _conv_factory('ConvTranspose', nt_stax.ConvTranspose, shared_bias=True)
-ConvLocal = _conv_factory('ConvLocal', nt_stax.ConvLocal, shared_bias=False)
+Conv = _conv_factory(S.LayerKind.CONV, nt_stax.Conv)
+ConvTranspose = _conv_factory(S.LayerKind.CONV_TRANSPOSE, nt_stax.ConvTranspose)
+ConvLocal = _conv_factory(S.LayerKind.CONV_LOCAL, nt_stax.ConvLocal)
 
 
 def GlobalSelfAttention(
@@ -542,8 +596,7 @@ def GlobalSelfAttention(
 
   refusal = attention.unsupported_reason(linear_scaling, pos_emb_type)
   rule = attention.self_attention_rule(unit_kernel_fn_at, groups, refusal)
-  spec = LayerSpec('free', {'name': 'GlobalSelfAttention', 'layer': tuple(triple[:3])})
-  return NDKLayer(triple, rule, spec, groups.present())
+  return NDKLayer(tuple(triple[:3]), rule, S.FreeSpec('GlobalSelfAttention', tuple(triple[:3])), groups.present())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -551,59 +604,126 @@ def GlobalSelfAttention(
 
 
 def serial(*layers: Sequence[Callable]) -> NDKLayer:
-  """Composition `layers[-1] ∘ ... ∘ layers[0]` (as `neural_tangents.stax.serial`)."""
+  """Composition `layers[-1] ∘ ... ∘ layers[0]` (as `neural_tangents.stax.serial`).
+
+  Examples:
+    >>> len(serial(Dense(3), Relu()).spec.children)
+    2
+  """
+  if not layers:
+    raise ValueError(
+      '`serial` needs at least one layer (Neural Tangents cannot build an empty serial); use `Identity()`.'
+    )
   layers = tuple(as_ndk_layer(l) for l in layers)
   triple = nt_stax.serial(*layers)
   rules = tuple(l.rule for l in layers)
 
-  def rule(k, t1, t2, temperature):
+  def rule(k, t1, t2, temperature, **nt_kwargs):
     for r in rules:
-      k = r(k, t1, t2, temperature)
+      k = r(k, t1, t2, temperature, **nt_kwargs)
     return k
 
-  return NDKLayer(
-    triple, rule, LayerSpec('serial', {}, tuple(l.spec for l in layers)), sum((l.groups for l in layers), ())
-  )
+  return NDKLayer(triple, rule, S.SerialSpec(tuple(l.spec for l in layers)), sum((l.groups for l in layers), ()))
 
 
 def parallel(*layers: Sequence[Callable]) -> NDKLayer:
-  """Applies `layers[i]` to the i-th input of a list (as `neural_tangents.stax.parallel`)."""
+  """Applies `layers[i]` to the i-th input of a list (as `neural_tangents.stax.parallel`).
+
+  Examples:
+    >>> len(parallel(Relu(), Erf()).spec.children)
+    2
+  """
+  if not layers:
+    raise ValueError(
+      '`parallel` needs at least one layer (Neural Tangents cannot build an empty parallel); use `Identity()`.'
+    )
   layers = tuple(as_ndk_layer(l) for l in layers)
   triple = nt_stax.parallel(*layers)
   rules = tuple(l.rule for l in layers)
 
-  def rule(ks, t1, t2, temperature):
+  def rule(ks, t1, t2, temperature, **nt_kwargs):
     if len(ks) != len(rules):
       raise ValueError(f'parallel of {len(rules)} layers got {len(ks)} inputs.')
-    return [r(k, t1, t2, temperature) for r, k in zip(rules, ks)]
+    return [r(k, t1, t2, temperature, **nt_kwargs) for r, k in zip(rules, ks)]
 
-  return NDKLayer(
-    triple, rule, LayerSpec('parallel', {}, tuple(l.spec for l in layers)), sum((l.groups for l in layers), ())
-  )
+  return NDKLayer(triple, rule, S.ParallelSpec(tuple(l.spec for l in layers)), sum((l.groups for l in layers), ()))
 
 
 def repeat(layer: Sequence[Callable], n: int) -> NDKLayer:
-  """`layer` composed `n` times with independent weights (as `neural_tangents.stax.repeat`)."""
-  if not isinstance(n, (int, np.integer)) or n < 1:
-    raise ValueError(f'`n` must be a positive integer, got {n!r}.')
-  return serial(*([as_ndk_layer(layer)] * int(n)))
+  """`layer` composed `n` times with independent weights (`neural_tangents.stax.repeat`: its stacked parameter
+  tree and compiled loop; ``n = 0`` is the identity).
+
+  Examples:
+    >>> net = repeat(serial(Dense(4), Relu()), 3)
+    >>> len(net.groups), net.spec.n
+    (3, 3)
+  """
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+    raise ValueError(f'`n` must be an integer >= 0, got {n!r}.')
+  n = int(n)
+  block = as_ndk_layer(layer)
+  triple = nt_stax.repeat(block, n)
+
+  def rule(k, t1, t2, temperature, **nt_kwargs):
+    for _ in range(n):
+      k = block.rule(k, t1, t2, temperature, **nt_kwargs)
+    return k
+
+  return NDKLayer(triple, rule, S.RepeatSpec(block.spec, n), block.groups * n)
 
 
 __all__ = sorted(
   [
     'NDKLayer',
     'TwoTimeKernel',
-    'LayerSpec',
     'as_ndk_layer',
-    'Dense',
+    'two_time_grid',
+    'ABRelu',
+    'Abs',
+    'Aggregate',
+    'AvgPool',
     'Conv',
-    'ConvTranspose',
     'ConvLocal',
+    'ConvTranspose',
+    'Cos',
+    'Dense',
+    'DotGeneral',
+    'Dropout',
+    'Elementwise',
+    'ElementwiseNumerical',
+    'Erf',
+    'Exp',
+    'ExpNormalized',
+    'FanInConcat',
+    'FanInProd',
+    'FanInSum',
+    'FanOut',
+    'Flatten',
+    'Gabor',
+    'Gaussian',
+    'Gelu',
+    'GlobalAvgPool',
     'GlobalSelfAttention',
-    'serial',
+    'GlobalSumPool',
+    'Hermite',
+    'Identity',
+    'ImageResize',
+    'Index',
+    'LayerNorm',
+    'LeakyRelu',
+    'Monomial',
+    'Polynomial',
+    'Rbf',
+    'RectifiedMonomial',
+    'Relu',
+    'Sigmoid_like',
+    'Sign',
+    'Sin',
+    'Slice',
+    'SumPool',
     'parallel',
     'repeat',
-    *_FREE_LAYERS,
+    'serial',
     'AggregateImplementation',
     'AttentionMechanism',
     'Bool',

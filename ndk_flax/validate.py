@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from ndk_flax import _validation as V
-from ndk_flax import nn, verdict
+from ndk_flax import nn, ou, verdict
 
 __all__ = ['KernelEstimate', 'ValidationReport', 'compare', 'empirical_ndk', 'two_time_overlap']
 
@@ -257,9 +257,8 @@ def empirical_ndk(record: Any, model: nnx.Module, x1: Any, x2: Any = None, *, te
   if m < 2:
     raise ValueError(f'need at least 2 members, got {m}')
   times = jnp.asarray(record.times, x1.dtype)
-  lag = times[:, None] - times[None, :]
   responses = [
-    jnp.where(lag >= 0, jnp.exp(-temperature / float(std) ** 2 * jnp.maximum(lag, 0)), 0.0)
+    ou.response(times[:, None], times[None, :], prior_std=float(std), temperature=temperature)
     for std in jax.tree.leaves(nn.prior_std_tree(model))
   ]
 
