@@ -44,6 +44,11 @@ class AttentionGroups(NamedTuple):
     value: the value matrix V.
     out: the output matrix O.
     bias: the output bias b (None also when the layer has no bias).
+
+  Examples:
+    >>> groups = AttentionGroups(query_key=None, value=None, out=None, bias=None)  # every group absent
+    >>> [name for name, g in groups._asdict().items() if g is None]
+    ['query_key', 'value', 'out', 'bias']
   """
 
   query_key: Optional[ParamGroup]

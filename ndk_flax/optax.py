@@ -57,7 +57,14 @@ NOISE_LAWS = ('gaussian', 'rademacher')
 
 class LangevinNoiseState(NamedTuple):
   """State of :func:`add_langevin_noise`: ``count`` (int32 step k) and ``key`` (raw uint32 PRNG key data, so that the
-  state is a plain array pytree for checkpoints; the implementation of a typed key is kept by the transformation)."""
+  state is a plain array pytree for checkpoints; the implementation of a typed key is kept by the transformation).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> state = add_langevin_noise(0.1, 1.0, key=0).init({'w': jnp.zeros(2)})
+    >>> isinstance(state, LangevinNoiseState), int(state.count), state.key.shape
+    (True, 0, (2,))
+  """
 
   count: jax.Array
   key: jax.Array
@@ -122,6 +129,16 @@ def resolve_prior_std(prior_std: PriorStd, params: Any) -> Any:
   Raises:
     ValueError: if the tree structure differs from ``params``, a σ does not broadcast to its parameter, or a
       (concrete) σ is not finite and positive.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> params = {'b': jnp.zeros(2), 'w': jnp.zeros((2, 2))}
+    >>> resolve_prior_std(lambda path, p: 1.0 / p.shape[0], params)
+    {'b': 0.5, 'w': 0.5}
+    >>> resolve_prior_std(-1.0, params)
+    Traceback (most recent call last):
+    ...
+    ValueError: prior_std at ['b'] must be finite and > 0, got -1.0
   """
   if callable(prior_std):
     tree = jax.tree_util.tree_map_with_path(prior_std, params)
@@ -170,6 +187,19 @@ def add_prior_decay(temperature: float, prior_std: PriorStd) -> optax.GradientTr
     prior_std: σ_θ, see :func:`resolve_prior_std`.
 
   The parameters must be passed to ``update``. The prior tree is checked against the parameters in ``init``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> params = {'w': jnp.array([1.0, -2.0])}
+    >>> tx = add_prior_decay(temperature=2.0, prior_std=2.0)  # λ = T/σ² = 0.5
+    >>> g, _ = tx.update({'w': jnp.zeros(2)}, tx.init(params), params)
+    >>> [round(float(v), 3) for v in g['w']]
+    [0.5, -1.0]
+
+  References:
+    Welling & Teh, *Bayesian Learning via Stochastic Gradient Langevin Dynamics*, ICML 2011.
+    Avidan, Li & Sompolinsky, *Connecting NTK and NNGP: A Unified Theoretical Framework for Neural Network
+    Learning Dynamics in the Kernel Regime*, arXiv:2309.04522.
   """
   _check_temperature(temperature)
   if not callable(prior_std):  # catch a non-positive float before any parameters exist
@@ -261,6 +291,11 @@ def add_langevin_noise(
     Traceback (most recent call last):
     ...
     TypeError: `params['w'] dtype` is bfloat16: Langevin dynamics need float32 or float64 parameters. ...
+
+  References:
+    Welling & Teh, *Bayesian Learning via Stochastic Gradient Langevin Dynamics*, ICML 2011.
+    Avidan, Li & Sompolinsky, *Connecting NTK and NNGP: A Unified Theoretical Framework for Neural Network
+    Learning Dynamics in the Kernel Regime*, arXiv:2309.04522.
   """
   _check_learning_rate(learning_rate)
   _check_temperature(temperature)
@@ -304,6 +339,25 @@ def langevin(
   Returns:
     ``optax.chain(add_prior_decay, optax.scale_by_learning_rate, add_langevin_noise)``. Pass the parameters to
     ``update``: ``updates, state = tx.update(grads, state, params)``; then ``optax.apply_updates(params, updates)``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> params = {'w': jnp.array([1.0, -2.0])}
+    >>> tx = langevin(0.1, 0.0, 1.0, key=0)  # T = 0: plain gradient descent θ ← θ − η∇E
+    >>> updates, state = tx.update({'w': jnp.array([1.0, 1.0])}, tx.init(params), params)
+    >>> [round(float(v), 3) for v in optax.apply_updates(params, updates)['w']]
+    [0.9, -2.1]
+    >>> tx = langevin(1.0, 1.0, 0.5, key=0)  # ηT/σ² = 4 ≥ 2: the prior decay diverges
+    >>> tx.init(params)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: learning_rate 1 is unstable for the prior decay: ...
+
+  References:
+    Welling & Teh, *Bayesian Learning via Stochastic Gradient Langevin Dynamics*, ICML 2011.
+    Avidan, Li & Sompolinsky, *Connecting NTK and NNGP: A Unified Theoretical Framework for Neural Network
+    Learning Dynamics in the Kernel Regime*, arXiv:2309.04522.
   """
   _check_learning_rate(learning_rate)
   chain = optax.chain(

@@ -188,7 +188,14 @@ def compare(
 
 
 class KernelEstimate(NamedTuple):
-  """Member average of a two-time kernel, (n_t, n_t, n, n), and its standard error over members."""
+  """Member average of a two-time kernel, (n_t, n_t, n, n), and its standard error over members.
+
+  Examples:
+    >>> import numpy as np
+    >>> k = KernelEstimate(mean=np.eye(2), se=np.zeros((2, 2)))
+    >>> float(k.mean.trace()), float(k.se.sum())
+    (2.0, 0.0)
+  """
 
   mean: np.ndarray
   se: np.ndarray
@@ -205,6 +212,17 @@ def two_time_overlap(features: Any, *, centre: bool = False) -> KernelEstimate:
 
   Returns:
     :class:`KernelEstimate` with (n_t, n_t, n, n) arrays; ``se`` is the across-member std / √M.
+
+  Examples:
+    >>> import numpy as np
+    >>> a = np.ones((3, 2, 1, 4))  # M = 3 members, 2 times, 1 point, N = 4 units, a_i = 1
+    >>> k = two_time_overlap(a)
+    >>> k.mean.shape, float(k.mean[0, 1, 0, 0]), float(k.se.max())
+    ((2, 2, 1, 1), 1.0, 0.0)
+    >>> two_time_overlap(np.ones((1, 2, 1, 4)))
+    Traceback (most recent call last):
+    ...
+    ValueError: need at least 2 members, got 1
   """
   a = np.asarray(features, dtype=np.float64)
   if a.ndim < 3:
