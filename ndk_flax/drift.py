@@ -1,4 +1,4 @@
-"""Representational drift under Langevin learning (THEORY.md §6).
+"""Representational drift under Langevin learning (docs/theory.md §6).
 
 A network is given as the list of its layers, ``layers``, so that ``stax.serial(*layers)`` is the whole network and
 hidden layer l (1-based) is the sub-network ``stax.serial(*layers[:k])`` that ends just before the (l + 1)-th

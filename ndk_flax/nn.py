@@ -1,4 +1,4 @@
-"""Flax NNX modules in the raw parameterisation of THEORY.md §1, and the Flax model of an ``ndk_flax.stax`` network.
+"""Flax NNX modules in the raw parameterisation of docs/theory.md §1; the Flax model of a stax network.
 
 Parametric layers compute h = W a/√N + b with N the fan-in (Dense: input features; Conv, ConvTranspose, ConvLocal:
 input channels × filter size) and train W and b themselves: W ~ N(0, σ0_W²), b ~ N(0, σ0_b²) at initialisation.
@@ -394,7 +394,7 @@ class StaxModel(nnx.Module):
 
   ``model(x)`` is the network output; ``model(x, return_hidden=True)`` returns ``(output, hidden)`` with
   ``hidden`` the tuple of inputs of every parametric layer that lies downstream of another parametric layer (the
-  hidden representations a^l = φ(h^l) of THEORY.md §6, in forward order; the input of the first layer is data).
+  hidden representations a^l = φ(h^l) of docs/theory.md §6, in forward order; the input of the first layer is data).
   """
 
   def __init__(self, root: nnx.Module, input_shape: tuple, output_shape: Any):

@@ -1,6 +1,6 @@
 """Langevin gradient descent with a Gaussian prior, as Optax gradient transformations.
 
-THEORY.md §1. One step of the discretised dynamics with step η_k (the learning rate at step k):
+docs/theory.md §1. One step of the discretised dynamics with step η_k (the learning rate at step k):
 
     θ ← θ − η_k (∇E(θ) + λ_θ θ) + √(2 η_k T) ξ,      λ_θ = T / σ_θ²,   ξ ~ N(0, I).
 
@@ -18,7 +18,7 @@ Noise law (``noise=``): ``'gaussian'`` (default) draws ξ ~ N(0, I): the Euler�
 Langevin SDE. ``'rademacher'`` draws independent signs ξ = ±1: the simplified weak Euler scheme (Kloeden & Platen,
 *Numerical Solution of SDEs*, §14.1), whose increments have the same mean, covariance and third moment as the
 Gaussian ones. Both schemes converge weakly with order 1 to the same Langevin diffusion (ensemble averages of
-smooth functions err by O(η)), so the theory (THEORY.md) describes both ensembles to the same accuracy. For a
+smooth functions err by O(η)), so the theory (docs/theory.md) describes both ensembles to the same accuracy. For a
 quadratic potential (dynamics linear in θ) the mean and covariance of the chain are identical under both laws at
 every step: they depend on ξ only through E ξ = 0 and E ξξᵀ = I. Individual steps differ (E ξ⁴ = 1 instead of
 3). A sign costs one random bit instead of a 32-bit word and an inverse-erf, about 10× less on CPU, where the
@@ -325,7 +325,7 @@ def add_langevin_noise(
 def langevin(
   learning_rate: optax.ScalarOrSchedule, temperature: float, prior_std: PriorStd, *, key: Any, noise: str = 'gaussian'
 ) -> optax.GradientTransformation:
-  """Langevin gradient descent: θ ← θ − η_k (∇E + (T/σ²) θ) + √(2 η_k T) ξ (THEORY.md §1).
+  """Langevin gradient descent: θ ← θ − η_k (∇E + (T/σ²) θ) + √(2 η_k T) ξ (docs/theory.md §1).
 
   Args:
     learning_rate: η > 0 or an Optax schedule k ↦ η_k (continuous time t = Σ_k η_k).

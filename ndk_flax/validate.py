@@ -1,13 +1,13 @@
 """Ensemble statistics beside the theory, with discrepancies in units of their standard error.
 
 * :func:`compare`: mean and variance of the member outputs of an :class:`ndk_flax.ensemble.EnsembleRecord` at every
-  recorded time and point vs the predictor of ``ndk_flax.predict.langevin_mse_ensemble`` (THEORY.md §4).
+  recorded time and point vs the predictor of ``ndk_flax.predict.langevin_mse_ensemble`` (docs/theory.md §4).
 * :func:`two_time_overlap`: empirical two-time kernels from members, e.g. the hidden-layer overlap
-  (1/N) Σ_i a_i(x, t) a_i(x', s) whose infinite-width limit is the two-time kernel C^l (THEORY.md §6), or the
+  (1/N) Σ_i a_i(x, t) a_i(x', s) whose infinite-width limit is the two-time kernel C^l (docs/theory.md §6), or the
   output two-time covariance.
 * :func:`empirical_ndk`: the Neural Dynamical Kernel of trained members, R̂(t, s, x, x') =
   Σ_θ r_θ(t, s) ∂f(x; θ(t))/∂θ · ∂f(x'; θ(s))/∂θ with r_θ(t, s) = e^{−λ_θ(t − s)} (t ≥ s), λ_θ = T/σ_θ²: a kick of
-  the loss gradient at time s relaxes in the weights like a free Ornstein–Uhlenbeck process (THEORY.md §2), so this
+  the loss gradient at time s relaxes in the weights like a free Ornstein–Uhlenbeck process (docs/theory.md §2), so this
   is the response of f(x, t) to a force on f(x', s); its member average tends to R of ``ndk_fn`` as the width grows.
 """
 
@@ -206,7 +206,7 @@ def two_time_overlap(features: Any, *, centre: bool = False) -> KernelEstimate:
 
   Args:
     features: (M, n_t, n, ...) per member, time and input: e.g. ``record.hidden[l]`` (hidden activations, N the
-      product of the trailing axes; limit C^l(t, s, x, x') of THEORY.md §6) or ``record.train`` (outputs).
+      product of the trailing axes; limit C^l(t, s, x, x') of docs/theory.md §6) or ``record.train`` (outputs).
     centre: subtract the member mean at each (t, x) first (and use M − 1): the two-time covariance of the
       outputs across members instead of the raw second moment.
 

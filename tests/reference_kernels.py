@@ -1,4 +1,4 @@
-"""Independent NumPy reference for the two-time kernels of MLPs (THEORY.md §2–3), used only by the tests.
+"""Independent NumPy reference for the two-time kernels of MLPs (docs/theory.md §2–3), used only by the tests.
 
 Written from the formulas, not from ndk_flax or Neural Tangents: OU weight statistics, Dense layers with
 Σ̃ = x·x'/N, and Gaussian expectations E[φ(u)φ(v)], E[φ'(u)φ'(v)] either in closed form (ReLU, ABReLU, erf) or

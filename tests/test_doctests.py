@@ -28,7 +28,43 @@ def _public_objects(module) -> list[tuple[str, object]]:
   return out
 
 
-@pytest.mark.parametrize('module_name', _public_modules())
+# Modules whose public docstrings still lack `Examples:` sections (issue 13, unfinished). strict: the xfail turns
+# into a failure as soon as a module is complete, so it must then leave this list.
+_EXAMPLES_MISSING = frozenset(
+  {
+    'ndk_flax.cli',
+    'ndk_flax.config',
+    'ndk_flax.data',
+    'ndk_flax.drift',
+    'ndk_flax.ensemble',
+    'ndk_flax.nn',
+    'ndk_flax.plotting',
+    'ndk_flax.predict',
+    'ndk_flax.predict.closed_forms',
+    'ndk_flax.predict.covariance',
+    'ndk_flax.predict.grid',
+    'ndk_flax.predict.lattice',
+    'ndk_flax.predict.mean',
+    'ndk_flax.reduced',
+    'ndk_flax.report',
+    'ndk_flax.stax',
+    'ndk_flax.style',
+    'ndk_flax.validate',
+    'ndk_flax.verdict',
+    'ndk_flax.width_sweep',
+  }
+)
+
+
+@pytest.mark.parametrize(
+  'module_name',
+  [
+    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason='Examples: sections not written yet'))
+    if m in _EXAMPLES_MISSING
+    else m
+    for m in _public_modules()
+  ],
+)
 def test_public_docstrings_have_examples(module_name):
   module = importlib.import_module(module_name)
   missing = [name for name, obj in _public_objects(module) if 'Examples:' not in (inspect.getdoc(obj) or '')]

@@ -1,4 +1,4 @@
-"""Tests of ndk_flax.drift (THEORY.md §6): hidden-layer two-time kernels, their normalised autocorrelation and floor,
+"""Tests of ndk_flax.drift (docs/theory.md §6): hidden two-time kernels, their normalised autocorrelation and floor,
 the frozen-readout predictor and its mean-activation limit, and the finite-width measurements.
 
 Closed forms used: Neural Tangents' NNGP of the sub-network (C^l at equal times), the OU correlation of a linear
@@ -58,7 +58,7 @@ def test_equal_time_hidden_kernel_is_nt_nngp_of_the_subnetwork(act, nt_act):
 
 
 def test_linear_hidden_layer_autocorrelation_is_the_ou_correlation():
-  """With an identity activation ρ^1(t, s) = c(t, s)/√(c(t, t) c(s, s)), c the OU covariance of THEORY.md §2."""
+  """With an identity activation ρ^1(t, s) = c(t, s)/√(c(t, t) c(s, s)), c the OU covariance of docs/theory.md §2."""
   s0, s = 2.0, 1.0
   layers = [stax.Dense(8, W_std=s0, W_prior_std=s), stax.Identity(), stax.Dense(1)]
   t = np.array([0.0, 1.0, 5.0, 20.0])

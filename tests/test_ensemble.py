@@ -227,7 +227,7 @@ def test_bad_input(kwargs, err, match):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# End to end: finite ensembles vs the infinite-width theory of ndk_flax.predict (THEORY.md §4).
+# End to end: finite ensembles vs the infinite-width theory of ndk_flax.predict (docs/theory.md §4).
 
 D_IN = 3
 _X_ALL = jax.random.normal(jax.random.PRNGKey(11), (6, D_IN))
@@ -334,7 +334,7 @@ def test_hidden_overlap_drifts_like_the_two_time_kernel():
   """(1/N) Σ_i φ(h_i(x, t)) φ(h_i(x', s)) averaged over members vs C^1(t, s, x, x') of the first hidden block.
 
   With raw parameters the data moves each hidden pre-activation by O(1/√N) with a random sign per unit, so the
-  overlap keeps its free-network limit up to O(1/N) (THEORY.md §6): allowance 4/N of max C plus 4 standard errors.
+  overlap keeps its free-network limit up to O(1/N) (docs/theory.md §6): allowance 4/N of max C plus 4 standard errors.
   Sharp: the overlap at (t, 0) must decorrelate, i.e. differ from C(0, 0) beyond that tolerance.
   """
   from ndk_flax.validate import two_time_overlap

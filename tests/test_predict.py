@@ -3,7 +3,7 @@ second-order convergence of the solvers, the documented default accuracy, and in
 
 The reference model is linear in its weights, f(x) = Σ_k w_k φ_k(x) with φ(x) = x/√d, and every weight an OU
 process of its group (σ0_k, σ_k, λ_k = T/σ_k²; two groups so that R(t, s, X, X) = Σ_g r_g(t, s) K_g does not commute
-across times). Its two-time kernels are C = Σ_k c_k(t, s) φ_k φ_k', R = Σ_k r_k(t, s) φ_k φ_k' (THEORY.md §2), and
+across times). Its two-time kernels are C = Σ_k c_k(t, s) φ_k φ_k', R = Σ_k r_k(t, s) φ_k φ_k' (docs/theory.md §2), and
 the weights follow the linear SDE dw = −(M w − Φᵀ Y) dt + √(2T) dB with M = ΦᵀΦ + diag(λ), so
   E w(t) = M^{-1}(I − e^{−Mt}) ΦᵀY,   Cov w(t) = e^{−Mt} S0 e^{−Mt} + T M^{-1}(I − e^{−2Mt})   (S0 = diag σ0²),
 an answer independent of the Volterra formulation the solver uses.
@@ -158,7 +158,7 @@ def test_stationarity_detection_and_both_lattices(data, linear_predictor, monkey
 
 
 def test_covariance_meets_documented_accuracy(data, linear_predictor):
-  """Default covariance grid: error ≤ 10 · rtol · max|C| (THEORY.md §4 against the exact SDE covariance)."""
+  """Default covariance grid: error ≤ 10 · rtol · max|C| (docs/theory.md §4 against the exact SDE covariance)."""
   x, y, x_test = data
   for points in (None, x_test):
     out = linear_predictor(TIMES, points, compute_cov=True)

@@ -62,7 +62,7 @@ def test_late_times_are_refused_with_a_cost_estimate(data):
 
 
 _REFUSAL = """
-import json, resource, sys
+import json, sys
 import numpy as np
 inf = float('inf')
 from ndk_flax import predict
@@ -81,7 +81,9 @@ try:
   message = None
 except MemoryError as e:
   message = str(e)
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM: the peak of this process's own memory map (ru_maxrss is inherited from a large forking parent, e.g. an
+# xdist worker, across fork + exec on Linux).
+rss = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM:'))
 print(json.dumps(dict(message=message, rss=rss, kernel_calls=len(calls))))
 """
 

@@ -1,4 +1,4 @@
-"""Tests of ndk_flax.reduced: the small-T equations in slow time τ = λt (THEORY.md §5).
+"""Tests of ndk_flax.reduced: the small-T equations in slow time τ = λt (docs/theory.md §5).
 
 Checks: the τ = 0 and τ = ∞ ends against Neural Tangents' NTK and NNGP interpolants (closed forms), the approach of
 large finite τ to τ = ∞ (a check of the Volterra solver itself), T-independence at fixed τ, self-consistency of the

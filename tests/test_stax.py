@@ -1,4 +1,4 @@
-"""Two-time kernels of `ndk_flax.stax` against Neural Tangents, an independent recursion and THEORY.md identities."""
+"""Two-time kernels of `ndk_flax.stax` vs Neural Tangents, an independent recursion, docs/theory.md identities."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Scripts reproducing the findings of Avidan, Li & Sompolinsky (arXiv:2309.04522) with ndk_flax (THEORY.md §5–6).
+"""Scripts reproducing the findings of Avidan, Li & Sompolinsky (arXiv:2309.04522) with ndk_flax (docs/theory.md §5–6).
 
 Each script writes PNG figures, ``summary.md`` (what was and was not reproduced, with numbers) and ``results.json``
 to ``--out``; ``--quick`` is a small preset used by the tests. ``python -m examples.paper.all [--quick]`` runs them all.

@@ -138,7 +138,7 @@ def class_error(pred, y) -> np.ndarray:
 
 class EndPoints(NamedTuple):
   """Closed forms on the test inputs: ``ntk`` = Θ0(x*, X)Θ0⁻¹Y (end of the gradient-driven phase, T → 0),
-  ``equilibrium`` = K(x*, X)[K + T I]⁻¹Y (NNGP posterior, t → ∞, THEORY.md §4) and the gradient time scale
+  ``equilibrium`` = K(x*, X)[K + T I]⁻¹Y (NNGP posterior, t → ∞, docs/theory.md §4) and the gradient time scale
   1/λ_max(Θ0)."""
 
   ntk: np.ndarray

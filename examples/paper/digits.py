@@ -1,5 +1,5 @@
 """Real data: binary tasks of scikit-learn's bundled 8×8 handwritten digits (0-vs-1 and 4-vs-9), our stand-in for
-the paper's MNIST/CIFAR subsets: test error of the mean predictor over both learning phases (THEORY.md §5).
+the paper's MNIST/CIFAR subsets: test error of the mean predictor over both learning phases (docs/theory.md §5).
 
 Theory lines: small-T composite (NTK gradient flow + reduced diffusive equations) for several T, and in the full
 preset the exact solver at one T; points: a Langevin-trained ensemble. The end points are closed forms: the NTK

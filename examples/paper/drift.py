@@ -1,4 +1,4 @@
-"""Representational drift (THEORY.md §6) on scikit-learn's 8×8 digits.
+"""Representational drift (docs/theory.md §6) on scikit-learn's 8×8 digits.
 
 (a) All weights plastic, at equilibrium: the hidden-layer autocorrelation ρ(t0 + Δ, t0) decays on the time scale σ²/T
 to the floor ⟨φ⟩²/C while the test accuracy of the mean predictor stays (the readout follows the drifting code).

@@ -1,4 +1,4 @@
-"""Dependence of the two phases on σ0, σ, T and depth (1–3 hidden layers), ReLU and erf (THEORY.md §5).
+"""Dependence of the two phases on σ0, σ, T and depth (1–3 hidden layers), ReLU and erf (docs/theory.md §5).
 
 For each network: the test error at the end of the gradient-driven phase (the NTK interpolant, T → 0), along the
 diffusive phase (reduced equations in τ = λt), its best value and time in between, and at equilibrium (NNGP

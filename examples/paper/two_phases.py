@@ -1,4 +1,4 @@
-"""Two learning phases (THEORY.md §5): training and test error of the mean predictor vs time, for several T and
+"""Two learning phases (docs/theory.md §5): training and test error of the mean predictor vs time, for several T and
 several σ0²/σ² at fixed T, on orthogonal inputs with random binary labels.
 
 Theory lines: the small-T composite (NTK gradient flow + reduced diffusive equations, O(T) accurate, one reduced
