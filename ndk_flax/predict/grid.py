@@ -80,7 +80,14 @@ def bisect(grid: np.ndarray) -> np.ndarray:
 
 
 def interior_weights(grid: jax.Array) -> jax.Array:
-  """Composite trapezoid weights (t_{j+1} − t_{j−1})/2 of the nodes t_j < t (t_{−1} := t_0) for a row t on the grid."""
+  """Composite trapezoid weights (t_{j+1} − t_{j−1})/2 of the nodes t_j < t (t_{−1} := t_0) for a row t on the grid.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ndk_flax.predict.grid import interior_weights
+    >>> interior_weights(jnp.array([0.0, 1.0, 3.0])).tolist()
+    [0.5, 1.5, 1.0]
+  """
   n = grid.shape[0]
   j = jnp.arange(n)
   return 0.5 * (grid[jnp.minimum(j + 1, n - 1)] - grid[jnp.maximum(j - 1, 0)])
@@ -92,6 +99,13 @@ def trapezoid_row(grid: jax.Array, k: jax.Array, t_star: jax.Array) -> tuple[jax
   Returns (w, w_star): w has the grid's length and is zero beyond k (all of it when k = −1, i.e. t* = 0).
   On grid nodes (t* = t_{k+1}) these are the usual composite trapezoid weights; off the grid the last interval is
   [t_k, t*] (Nyström interpolation, consistent with the second-order scheme).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ndk_flax.predict.grid import trapezoid_row
+    >>> w, w_star = trapezoid_row(jnp.array([0.0, 1.0, 3.0]), jnp.array(1), jnp.array(2.0))
+    >>> w.tolist(), float(w_star)  # ∫_0^2 g ≈ 0.5 g(0) + 1.0 g(1) + 0.5 g(2)
+    ([0.5, 1.0, 0.0], 0.5)
   """
   j = jnp.arange(grid.shape[0])
   interior = interior_weights(grid)
@@ -104,5 +118,12 @@ def trapezoid_row(grid: jax.Array, k: jax.Array, t_star: jax.Array) -> tuple[jax
 
 
 def pad(grid: jax.Array, chunk: int) -> jax.Array:
-  """Pad a grid to a whole number of chunks by repeating its last time."""
+  """Pad a grid to a whole number of chunks by repeating its last time.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ndk_flax.predict.grid import pad
+    >>> pad(jnp.array([0.0, 1.0, 3.0]), 2).tolist()
+    [0.0, 1.0, 3.0, 3.0]
+  """
   return jnp.concatenate([grid, jnp.full((-grid.shape[0] % chunk,), grid[-1], grid.dtype)])
