@@ -42,7 +42,6 @@ _EXAMPLES_MISSING = frozenset(
     'ndk_flax.predict',
     'ndk_flax.predict.closed_forms',
     'ndk_flax.predict.covariance',
-    'ndk_flax.predict.grid',
     'ndk_flax.predict.lattice',
     'ndk_flax.predict.mean',
     'ndk_flax.reduced',
