@@ -156,6 +156,7 @@ class LangevinPredictor:
     self._mean = MeanSolver(
       access,
       theta0,
+      (evals, evecs),
       DEFAULT_FIRST_STEP / lam_max if first_step is None else first_step,
       growth,
       max_step,

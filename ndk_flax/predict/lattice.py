@@ -20,10 +20,15 @@ from jax import lax
 
 from ndk_flax.predict.kernels import KernelAccess
 
-__all__ = ['RING', 'Lattice', 'choose_lattice', 'cubic_stencil', 'lagrange4']
+__all__ = ['FAR_FROM', 'RING', 'Lattice', 'choose_lattice', 'cubic_stencil', 'far_stencils', 'lagrange4']
 
 RING = 12
 """Lattice rows a solver row at time t can touch: [⌊t/h⌋ − 4, ⌊t/h⌋ + 7] (cubic stencils, ±1 rounding)."""
+
+
+FAR_FROM = 3
+"""First lattice window w = ⌊t/h⌋ whose rows use the far-field interpolation (:func:`far_stencils`) for the history
+before the window: from there on every node of a far stencil is causal."""
 
 
 class Lattice(NamedTuple):
@@ -64,11 +69,34 @@ def cubic_stencil(x, h):
   return i0.astype(xp.int32), lagrange4(z - i0)
 
 
+def far_stencils(t, s, h, t_window=None, s_window=None):
+  """Far-field tensor stencils R̃(t, s) = Σ_{k,q} ℓ_k(t) ℓ_q(s) R((a0 + k)h, (b0 + q)h): one-sided in t
+  (a0 = ⌊t/h⌋) and shifted back in s (b0 = max(⌊s/h⌋ − 2, 0)), so that every node is causal (b0 + 3 ≤ a0) whenever
+  ⌊s/h⌋ < ⌊t/h⌋ and ⌊t/h⌋ ≥ ``FAR_FROM``. All rows t of one window then share the lattice rows a0 … a0 + 3, and the
+  history of the earlier windows is Σ_k ℓ_k(t) V_{a0+k} with V_a = Σ_b R(ah, bh) G_b (G the weighted solution
+  scattered onto the lattice columns), computed once per window instead of once per solver row. Returns
+  (a0, ℓ(t), b0, ℓ(s)); works on NumPy and JAX arrays. ``t_window`` and ``s_window``, when given, are the windows
+  ⌊t/h⌋ and ⌊s/h⌋ as the caller assigned them (so that rounding cannot move a node across a window edge).
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax.predict.lattice import far_stencils
+    >>> a0, la, b0, lb = far_stencils(np.float64(7.5), np.float64(4.25), 1.0)
+    >>> int(a0), int(b0), bool(b0 + 3 <= a0), float(la.sum()), float(lb.sum())
+    (7, 2, True, 1.0, 1.0)
+  """
+  xp = jnp if any(isinstance(v, jax.Array) for v in (t, s, h, t_window, s_window)) else np
+  a0 = xp.floor(t / h) if t_window is None else t_window
+  b0 = xp.maximum((xp.floor(s / h) if s_window is None else s_window) - 2, 0)
+  return a0, lagrange4(t / h - a0), b0, lagrange4(s / h - b0)
+
+
 def choose_lattice(access: KernelAccess, theta0: jax.Array, t_max: float, max_step: float, rtol: float) -> Lattice:
   """Lattice spacing: 8 × the kernel drift time ``max_step`` (≈ growth/λ), halved until the interpolated R on (up to
   8 of) the training points matches ``ndk_fn`` within rtol · max|R(0, 0)| at probe pairs (edges s = 0, s = t and
-  random ones). The lattice is marked stationary when R(t, s) = R(t − s, 0) within that tolerance at every probe
-  (all groups start at their prior, σ0 = σ): its rows are then shifts of one row."""
+  random ones; the far-field stencils of :func:`far_stencils` too, where the solver reads a pair through them,
+  including their least central position). The lattice is marked stationary when R(t, s) = R(t − s, 0) within
+  that tolerance at every probe (all groups start at their prior, σ0 = σ): its rows are then shifts of one row."""
   xs = access.x[:8]
   scale = float(jnp.max(jnp.abs(theta0[:8, :8])))
   rng = np.random.default_rng(0)
@@ -89,14 +117,22 @@ def choose_lattice(access: KernelAccess, theta0: jax.Array, t_max: float, max_st
   drift = max(np.abs(ex - ndk(ti - si, 0.0)[0, 0]).max() for ti, si, ex in zip(t, s, exact)) / scale
   h = min(8 * max_step, t_max / 4)
   q = np.arange(4)
+  t_far = t_max * np.array([1.0, 0.61, 0.37])
   for _ in range(12):
     err = 0.0
-    for ti, si, ex in zip(t, s, exact):
+    # Far-field probes at the end of the last far window (the shifted s-stencil's least central position).
+    s_far = (np.floor(t_far / h) - 0.02) * h
+    far = [(ti, si, ndk(ti, si)[0, 0]) for ti, si in zip(t_far, s_far) if si > 0]
+    for ti, si, ex in [*zip(t, s, exact), *far]:
       a0, la = cubic_stencil(np.float64(ti - si), h)
       b0, lb = cubic_stencil(np.float64(si), h)
       nodes = ndk(h * (a0 + b0 + np.arange(7)), h * (b0 + q))
       interp = np.einsum('p,q,pqmn->mn', la, lb, nodes[q[:, None] + q[None, :], q[None, :]])
       err = max(err, np.abs(interp - ex).max() / scale)
+      a0, la, b0, lb = far_stencils(np.float64(ti), np.float64(si), h)
+      if a0 >= FAR_FROM and np.floor(si / h) < a0:  # the pair is read through the far-field stencils
+        interp = np.einsum('p,q,pqmn->mn', la, lb, ndk(h * (a0 + q), h * (b0 + q)))
+        err = max(err, np.abs(interp - ex).max() / scale)
     if err <= rtol:
       break
     h /= 2
@@ -142,12 +178,14 @@ def window_nodes(ring, w):
   return b0, ring[:, (cols + four[:, None]) % RING, cols]
 
 
-def old_history(ring, h, grid, g, t_rows, w_rows):
+def old_history(ring, h, grid, g, t_rows, w_rows, cols):
   """Σ_j w_rows[r, j] R̃(t_rows[r], t_j, x1, X) g_j for a block of rows, R̃ the interpolated kernel: the weighted
   g_j are scattered onto the lattice nodes of their cubic stencils (a = α + β, b = β, held by ring slot
-  a mod RING; all in the ring's window) and contracted with the ring once for the whole block. (B, n1, out)."""
+  a mod RING; all in the ring's window) and contracted with the first ``cols`` columns of the ring once for the
+  whole block (every t_j with a nonzero weight must have its stencil there). (B, n1, out)."""
   four = jnp.arange(4)
-  size = ring.shape[2]
+  ring = ring[:, :, :cols]
+  size = cols
   a0, la = cubic_stencil(jnp.maximum(t_rows[:, None] - grid[None, :], 0), h)
   b0, lb = cubic_stencil(grid, h)
   coef = w_rows[:, :, None, None] * la[:, :, :, None] * lb[None, :, None, :]
@@ -163,3 +201,15 @@ def old_history(ring, h, grid, g, t_rows, w_rows):
   n_rows, out = scattered.shape[0], scattered.shape[-1]
   flat = jnp.moveaxis(scattered.reshape(n_rows, -1, out), 0, 1).reshape(-1, n_rows * out)
   return jnp.moveaxis((ring.reshape(ring.shape[0], -1) @ flat).reshape(ring.shape[0], n_rows, out), 0, 1)
+
+
+def window_history(nodes, b0, h, grid, g, t_rows, w_rows):
+  """Σ_j w_rows[r, j] R̃(t_rows[r], t_j, x1, X) g_j for nodes t_j of lattice window w (⌊t_j/h⌋ = w, t_j ≤ t_r <
+  t_j + h) from the window's 16 stencil nodes ``nodes`` = :func:`window_nodes` (β0 = ``b0``): one matrix product
+  for the block. (B, n1, out)."""
+  l_u = lagrange4(jnp.maximum(t_rows[:, None] - grid[None, :], 0) / h)
+  l_s = lagrange4(grid / h - b0)
+  c = jnp.einsum('rj,rjp,jq,jko->pqkro', w_rows, l_u, l_s, g)
+  n_rows, out = t_rows.shape[0], g.shape[-1]
+  flat = nodes.reshape(nodes.shape[0], -1) @ c.reshape(-1, n_rows * out)
+  return jnp.moveaxis(flat.reshape(nodes.shape[0], n_rows, out), 0, 1)

@@ -22,6 +22,9 @@ from ndk_flax.predict.kernels import KernelAccess, require_finite
 
 __all__ = ['GridSolution', 'MeanSolver', 'MeanStats']
 
+PAD = 512
+"""Repeated last nodes appended to every solver grid (blocks and window spans read past the last node)."""
+
 
 class GridSolution(NamedTuple):
   """The trapezoid solution g = Y − f̄(X, ·) on the nodes of ``grid`` (no extrapolation)."""
@@ -60,6 +63,8 @@ class MeanSolver:
   Attributes:
     access: the kernels of the problem.
     theta0: Θ0 = R(0, 0, X, X).
+    theta0_eigh: (eigenvalues, eigenvectors) of Θ0: a stationary lattice has R(t, t) = Θ0, so its implicit
+      trapezoid rows (I + c Θ0) g = b are solved in that basis (two matrix-vector products instead of an LU).
     first_step, growth, max_step: the base :func:`~ndk_flax.predict.grid.time_grid`.
     rtol: accuracy target relative to max|Y|.
     max_refinements: bisections allowed beyond the first step doubling.
@@ -69,6 +74,7 @@ class MeanSolver:
 
   access: KernelAccess
   theta0: jax.Array
+  theta0_eigh: tuple[jax.Array, jax.Array]
   first_step: float
   growth: float
   max_step: float
@@ -86,8 +92,11 @@ class MeanSolver:
 
     object.__setattr__(self, '_ring_row', jax.jit(ring_row, donate_argnums=2))
     object.__setattr__(self, '_lattice_row', jax.jit(lattice_row, static_argnums=4))
-    object.__setattr__(self, '_solve_block', jax.jit(self._solve_block_impl, static_argnums=8, donate_argnums=4))
-    object.__setattr__(self, '_request_block', jax.jit(self._request_block_impl))
+    object.__setattr__(
+      self, '_solve_block', jax.jit(self._solve_block_impl, static_argnums=(12, 13, 14), donate_argnums=5)
+    )
+    object.__setattr__(self, '_request_block', jax.jit(self._request_block_impl, static_argnums=(12, 13)))
+    object.__setattr__(self, '_far_update', jax.jit(self._far_update_impl, donate_argnums=(2, 3)))
 
   # --- public ------------------------------------------------------------------------------------------------
 
@@ -112,9 +121,9 @@ class MeanSolver:
   def solve_on_grid(self, t_max: float, grid: np.ndarray) -> GridSolution:
     """The raw trapezoid solution on ``grid`` (ending at or before t_max), on the lattice chosen for t_max."""
     lat = self.lattice(t_max)
-    state: dict = {}
-    self._sweep(self.access.x, lat, [self._solve_job(lat, grid, state)], [0])
-    return GridSolution(grid, state['g'])
+    solutions = [self._solution(lat, grid)]
+    self._sweep(self.access.x, lat, solutions, [self._solve_job(lat, solutions, 0)], [0])
+    return GridSolution(grid, solutions[0]['g'][: len(grid)])
 
   def mean(self, times: np.ndarray, x_test) -> tuple[jax.Array, MeanStats, np.ndarray]:
     """Mean at finite times > 0 (n_t, n, out), the stats and the final fine grid: the Richardson extrapolation
@@ -128,12 +137,12 @@ class MeanSolver:
     test = x_test is not None
     lat = self.lattice(t_max)
     pairs = [0]
-    states = [{}, {}]
-    jobs = [self._solve_job(lat, self.base_grid(t_max), states[0])]
+    solutions = [self._solution(lat, self.base_grid(t_max))]
+    solving = [0]
     y = access.y
     target = self.rtol * max(float(jnp.max(jnp.abs(y))), np.finfo(access.dtype).tiny)
     for refinement in itertools.count():
-      fine_grid = bisect(np.asarray(states[0]['grid'], np.float64))
+      fine_grid = bisect(solutions[0]['grid'])
       resources.require_work(
         f'The mean up to t = {t_max:g}',
         len(fine_grid),
@@ -141,19 +150,23 @@ class MeanSolver:
         cap=self.max_grid_times,
         cap_name='max_grid_times',
       )
-      jobs.append(self._solve_job(lat, fine_grid, states[1]))
+      solutions.append(self._solution(lat, fine_grid))
+      solving.append(1)
       outs = [[], []]
-      self._sweep(x1, lat, jobs + [self._request_job(lat, s, times, test, o) for s, o in zip(states, outs)], pairs)
-      err = float(jnp.max(jnp.abs(states[1]['g'][::2] - states[0]['g']))) / 3
+      jobs = [self._solve_job(lat, solutions, i) for i in solving]
+      jobs += [self._request_job(lat, solutions, i, times, test, o) for i, o in enumerate(outs)]
+      self._sweep(x1, lat, solutions, jobs, pairs)
+      coarse_g, fine_g = (s['g'][: len(s['grid'])] for s in solutions)
+      err = float(jnp.max(jnp.abs(fine_g[::2] - coarse_g))) / 3
       if not math.isfinite(err):
-        require_finite('The mean solution g = Y − f̄(X, t)', states[1]['g'], f'on the solver grid up to t = {t_max:g}')
+        require_finite('The mean solution g = Y − f̄(X, t)', fine_g, f'on the solver grid up to t = {t_max:g}')
       if err <= target or refinement == self.max_refinements:
         break
-      states, jobs = [states[1], {}], []
+      solutions, solving = [solutions[1]], []
     if err > target:
       warnings.warn(
         f'The mean solver reached max_refinements={self.max_refinements} with an estimated error '
-        f'{err:.3g} > rtol·max|Y| = {target:.3g} ({len(states[1]["grid"])} grid times up to '
+        f'{err:.3g} > rtol·max|Y| = {target:.3g} ({len(solutions[1]["grid"])} grid times up to '
         f't = {t_max:g}); raise `max_refinements` or lower `first_step`.',
         RuntimeWarning,
         stacklevel=4,
@@ -162,65 +175,152 @@ class MeanSolver:
     mean = fine + (fine - coarse) / 3
     for i in np.flatnonzero(~np.asarray(jnp.all(jnp.isfinite(mean), axis=(1, 2))))[:1]:
       raise FloatingPointError(f'The mean f̄ is not finite at t = {times[i]:g}: check the kernel function up to there.')
-    stats = MeanStats(len(states[1]['grid']), refinement, lat.size, lat.h, lat.stationary, pairs[0], err)
-    return mean, stats, np.asarray(states[1]['grid'], np.float64)
+    stats = MeanStats(len(solutions[1]['grid']), refinement, lat.size, lat.h, lat.stationary, pairs[0], err)
+    return mean, stats, solutions[1]['grid']
 
   # --- the sweep ---------------------------------------------------------------------------------------------
 
-  def _solve_block_impl(self, y, ring, h, grid, g, w, r0, r1, block):
-    """Grid rows r0 … r1 − 1 (< r0 + block, all in lattice window w) of the trapezoid scheme,
-    (I + w_ii R̃(t_i, t_i)) g_i = Y − Σ_{j<i} w_j R̃(t_i, t_j) g_j, g = Y − f̄(X, ·): the part j < r0 for the whole
-    block at once, then j ∈ [r0, i) row by row with the window's 16 stencil nodes (such pairs have ⌊t_j/h⌋ = w,
-    0 ≤ t_i − t_j < h)."""
-    p, n = self.access.p, grid.shape[0]
+  def _far(self, far_v, w, t_rows, h):
+    """The history of the windows before w, Σ_k ℓ_k(t) V_{w+k} (far-field stencils), for a block of rows."""
+    four = jnp.arange(4)
+    return jnp.einsum('rk,kmo->rmo', L.lagrange4(t_rows / h - w), far_v[(w + four) % L.RING])
+
+  def _implicit_solve(self, eig, c, r_star, b):
+    """(I + c R̃(t, t)) g = b for the rows of a block: in Θ0's eigenbasis for a stationary lattice (``eig``), else
+    by LU. c (B,), r_star (B, P, P) or None, b (B, P, out)."""
+    if eig is None:
+      return jnp.linalg.solve(jnp.eye(b.shape[1], dtype=b.dtype) + c[:, None, None] * r_star, b)
+    evals, evecs = eig
+    return jnp.einsum('pk,rk,rko->rpo', evecs, 1 / (1 + c[:, None] * evals), jnp.einsum('pk,rpo->rko', evecs, b))
+
+  def _solve_block_impl(self, y, ring, h, grid, win, g, far_v, eig, w, lo, r0, r1, block, span, early):
+    """Grid rows r0 … r1 − 1 (< r0 + block, all in lattice window w, whose first node is lo) of the trapezoid
+    scheme, (I + w_ii R̃(t_i, t_i)) g_i = Y − Σ_{j<i} w_j R̃(t_i, t_j) g_j, g = Y − f̄(X, ·). The history j < r0 for
+    the whole block at once: nodes of earlier windows through the far-field sums ``far_v``
+    (:func:`~ndk_flax.predict.lattice.far_stencils`), nodes of window w before r0 through its 16 stencil nodes (in
+    the first ``FAR_FROM`` windows, all of it through the ring, ``early``); then j ∈ [r0, i) row by row with the
+    window's 16 stencil nodes (such pairs have ⌊t_j/h⌋ = w, 0 ≤ t_i − t_j < h)."""
+    p = self.access.p
     interior = interior_weights(grid)
     rows = r0 + jnp.arange(block)
-    t_rows = grid[jnp.minimum(rows, n - 1)]
-    old = L.old_history(
-      ring, h, grid, g[:n], t_rows, jnp.broadcast_to(jnp.where(jnp.arange(n) < r0, interior, 0), (block, n))
-    )[:, :p]  # rows beyond P: test points
+    t_rows = grid[rows]
     b0, nodes = L.window_nodes(ring, w)
+    if early:
+      weights = jnp.broadcast_to(jnp.where(jnp.arange(grid.shape[0]) < r0, interior, 0), (block, grid.shape[0]))
+      old = L.old_history(ring, h, grid, g, t_rows, weights, L.RING - 4)[:, :p]  # rows beyond P: test points
+    else:
+      j = lo + jnp.arange(span)
+      near = jnp.broadcast_to(jnp.where(j < r0, interior[j], 0), (block, span))
+      old = self._far(far_v, w, t_rows, h)[:, :p] + L.window_history(nodes[:p], b0, h, grid[j], g[j], t_rows, near)
     nodes = nodes[:p]
     l_s = L.lagrange4(t_rows / h - b0)
-    w_new = interior[jnp.minimum(rows, n - 1)]
+    w_new = interior[rows]
 
     def step(r, g_block):
       t_i = t_rows[r]
       l_u = L.lagrange4((t_i - t_rows) / h)
       c = jnp.einsum('j,jp,jq,jko->pqko', jnp.where(jnp.arange(block) < r, w_new, 0), l_u, l_s, g_block)
       history = old[r] + nodes.reshape(nodes.shape[0], -1) @ c.reshape(-1, c.shape[-1])
-      r_star = jnp.einsum('q,mqk->mk', l_s[r], nodes[:, 0])
-      a = jnp.eye(p, dtype=y.dtype) + 0.5 * (t_i - grid[r0 + r - 1]) * r_star
-      return g_block.at[r].set(jnp.linalg.solve(a, y - history))
+      r_star = None if eig is not None else jnp.einsum('q,mqk->mk', l_s[r], nodes[:, 0])[None]
+      c_i = 0.5 * (t_i - grid[r0 + r - 1])
+      return g_block.at[r].set(self._implicit_solve(eig, c_i[None], r_star, (y - history)[None])[0])
 
     g_block = lax.fori_loop(0, r1 - r0, step, lax.dynamic_slice_in_dim(g, r0, block))
     return lax.dynamic_update_slice_in_dim(g, g_block, r0, 0)
 
-  def _request_block_impl(self, y, ring, h, grid, g, w, times):
+  def _request_block_impl(self, y, ring, h, grid, win, g, far_v, eig, w, lo, k_far, times, span, early):
     """Nyström rows at a block of requested times (all in lattice window w) on a solved grid:
     (I + w_* R̃(t*, t*, X, X)) g(t*) = Y − Σ_{t_j < t*} w_j R̃(t*, t_j, X, X) g_j and
-    f̄(x, t*) = Σ_j w_j R̃(t*, t_j, x, X) g_j + w_* R̃(t*, t*, x, X) g(t*) for the rows x1[P:]."""
+    f̄(x, t*) = Σ_j w_j R̃(t*, t_j, x, X) g_j + w_* R̃(t*, t*, x, X) g(t*) for the rows x1[P:]. The history as in
+    :meth:`_solve_block_impl`; the far-field sums hold the interior weights, so the last node before window w
+    (``k_far``) gets its own correction when the row's last interval starts there."""
     p = self.access.p
     k = jnp.searchsorted(grid, times, side='left') - 1
     weights, w_star = jax.vmap(trapezoid_row, (None, 0, 0))(grid, k, times)
-    history = L.old_history(ring, h, grid, g, times, weights)
     b0, nodes = L.window_nodes(ring, w)
-    r_star = jnp.einsum('rq,mqk->rmk', L.lagrange4(times / h - b0), nodes[:, 0]) * w_star[:, None, None]
-    g_star = jnp.linalg.solve(jnp.eye(p, dtype=y.dtype) + r_star[:, :p], y - history[:, :p])
-    return g_star, history[:, p:] + r_star[:, p:] @ g_star
+    if early:
+      history = L.old_history(ring, h, grid, g, times, weights, L.RING - 4)
+    else:
+      j = lo + jnp.arange(span)
+      near = jnp.where(win[j] == w, weights[:, j], 0)
+      history = self._far(far_v, w, times, h) + L.window_history(nodes, b0, h, grid[j], g[j], times, near)
+      four = jnp.arange(4)
+      _, _, c0, lb = L.far_stencils(times, grid[k_far], h, t_window=w, s_window=win[k_far])
+      corner = ring[:, ((w + four) % L.RING)[:, None], (c0 + four)[None, :]]  # (n1, 4, 4, P)
+      u = jnp.einsum('mkqp,q,po->kmo', corner, lb, g[k_far])
+      delta = weights[:, k_far] - interior_weights(grid)[k_far]
+      history = history + delta[:, None, None] * jnp.einsum('rk,kmo->rmo', L.lagrange4(times / h - w), u)
+    r_star = jnp.einsum('rq,mqk->rmk', L.lagrange4(times / h - b0), nodes[:, 0])
+    g_star = self._implicit_solve(eig, w_star, r_star[:, :p], y - history[:, :p])
+    return g_star, history[:, p:] + w_star[:, None, None] * r_star[:, p:] @ g_star
+
+  def _far_update_impl(self, ring, h, far_g, far_v, w, grids, wins, gs):
+    """Far-field sums for window w ≥ FAR_FROM of every solution (stacked along the last axis): G_b = Σ_j w_j ℓ_b(t_j)
+    g_j over the nodes of windows < w, scattered onto lattice columns with the shifted s-stencils, and
+    V_a = Σ_b R(ah, bh, x1, X) G_b for the rows a = w … w + 3 (ring slots a mod RING). At w = FAR_FROM from
+    scratch; later only window w − 1's nodes are added (columns w − 3 … w) and row w + 3 is contracted whole."""
+    parts = []
+    start = w == L.FAR_FROM
+    for grid, win, g in zip(grids, wins, gs):
+      _, _, b0, lb = L.far_stencils(grid, grid, h, t_window=w, s_window=win)
+      coef = interior_weights(grid) * jnp.where(start, win < w, win == w - 1)
+      parts.append((b0, coef[:, None] * lb, g))
+    size = far_g.shape[0]
+    four = jnp.arange(4)
+    new_g = jnp.concatenate(
+      [
+        jnp.zeros((size,) + g.shape[1:], g.dtype).at[b0[:, None] + four].add(c[..., None, None] * g[:, None])
+        for b0, c, g in parts
+      ],
+      axis=-1,
+    )
+    far_g = jnp.where(start, 0, far_g) + new_g
+    n1 = ring.shape[0]
+
+    def full(a):
+      return ring[:, a % L.RING].reshape(n1, -1) @ far_g.reshape(-1, far_g.shape[-1])
+
+    def increment(a):
+      cols = lax.dynamic_slice_in_dim(ring[:, a % L.RING], w - 3, 4, axis=1)
+      return far_v[a % L.RING] + cols.reshape(n1, -1) @ lax.dynamic_slice_in_dim(new_g, w - 3, 4).reshape(
+        -1, far_g.shape[-1]
+      )
+
+    for a in (w, w + 1, w + 2):
+      far_v = far_v.at[a % L.RING].set(lax.cond(start, full, increment, a))
+    far_v = far_v.at[(w + 3) % L.RING].set(full(w + 3))
+    return far_g, far_v
 
   def _block_size(self, n: int, rows: int) -> int:
-    """Rows per block for ``rows`` rows of one window: 1, 8 or 64 (few compiled shapes), with the block's scattered
-    terms (block × n × 16 × P × out values) within 16 × ``max_elements``; the ring is read once a block."""
+    """Rows per block for ``rows`` rows of one window: 8 or 64 (few compiled shapes), with the early windows'
+    scattered terms (block × n × 16 × P × out values) within 16 × ``max_elements`` (down to 1)."""
     access = self.access
     cap = max(1, min(64, 16 * access.max_elements // (16 * n * access.p * access.y.shape[1])))
-    return int(min(8 ** math.ceil(math.log(rows, 8)), 8 ** math.floor(math.log(cap, 8))))
+    return int(min(8 if rows <= 8 else 64, 8 ** math.floor(math.log(cap, 8))))
 
-  def _sweep(self, x1: jax.Array, lat: L.Lattice, jobs: list, pairs: list) -> None:
-    """Sweep t upwards through the lattice windows, keeping the ring of lattice rows for x1 and running, in each
-    window w and in list order, the rows of every job whose times t have ⌊t/h⌋ = w. A job is
-    (sorted times, run(ring, w, lo, hi)) with [lo, hi) the indices of its times in window w. ``pairs[0]`` counts
-    the kernel time pairs evaluated."""
+  def _solution(self, lat: L.Lattice, grid: np.ndarray) -> dict:
+    """A solution on ``grid``: its nodes, their lattice windows and g (initial g_0 = Y), padded with repeated last
+    nodes (zero trapezoid weight, window index beyond every window) to at least PAD more, a power of 2 (so that
+    grids of similar sizes share compiled functions)."""
+    access = self.access
+    n = len(grid)
+    n_pad = max(1024, 2 ** math.ceil(math.log2(n + PAD))) - n
+    windows = np.floor(grid / lat.h).astype(np.int64)
+    padded = np.concatenate([grid, np.full(n_pad, grid[-1])])
+    g = jnp.zeros((n + n_pad,) + access.y.shape, access.dtype).at[0].set(access.y)
+    return dict(
+      grid=grid,
+      windows=windows,
+      grid_j=jnp.asarray(padded, access.dtype),
+      win_j=jnp.asarray(np.concatenate([windows, np.full(n_pad, 2**30)]), jnp.int32),
+      g=g,
+    )
+
+  def _sweep(self, x1: jax.Array, lat: L.Lattice, solutions: list, jobs: list, pairs: list) -> None:
+    """Sweep t upwards through the lattice windows, keeping the ring of lattice rows for x1 and the far-field sums
+    of every solution in ``solutions``, and running, in each window w and in list order, the rows of every job
+    whose times t have ⌊t/h⌋ = w. A job is (sorted times, run(ring, far, w, lo, hi)) with [lo, hi) the indices of
+    its times in window w. ``pairs[0]`` counts the kernel time pairs evaluated."""
     access = self.access
     rows = L.RING + 2 * lat.stationary  # the ring, and the doubled master row of a stationary lattice
     resources.require_memory(
@@ -248,46 +348,104 @@ class MeanSolver:
         require_finite('R(t, s, x, X)', ring[:, a % L.RING], f'at t = {a * lat.h:g} (kernel lattice row {a})')
       return ring
 
+    out = access.y.shape[1]
+    far_g = jnp.zeros((lat.size, access.p, len(solutions) * out), access.dtype)
+    far_v = jnp.zeros((L.RING, x1.shape[0], len(solutions) * out), access.dtype)
     for a in range(min(8, lat.size)):
       ring = add_row(ring, a)
     for w in range(int(max(ws[-1] for ws in windows)) + 1):
       if w > 0 and w + 7 < lat.size:
         ring = add_row(ring, w + 7)
+      if w >= L.FAR_FROM:
+        far_g, far_v = self._far_update(
+          ring,
+          h,
+          far_g,
+          far_v,
+          w,
+          [s['grid_j'] for s in solutions],
+          [s['win_j'] for s in solutions],
+          [s['g'] for s in solutions],
+        )
       for (_, run), ws in zip(jobs, windows):
         lo, hi = np.searchsorted(ws, w, 'left'), np.searchsorted(ws, w, 'right')
         if hi > lo:
-          run(ring, w, int(lo), int(hi))
+          run(ring, far_v, h, w, int(lo), int(hi))
 
-  def _solve_job(self, lat: L.Lattice, grid: np.ndarray, state: dict):
-    """Sweep job solving the trapezoid scheme on ``grid`` into ``state['g']`` (g = Y − f̄(X, ·) on the nodes)."""
+  def _window_span(self, solution: dict, w: int) -> tuple[int, int]:
+    """First node of window w in ``solution`` and a static span (64 or PAD: few compiled shapes) covering the
+    window's nodes (1 in the early windows, which read the ring instead)."""
+    lo, hi = np.searchsorted(solution['windows'], [w, w + 1])
+    if w < L.FAR_FROM:
+      return int(lo), 1
+    span = 64 if hi - lo <= 64 else PAD
+    if span > PAD:
+      raise RuntimeError(f'Lattice window {w} holds {hi - lo} solver nodes, more than the padding {PAD}.')
+    return int(lo), int(span)
+
+  def _solve_job(self, lat: L.Lattice, solutions: list, index: int):
+    """Sweep job solving the trapezoid scheme on solution ``index`` (g = Y − f̄(X, ·) on the nodes) in place."""
     access = self.access
-    h = jnp.asarray(lat.h, access.dtype)
-    pad = self._block_size(len(grid), 64)
-    grid_j = jnp.asarray(grid, access.dtype)
-    g = jnp.zeros((len(grid) + pad,) + access.y.shape, access.dtype).at[0].set(access.y)
-    state.update(grid=grid_j, g=g[: len(grid)])
+    eig = self.theta0_eigh if lat.stationary else None
+    sol = solutions[index]
+    out = access.y.shape[1]
 
-    def run(ring, w, lo, hi):
-      nonlocal g
+    def run(ring, far_v, h, w, lo, hi):
       lo = max(lo, 1)
-      block = self._block_size(len(grid), hi - lo) if hi > lo else 1
+      block = self._block_size(len(sol['grid_j']), hi - lo) if hi > lo else 1
+      first, span = self._window_span(sol, w)
+      v = far_v[:, :, index * out : (index + 1) * out]
       for r0 in range(lo, hi, block):
-        g = self._solve_block(access.y, ring, h, grid_j, g, w, r0, min(r0 + block, hi), block)
-      state['g'] = g[: len(grid)]
+        sol['g'] = self._solve_block(
+          access.y,
+          ring,
+          h,
+          sol['grid_j'],
+          sol['win_j'],
+          sol['g'],
+          v,
+          eig,
+          w,
+          first,
+          r0,
+          min(r0 + block, hi),
+          block,
+          span,
+          w < L.FAR_FROM,
+        )
 
-    return grid, run
+    return sol['grid'], run
 
-  def _request_job(self, lat: L.Lattice, state: dict, times: np.ndarray, test: bool, out: list):
-    """Sweep job appending f̄ at ``times`` (Nyström rows on the solution in ``state``, train or test rows) to out."""
+  def _request_job(self, lat: L.Lattice, solutions: list, index: int, times: np.ndarray, test: bool, out: list):
+    """Sweep job appending f̄ at ``times`` (Nyström rows on solution ``index``, train or test rows) to out."""
     access = self.access
-    h = jnp.asarray(lat.h, access.dtype)
-    n = len(state['grid'])
+    eig = self.theta0_eigh if lat.stationary else None
+    sol = solutions[index]
+    n_out = access.y.shape[1]
     padded = jnp.asarray(np.concatenate([times, np.full(64, times[-1])]), access.dtype)
 
-    def run(ring, w, lo, hi):
-      block = self._block_size(n, hi - lo)
+    def run(ring, far_v, h, w, lo, hi):
+      block = self._block_size(len(sol['grid_j']), hi - lo)
+      first, span = self._window_span(sol, w)
+      k_far = max(first - 1, 0)
+      v = far_v[:, :, index * n_out : (index + 1) * n_out]
       for r0 in range(lo, hi, block):
-        g, f = self._request_block(access.y, ring, h, state['grid'], state['g'], w, padded[r0 : r0 + block])
+        g, f = self._request_block(
+          access.y,
+          ring,
+          h,
+          sol['grid_j'],
+          sol['win_j'],
+          sol['g'],
+          v,
+          eig,
+          w,
+          first,
+          k_far,
+          padded[r0 : r0 + block],
+          span,
+          w < L.FAR_FROM,
+        )
         out.append((f if test else access.y[None] - g)[: min(block, hi - r0)])
 
     return times, run
