@@ -124,7 +124,13 @@ def top_help(full: bool = False) -> str:
 
 
 class Settings(NamedTuple):
-  """A parsed command line."""
+  """A parsed command line.
+
+  Examples:
+    >>> s = parse(['ndk-flax', 'kernels', '--depth', '2', '--noprogress'])
+    >>> s.command, s.config.depth, s.out, s.progress
+    ('kernels', 2, 'kernels_out', False)
+  """
 
   command: str
   config: RunConfig
@@ -137,6 +143,16 @@ def parse(argv: Sequence[str]) -> Settings:
 
   Precedence: defaults <- ``--quick`` preset <- ``--config`` file <- flags given on the command line. A request
   that cannot fit in memory is refused here too (:func:`memory_problem`).
+
+  Examples:
+    >>> cfg = parse(['ndk-flax', 'validate', '--quick', '--width', '128']).config
+    >>> cfg.width, cfg.n_members == config_lib.QUICK['n_members']  # the flag beats the preset
+    (128, True)
+    >>> try:
+    ...   parse(['ndk-flax', 'validate', '--n_times', '2'])
+    ... except ConfigError as e:
+    ...   print(e)
+    n_times must be >= 3 (t = 0, t_max/1000 and t_max), got 2
   """
   from absl import flags
 
@@ -322,7 +338,19 @@ class OutputDir:
 
 
 def build_network(cfg: RunConfig):
-  """The stax network of ``cfg``: ``depth`` × [Dense(width), activation] then Dense(1), raw parameterisation."""
+  """The stax network of ``cfg``: ``depth`` × [Dense(width), activation] then Dense(1), raw parameterisation.
+
+  Examples:
+    One ReLU layer, σ0 = 1, on orthogonal unit inputs in R³: the first layer gives K = x·x'/3 = I/3, so the output
+    NNGP C(0, 0) is K/2 = 1/6 on the diagonal and the arc-cosine value (1/3)/(2π) = 1/(6π) off it:
+
+    >>> import numpy as np
+    >>> net = build_network(RunConfig(activation='relu', W_std=1.0, W_prior_std=1.0))
+    >>> c = np.asarray(net.ndk_fn(np.eye(3), np.eye(3), np.zeros(1), np.zeros(1), temperature=0.05).nngp[0, 0])
+    >>> expected = np.where(np.eye(3) == 1, 1 / 6, 1 / (6 * np.pi))
+    >>> bool(np.allclose(c, expected, atol=1e-6))
+    True
+  """
   from ndk_flax import stax
 
   bias = {'b_std': cfg.b_std, 'b_prior_std': cfg.b_prior_std} if cfg.bias else {}
@@ -360,7 +388,13 @@ def time_grid(cfg: RunConfig, t_first: float | None = None) -> 'np.ndarray':  # 
 
 
 class Interrupted(KeyboardInterrupt):
-  """Ctrl-C (SIGINT) or SIGTERM while a command runs; ``signum`` says which."""
+  """Ctrl-C (SIGINT) or SIGTERM while a command runs; ``signum`` says which.
+
+  Examples:
+    >>> e = Interrupted(signal.SIGTERM)
+    >>> str(e), isinstance(e, KeyboardInterrupt), 128 + e.signum  # the exit status of a SIGTERM-ed run
+    ('SIGTERM', True, 143)
+  """
 
   def __init__(self, signum: int):
     super().__init__(signal.Signals(signum).name)
@@ -520,7 +554,27 @@ class _Tabulated:
 
 
 def kernels(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[str]) -> int:
-  """``ndk-flax kernels``: C and R of the configured network on the record-time grid, for the training inputs."""
+  """``ndk-flax kernels``: C and R of the configured network on the record-time grid, for the training inputs.
+
+  Examples:
+    A tiny run through :func:`main` (which enables float64 for the theory: restored afterwards). The file holds
+    C(t, s, x, x') for every pair of record times, symmetric under (t, x) ↔ (s, x'):
+
+    >>> import contextlib, io, os, tempfile
+    >>> import jax, numpy as np
+    >>> x64 = jax.config.jax_enable_x64
+    >>> with tempfile.TemporaryDirectory() as d, contextlib.redirect_stderr(io.StringIO()):
+    ...   argv = ['ndk-flax', 'kernels', '--n_train', '2', '--n_times', '3', '--t_max', '1', '--out', d]
+    ...   status = main(argv)
+    ...   files = sorted(os.listdir(d))
+    ...   with np.load(os.path.join(d, 'kernels.npz')) as f:
+    ...     times, nngp = f['times'], f['nngp']
+    >>> jax.config.update('jax_enable_x64', x64)
+    >>> status, files, times.tolist(), nngp.shape  # (n_t, n_t, P, P)
+    (0, ['kernels.npz', 'kernels.png'], [0.0, 0.02, 1.0], (3, 3, 2, 2))
+    >>> bool(np.allclose(nngp, np.transpose(nngp, (1, 0, 3, 2))))
+    True
+  """
   import numpy as np
 
   from ndk_flax import data
@@ -550,7 +604,25 @@ def kernels(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[st
 
 
 def validate(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[str]) -> int:
-  """``ndk-flax validate``: theory vs a Langevin-trained ensemble; 0 if they agree within the tolerance, else 1."""
+  """``ndk-flax validate``: theory vs a Langevin-trained ensemble; 0 if they agree within the tolerance, else 1.
+
+  Examples:
+    A real run takes minutes; here the theory's stability rule η λ_max(Θ0) < 1 refuses a too large step before
+    anything is written (exit status 2; float64, which the theory enables, is restored afterwards):
+
+    >>> import contextlib, io, os, tempfile
+    >>> import jax
+    >>> x64 = jax.config.jax_enable_x64
+    >>> err = io.StringIO()
+    >>> with tempfile.TemporaryDirectory() as d, contextlib.redirect_stderr(err):
+    ...   status = main(['ndk-flax', 'validate', '--quick', '--learning_rate', '1.0', '--out', d])
+    ...   written = os.listdir(d)
+    >>> jax.config.update('jax_enable_x64', x64)
+    >>> status, written
+    (2, [])
+    >>> print(err.getvalue().splitlines()[-1].split('; ')[0])
+    ndk-flax: error: learning_rate η = 1 is unstable: η λ_max(Θ0) = 4.83 >= 1 (λ_max(Θ0) = 4.827)
+  """
   import numpy as np
 
   from ndk_flax import data, predict, report
@@ -639,7 +711,17 @@ def segment_steps(cfg: RunConfig) -> int:
 
 def train_in_segments(layer, ds, cfg: RunConfig, times, *, progress: bool):
   """``ndk_flax.ensemble.train_ensemble`` on ``times`` refined by segment boundaries every :func:`segment_steps`
-  steps (so that no compiled call runs long), returning the record at ``times`` only."""
+  steps (so that no compiled call runs long), returning the record at ``times`` only.
+
+  Examples:
+    >>> from ndk_flax import data
+    >>> cfg = RunConfig(width=4, n_members=2, n_train=2, n_test=1, t_max=0.2, n_times=3)
+    >>> ds = data.synthetic(cfg.dataset, cfg.n_train, cfg.n_test, cfg.data_seed)
+    >>> times = time_grid(cfg)
+    >>> record = train_in_segments(build_network(cfg), ds, cfg, times, progress=False)
+    >>> record.times.round(6).tolist() == times.round(6).tolist(), record.train.shape, record.test.shape
+    (True, (2, 3, 2, 1), (2, 3, 1, 1))
+  """
   import jax.numpy as jnp
   import numpy as np
 
@@ -826,7 +908,19 @@ def _enable_x64() -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-  """Run the command line ``argv`` (program name first); returns the exit status."""
+  """Run the command line ``argv`` (program name first); returns the exit status.
+
+  Examples:
+    >>> import contextlib, io
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...   status = main(['ndk-flax', 'kernels', '--help'])
+    >>> status, out.getvalue().splitlines()[0]
+    (0, 'usage: ndk-flax kernels [--config FILE] [--FLAG VALUE ...] [--out DIR]')
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...   status = main(['ndk-flax', 'validate', '--n_times', '2'])
+    >>> status == EXIT_USAGE, err.getvalue().strip()
+    (True, 'ndk-flax: error: n_times must be >= 3 (t = 0, t_max/1000 and t_max), got 2')
+  """
   asked = [a for a in argv[1:] if a in ('-h', '-?', '--help', '--helpshort', '--helpfull')]
   if asked:
     named = [a for a in argv[1:] if a in COMMANDS]
@@ -843,7 +937,18 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run(argv: Sequence[str] | None = None) -> None:
-  """Console entry point ``ndk-flax``."""
+  """Console entry point ``ndk-flax``.
+
+  Examples:
+    >>> import contextlib, io
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...   try:
+    ...     run(['ndk-flax', '--help'])
+    ...   except SystemExit as e:
+    ...     code = e.code
+    >>> code, 'commands:' in out.getvalue()
+    (0, True)
+  """
   sys.exit(main(sys.argv if argv is None else argv))
 
 

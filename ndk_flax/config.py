@@ -30,7 +30,17 @@ stay positive for it to approximate the continuous decay e^(−η T/σ²)."""
 
 
 class ConfigError(ValueError):
-  """A setting is missing, of the wrong type or out of range; the message is one line naming the key."""
+  """A setting is missing, of the wrong type or out of range; the message is one line naming the key.
+
+  Examples:
+    >>> try:
+    ...   RunConfig(width=0)
+    ... except ConfigError as e:
+    ...   print(e)
+    width must be > 0, got 0
+    >>> issubclass(ConfigError, ValueError)
+    True
+  """
 
 
 BOTH = ('validate', 'kernels')
@@ -55,7 +65,18 @@ def fields_of(command: str) -> tuple[dataclasses.Field, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """Everything that defines a validation run (and, for ``kernels``, the architecture and time grid)."""
+  """Everything that defines a validation run (and, for ``kernels``, the architecture and time grid).
+
+  Examples:
+    >>> cfg = RunConfig(temperature=0.1, W_prior_std=2.0)
+    >>> cfg.width, cfg.n_members, cfg.temperature / cfg.W_prior_std**2  # the prior decay λ = T/σ_W²
+    (1024, 256, 0.025)
+    >>> RunConfig(**cfg.to_dict()) == cfg
+    True
+    >>> RunConfig(learning_rate=0.5, temperature=4.0)  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ConfigError: temperature = 4.0 is too large for learning_rate = 0.5 and W_prior_std = 1.0: ...
+  """
 
   activation: str = _field('erf', 'Nonlinearity of every hidden layer.', ACTIVATIONS)
   depth: int = _field(1, 'Number of hidden layers (each Dense(width) followed by the nonlinearity).')
@@ -161,7 +182,24 @@ def _check(c: RunConfig) -> None:
 
 
 def load_json(path: str) -> dict[str, Any]:
-  """The JSON object stored at ``path``; ConfigError (one line) if unreadable, not JSON or not an object."""
+  """The JSON object stored at ``path``; ConfigError (one line) if unreadable, not JSON or not an object.
+
+  Examples:
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   path = os.path.join(d, 'run.json')
+    ...   with open(path, 'w') as fh:
+    ...     _ = fh.write('{"W_std": 0.8, "bias": true}')
+    ...   print(load_json(path))
+    ...   with open(path, 'w') as fh:
+    ...     _ = fh.write('[1, 2]')
+    ...   try:
+    ...     load_json(path)
+    ...   except ConfigError as e:
+    ...     print(str(e).replace(path, 'run.json'))
+    {'W_std': 0.8, 'bias': True}
+    config 'run.json' must hold a JSON object of settings, got list
+  """
   try:
     with open(path, encoding='utf-8') as fh:
       values = json.load(fh)
@@ -185,6 +223,16 @@ def resolve(
 
   Keys and types are checked per source (the message names the source); ranges are checked on the final
   combination only, so e.g. a file may set ``bias`` and ``b_std`` in either order.
+
+  Examples:
+    >>> cfg = resolve(quick=True, file_values={'width': 128, 'W_std': 1}, explicit={'width': 64})
+    >>> cfg.width, cfg.W_std, cfg.n_members == QUICK['n_members']  # flags beat the file, the file beats the preset
+    (64, 1.0, True)
+    >>> try:
+    ...   resolve(file_values={'width': 1.5}, config_path='run.json')
+    ... except ConfigError as e:
+    ...   print(e)
+    run.json: width must be of type int, got 1.5
   """
   merged: dict[str, Any] = dict(QUICK) if quick else {}
   merged.update(_typed(file_values or {}, config_path))

@@ -243,6 +243,34 @@ class EnsembleProgram(NamedTuple):
       process dθ = −(T/σ²) θ dt + √(2T) dB over time Δ, sampled exactly (no gradient, no step error), the others
       kept: θ ← e^{−λΔ} θ + σ √(1 − e^{−2λΔ}) ξ, λ = T/σ².
     trainable: the parameter mask (a pytree of bools with the structure of the parameters).
+
+  Examples:
+    >>> import math
+    >>> import jax, jax.numpy as jnp
+    >>> from ndk_flax import stax
+    >>> x = jnp.ones((2, 3)); y = jnp.zeros((2, 1))
+    >>> prog = build_program(stax.Dense(1, W_std=1.0, W_prior_std=2.0), x, y, temperature=0.4, learning_rate=0.01,
+    ...                      width=None, x_observe=x, record_hidden=False, dtype=jnp.float32)
+    >>> params, state = prog.init(jax.random.split(jax.random.PRNGKey(0), 4))  # M = 4 members
+    >>> jax.tree.leaves(prog.trainable), prog.observe(params).shape
+    ([True], (4, 2, 1))
+
+    ``step`` of one member returns the summed loss E = ½ Σ_μ (f(x_μ) − y_μ)² at its input:
+
+    >>> first = lambda tree: jax.tree.map(lambda leaf: leaf[0], tree)
+    >>> _, _, loss = jax.jit(prog.step)(first(params), first(state))
+    >>> bool(jnp.isclose(loss, 0.5 * jnp.sum(prog.observe(params)[0] ** 2)))
+    True
+
+    ``drift`` is the exact OU transition θ ← e^{−λΔ} θ + σ √(1 − e^{−2λΔ}) ξ, linear in θ for fixed noise, so
+    started from ±θ with the same keys it moves θ by e^{−λΔ} (here λ = T/σ² = 0.4/2² = 0.1, Δ = 2):
+
+    >>> keys = jax.random.split(jax.random.PRNGKey(1), 4)
+    >>> up = prog.drift(params, keys, 2.0)
+    >>> down = prog.drift(jax.tree.map(jnp.negative, params), keys, 2.0)
+    >>> half = jax.tree.map(lambda a, b: (a - b) / 2, up, down)
+    >>> all(jax.tree.leaves(jax.tree.map(lambda h, p: jnp.allclose(h, math.exp(-0.2) * p, atol=1e-6), half, params)))
+    True
   """
 
   init: Callable

@@ -24,6 +24,14 @@ class Panel(NamedTuple):
   """One axis: theory curves (n_t_theory, k) against ensemble points (n_t_ens, k) with error bars ``ens_se``.
 
   ``ens``/``ens_se`` may be None (theory only); ``ens_se`` may be None (points without error bars).
+
+  Examples:
+    NTK gradient flow f̄(t) = (1 − e^{−Θ0 t}) y of one training point (Θ0 = 1, y = 1) against ensemble points:
+
+    >>> t = np.array([0.0, 0.1, 1.0, 10.0])
+    >>> p = Panel('mean', 'f̄(x, t)', t, 1 - np.exp(-t), t_ens=t, ens=1 - np.exp(-t) + 0.01, ens_se=np.full(4, 0.02))
+    >>> p.theory.shape == p.ens.shape, Panel('loss', 'loss', t, np.exp(-2 * t), logy=True).ens is None
+    (True, True)
   """
 
   title: str
@@ -97,6 +105,19 @@ def time_panels(
   """Side-by-side panels of quantities against time, phases marked; saves a PNG at ``path`` and returns it.
 
   The figure is :data:`ndk_flax.style.COLUMN` inches wide and saved at :data:`ndk_flax.style.DPI`.
+
+  Examples:
+    >>> import os, tempfile
+    >>> t = np.array([0.0, 0.1, 1.0, 10.0, 100.0])
+    >>> f = np.stack([1 - np.exp(-t), 0.5 * (1 - np.exp(-t))], axis=1)  # (n_t, 2): two points
+    >>> panel = Panel('mean', 'f̄(x, t)', t, f, t_ens=t, ens=f + 0.01, ens_se=np.full(f.shape, 0.02),
+    ...               labels=['train 0', 'train 1'])
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   path = time_panels(os.path.join(d, 'mean.png'), [panel], suptitle='mean', time_scales=(1.0, 20.0))
+    ...   with open(path, 'rb') as fh:
+    ...     png = fh.read(24)
+    >>> os.path.basename(path), png[1:4], int.from_bytes(png[16:20], 'big') == round(style.COLUMN * style.DPI)
+    ('mean.png', b'PNG', True)
   """
   if not panels:
     raise ValueError('panels must be a non-empty sequence of Panel')
@@ -149,6 +170,21 @@ def kernel_heatmaps(path: str, times: np.ndarray, maps: Sequence[tuple[str, np.n
 
   ``times`` is increasing with at least two positive entries; a row and column at t = 0 (if any) are drawn as a
   separate strip, labelled 0, left of and below the logarithmic range.
+
+  Examples:
+    The stationary OU covariance c(t, s) = σ² e^{−λ|t − s|} (docs/theory.md §2), σ = 1, λ = 0.5:
+
+    >>> import os, tempfile
+    >>> t = np.array([0.0, 0.1, 1.0, 10.0])
+    >>> c = np.exp(-0.5 * np.abs(t[:, None] - t[None, :]))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   path = kernel_heatmaps(os.path.join(d, 'kernel.png'), t, [('C(t, s)', c)], suptitle='OU covariance')
+    ...   print(os.path.basename(path), os.path.getsize(path) > 0)
+    kernel.png True
+    >>> kernel_heatmaps('unused.png', np.array([0.0, 1.0]), [('C', c[:2, :2])], suptitle='')
+    Traceback (most recent call last):
+    ...
+    ValueError: times must be a 1-D increasing array >= 0 with >= 2 positive entries, got [0. 1.]
   """
   times = np.asarray(times, dtype=float)
   if times.ndim != 1 or np.any(np.diff(times) <= 0) or np.sum(times > 0) < 2 or np.any(times < 0):

@@ -47,7 +47,43 @@ def _table(header, rows) -> list[str]:
 
 def summary_lines(results: Mapping[str, Any]) -> list[str]:
   """The five-line summary that opens ``report.md``: verdict, deciding statistic and threshold, time scales, worst
-  comparison, systematic sign patterns at the last time. Every number is a ``results`` number (4 digits)."""
+  comparison, systematic sign patterns at the last time. Every number is a ``results`` number (4 digits).
+
+  Examples:
+    A run on one training and one test point, 2 record times, M = 33 members of width N = 100:
+
+    >>> import numpy as np
+    >>> from ndk_flax import verdict
+    >>> v_theory = np.array([[1.0, 1.0], [0.2, 0.5]])
+    >>> mean = verdict.Comparison(np.array([[0.0, 0.0], [0.6, 0.4]]), np.array([[0.02, -0.01], [0.65, 0.43]]),
+    ...                           verdict.mean_se(v_theory, 33))
+    >>> var = verdict.Comparison(v_theory, np.array([[1.1, 0.9], [0.22, 0.55]]), verdict.var_se(v_theory, 33))
+    >>> v = verdict.decide(mean, var, 4.5, verdict.allowances(y_scale=1.0, var_scale=1.0, width=100))
+    >>> def stat(c):
+    ...   z = (c.ensemble - c.theory) / c.se
+    ...   return {'theory': c.theory.tolist(), 'ensemble': c.ensemble.tolist(), 'se': c.se.tolist(), 'z': z.tolist()}
+    >>> stats = {'mean': stat(mean), 'variance': stat(var)}
+    >>> results = {
+    ...   'passed': v.passed, 'worst': v.worst._asdict(), 'times': [0.0, 1.0], 'points': ['train 0', 'test 0'],
+    ...   'tolerance': {'z_tol': 4.5, 'n_comparisons': 8, 'width_allowance_kappa': verdict.WIDTH_ALLOWANCE,
+    ...                 'mean_atol': v.allowance.mean, 'var_atol': v.allowance.var},
+    ...   'max_abs_z': {'all': max(np.abs(s['z']).max() for s in stats.values()), 'beyond_allowance': v.statistic},
+    ...   'time_scales': {'gradient': 0.5, 'diffusive': 20.0},
+    ...   'sign_patterns': [verdict.sign_pattern(k, c)._asdict() for k, c in (('mean', mean), ('variance', var))],
+    ...   **stats,
+    ... }
+    >>> import textwrap
+    >>> for line in summary_lines(results):
+    ...   print(textwrap.fill(line, 110))
+    1. **PASSED**: the ensemble agrees with the theory; the largest discrepancy (the variance at t = 0, train 0)
+    is 0.24 standard errors beyond the finite-width allowance, within the 4.5 allowed.
+    2. Deciding statistic: max (|ensemble − theory| − δ)/s.e. = 0.24 ≤ z_tol = 4.5, over K = 8 comparisons, with
+    finite-width allowances δ = 0.04 (mean) and 0.04 (variance); max |z| without δ: 0.6423.
+    3. Time scales: gradient phase 1/λ_max(Θ0) = 0.5, diffusive phase 1/λ = σ²/T = 20; recorded up to t = 1.
+    4. Worst comparison: variance at t = 0, train 0: ensemble 1.1 vs theory 1, s.e. 0.25, z = 0.4.
+    5. At the last time t = 1: the ensemble mean is above the theory at all 2 points (ensemble/theory
+    1.075–1.083); the ensemble variance is above the theory at all 2 points (ensemble/theory 1.1–1.1).
+  """
   tol, ts, w = results['tolerance'], results['time_scales'], results['worst']
   times, points = results['times'], results['points']
   kind = 'mean' if w['statistic'] == 'mean' else 'variance'
@@ -81,7 +117,55 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
 
 
 def render(results: Mapping[str, Any]) -> str:
-  """The markdown report of ``results`` (see the module docstring for the keys)."""
+  """The markdown report of ``results`` (see the module docstring for the keys).
+
+  Examples:
+    The results of :func:`summary_lines`' example, with what the rest of the report reads:
+
+    >>> import numpy as np
+    >>> from ndk_flax import verdict
+    >>> v_theory = np.array([[1.0, 1.0], [0.2, 0.5]])
+    >>> mean = verdict.Comparison(np.array([[0.0, 0.0], [0.6, 0.4]]), np.array([[0.02, -0.01], [0.65, 0.43]]),
+    ...                           verdict.mean_se(v_theory, 33))
+    >>> var = verdict.Comparison(v_theory, np.array([[1.1, 0.9], [0.22, 0.55]]), verdict.var_se(v_theory, 33))
+    >>> v = verdict.decide(mean, var, 4.5, verdict.allowances(y_scale=1.0, var_scale=1.0, width=100))
+    >>> def stat(c):
+    ...   z = (c.ensemble - c.theory) / c.se
+    ...   return {'theory': c.theory.tolist(), 'ensemble': c.ensemble.tolist(), 'se': c.se.tolist(), 'z': z.tolist()}
+    >>> stats = {'mean': stat(mean), 'variance': stat(var)}
+    >>> results = {
+    ...   'passed': v.passed, 'worst': v.worst._asdict(), 'times': [0.0, 1.0], 'points': ['train 0', 'test 0'],
+    ...   'tolerance': {'z_tol': 4.5, 'n_comparisons': 8, 'width_allowance_kappa': verdict.WIDTH_ALLOWANCE,
+    ...                 'mean_atol': v.allowance.mean, 'var_atol': v.allowance.var},
+    ...   'max_abs_z': {'all': max(np.abs(s['z']).max() for s in stats.values()), 'beyond_allowance': v.statistic},
+    ...   'time_scales': {'gradient': 0.5, 'diffusive': 20.0},
+    ...   'sign_patterns': [verdict.sign_pattern(k, c)._asdict() for k, c in (('mean', mean), ('variance', var))],
+    ...   **stats,
+    ... }
+    >>> from ndk_flax.config import RunConfig
+    >>> results.update(
+    ...   command='ndk-flax validate', ndk_flax_version='0.0', targets=[1.0, 0.5],
+    ...   config=RunConfig(width=100, n_members=33, n_train=1, n_test=1).to_dict(),
+    ...   runtime_s={'theory': 1.0, 'ensemble': 2.0, 'total': 3.0, 'cpu': 5.0},
+    ...   train_loss={'theory': [0.5, 0.08], 'ensemble': [0.4802, 0.06125]},  # ½ (y − f̄)² at t = 0 and t = 1
+    ...   test_mse={'theory': [0.25, 0.01], 'ensemble': [0.2601, 0.0049]},
+    ... )
+    >>> text = render(results)
+    >>> text.splitlines()[2:7] == summary_lines(results)
+    True
+    >>> for line in text.splitlines():
+    ...   if line.startswith('#'):
+    ...     print(line)
+    # ndk-flax validate: infinite-width theory vs a Langevin-trained ensemble
+    ## What was run
+    ## Time scales
+    ## Tolerance
+    ## Summary per recorded time
+    ## Figures
+    ## Appendix: theory vs ensemble at every recorded time and point
+    >>> sum(line.startswith('| 1 | test 0 |') for line in text.splitlines())  # one appendix row per (t, point)
+    1
+  """
   cfg, ts = results['config'], results['time_scales']
   times, points = results['times'], results['points']
   mean, var = results['mean'], results['variance']

@@ -59,7 +59,15 @@ def var_se(variance: Any, n_members: int) -> np.ndarray:
 
 
 class Allowance(NamedTuple):
-  """The finite-width allowances δ = κ · scale / N of the mean and of the variance."""
+  """The finite-width allowances δ = κ · scale / N of the mean and of the variance.
+
+  Examples:
+    >>> a = allowances(y_scale=1.5, var_scale=0.5, width=100)
+    >>> a == Allowance(mean=WIDTH_ALLOWANCE * 1.5 / 100, var=WIDTH_ALLOWANCE * 0.5 / 100)
+    True
+    >>> round(a.mean, 6), round(a.var, 6)
+    (0.06, 0.02)
+  """
 
   mean: float
   var: float
@@ -101,7 +109,16 @@ def within(ensemble: Any, theory: Any, se: Any, z_tol: float, atol: float = 0.0)
 
 
 class Worst(NamedTuple):
-  """The comparison with the largest excess: which statistic, time index, point index and its excess."""
+  """The comparison with the largest excess: which statistic, time index, point index and its excess.
+
+  Examples:
+    >>> c = Comparison(np.zeros((2, 2)), np.array([[0.0, 0.1], [0.3, 0.0]]), np.full((2, 2), 0.1))
+    >>> w = decide(c, c, 4.0, Allowance(0.0, 0.0)).worst
+    >>> w.statistic, w.time_index, w.point_index, round(w.excess, 6)
+    ('mean', 1, 0, 3.0)
+    >>> w.excess == float(excess(c.ensemble, c.theory, c.se, 0.0).max())
+    True
+  """
 
   statistic: str
   time_index: int
@@ -110,7 +127,16 @@ class Worst(NamedTuple):
 
 
 class Verdict(NamedTuple):
-  """Outcome of the rule: ``passed`` iff ``statistic`` = max excess ≤ ``z_tol``; ``worst`` is where it is attained."""
+  """Outcome of the rule: ``passed`` iff ``statistic`` = max excess ≤ ``z_tol``; ``worst`` is where it is attained.
+
+  Examples:
+    >>> c = Comparison(np.zeros((2, 2)), np.array([[0.0, 0.1], [0.3, 0.0]]), np.full((2, 2), 0.1))
+    >>> v = decide(c, c, z_tol=4.0, allowance=Allowance(mean=0.05, var=0.0))
+    >>> v.passed, round(v.statistic, 6), v.worst.statistic  # (0.3 − 0.05)/0.1 = 2.5 for the mean, 3 for the variance
+    (True, 3.0, 'variance')
+    >>> v.passed == (v.statistic <= v.z_tol), decide(c, c, 2.9, v.allowance).passed
+    (True, False)
+  """
 
   passed: bool
   statistic: float
@@ -120,7 +146,15 @@ class Verdict(NamedTuple):
 
 
 class Comparison(NamedTuple):
-  """Theory, ensemble and standard error of one statistic (mean or variance), arrays (n_t, n_points)."""
+  """Theory, ensemble and standard error of one statistic (mean or variance), arrays (n_t, n_points).
+
+  Examples:
+    >>> c = Comparison(theory=np.array([[1.0, 2.0]]), ensemble=np.array([[1.1, 1.8]]), se=np.array([[0.1, 0.1]]))
+    >>> ((c.ensemble - c.theory) / c.se).round(6).tolist()  # z = (ensemble − theory) / s.e.
+    [[1.0, -2.0]]
+    >>> within(c.ensemble, c.theory, c.se, z_tol=2.0), within(c.ensemble, c.theory, c.se, z_tol=1.5)
+    (True, False)
+  """
 
   theory: np.ndarray
   ensemble: np.ndarray
@@ -218,6 +252,24 @@ def tolerance_text(results: Mapping[str, Any]) -> str:
   """The tolerance paragraph of ``report.md``: the pass rule with the run's numbers and why they were chosen.
 
   ``results`` is the dictionary saved as ``results.json`` (see ``ndk_flax.report``).
+
+  Examples:
+    >>> results = {
+    ...   'config': {'n_members': 64, 'width': 256, 'learning_rate': 0.02, 'n_train': 2},
+    ...   'tolerance': {'n_comparisons': 24, 'z_tol': 4.5, 'width_allowance_kappa': 4.0, 'mean_atol': 0.02,
+    ...                 'var_atol': 0.01},
+    ...   'time_scales': {'gradient': 0.2},
+    ...   'mean': {'se': [[0.1, 0.2]]},
+    ...   'variance': {'theory': [[0.5, 0.6]]},
+    ...   'targets': [1.0, -1.2, 0.3],
+    ... }
+    >>> text = tolerance_text(results)
+    >>> MEAN_SE_FORMULA in text and VAR_SE_FORMULA in text
+    True
+    >>> f'K = 24 and α = 0.01 that is {bonferroni(24):.2f}' in text  # the union-bound threshold Φ⁻¹(1 − α/(2K))
+    True
+    >>> print(text.splitlines()[9])
+    δ = 0.02 for the mean (scale max|y| = 1.2) and δ = 0.01 for the variance
   """
   cfg, tol = results['config'], results['tolerance']
   m, width = cfg['n_members'], cfg['width']
@@ -276,7 +328,14 @@ def sentence(results: Mapping[str, Any]) -> str:
 
 class SignPattern(NamedTuple):
   """At the last recorded time: on how many points the ensemble statistic lies above and below the theory, and the
-  range of ensemble/theory over the points (a systematic pattern when all lie on one side)."""
+  range of ensemble/theory over the points (a systematic pattern when all lie on one side).
+
+  Examples:
+    >>> SignPattern('variance', above=3, below=0, ratio_min=1.01, ratio_max=1.2).systematic
+    True
+    >>> SignPattern('mean', above=2, below=1, ratio_min=0.9, ratio_max=1.1).systematic
+    False
+  """
 
   statistic: str
   above: int

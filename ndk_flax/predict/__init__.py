@@ -81,6 +81,20 @@ class TimeScales(NamedTuple):
   Attributes:
     gradient: 1/λ_max(Θ0), the fastest relaxation of the gradient-driven phase (Θ0 = R(0, 0, X, X)).
     diffusive: 1/min λ with λ = T/σ² over the parameter groups (∞ at T = 0), the time scale of weight diffusion.
+
+  Examples:
+    One raw Dense layer on x = I₃ has Θ0 = x xᵀ/3 = I/3, so 1/λ_max(Θ0) = 3; with σ_W = 2 and T = 0.5,
+    σ²/T = 8:
+
+    >>> import numpy as np
+    >>> from ndk_flax import predict, stax
+    >>> net = stax.Dense(1, W_std=1.0, W_prior_std=2.0)
+    >>> x, y = np.eye(3), np.array([[1.0], [-1.0], [0.5]])
+    >>> scales = predict.langevin_mse_ensemble(net, x, y, temperature=0.5).time_scales
+    >>> round(scales.gradient, 4), round(scales.diffusive, 4)
+    (3.0, 8.0)
+    >>> predict.langevin_mse_ensemble(net, x, y, temperature=0.0).time_scales.diffusive
+    inf
   """
 
   gradient: float
@@ -94,6 +108,20 @@ class PredictionStats(NamedTuple):
     mean: the mean solver's :class:`~ndk_flax.predict.mean.MeanStats` (solver grid times, kernel lattice, kernel
       time pairs evaluated, error estimate), or None when only closed forms were used (T = 0, t ∈ {0, ∞}).
     covariance_grid_times: nodes of the covariance grid (0 without a finite-time covariance at T > 0).
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax import predict, stax
+    >>> net = stax.Dense(1, W_std=1.0, W_prior_std=2.0)
+    >>> x, y = np.eye(3), np.array([[1.0], [-1.0], [0.5]])
+    >>> predict.langevin_mse_ensemble(net, x, y, temperature=0.0).predict(np.array([0.0, 3.0])).stats
+    PredictionStats(mean=None, covariance_grid_times=0)
+
+    At T > 0 and finite t the mean comes from the Volterra solver, whose step-doubling error estimate meets rtol:
+
+    >>> stats = predict.langevin_mse_ensemble(net, x, y, temperature=0.5).predict(2.0).stats
+    >>> stats.mean.error_estimate <= predict.DEFAULT_RTOL, stats.mean.grid_times > 2, stats.covariance_grid_times
+    (True, True, 0)
   """
 
   mean: Optional[MeanStats]
@@ -101,7 +129,26 @@ class PredictionStats(NamedTuple):
 
 
 class Prediction(NamedTuple):
-  """Mean (n_t, n, out), covariance (n_t, n, n) or None, and :class:`PredictionStats` of one request."""
+  """Mean (n_t, n, out), covariance (n_t, n, n) or None, and :class:`PredictionStats` of one request.
+
+  Examples:
+    At T = 0 a raw Dense layer on x = I₃ (Θ0 = C(0, 0) = I/3) follows NTK gradient flow exactly (docs/theory.md
+    §5): f̄(t) = (1 − e^{−t/3}) Y, and the initial fluctuation decays as e^{−t/3}, covariance e^{−2t/3} I/3:
+
+    >>> import numpy as np
+    >>> from ndk_flax import predict, stax
+    >>> x, y = np.eye(3), np.array([[1.0], [-1.0], [0.5]])
+    >>> predictor = predict.langevin_mse_ensemble(stax.Dense(1), x, y, temperature=0.0)
+    >>> out = predictor.predict(np.array([0.0, 3.0]), compute_cov=True)
+    >>> out.mean.shape, out.covariance.shape
+    ((2, 3, 1), (2, 3, 3))
+    >>> bool(np.allclose(out.mean[1], (1 - np.exp(-1.0)) * y, atol=1e-6))
+    True
+    >>> bool(np.allclose(out.covariance[1], np.exp(-2.0) * np.eye(3) / 3, atol=1e-6))
+    True
+    >>> predictor.predict(3.0).covariance is None
+    True
+  """
 
   mean: jax.Array
   covariance: Optional[jax.Array]
