@@ -104,7 +104,15 @@ def _hidden_slice(layers: tuple, layer_index: int) -> tuple[int, int]:
 
 def hidden_network(layers: Sequence, layer_index: int) -> stax.NDKLayer:
   """The sub-network up to and including the activation of hidden layer l: ``stax.serial(*layers[:k])`` with k the
-  position of the (l + 1)-th parametric layer (l is 1-based; the readout is not a hidden layer)."""
+  position of the (l + 1)-th parametric layer (l is 1-based; the readout is not a hidden layer).
+
+  Examples:
+    >>> from ndk_flax import stax
+    >>> from ndk_flax.drift import hidden_network
+    >>> layers = [stax.Dense(8, b_std=0.1), stax.Relu(), stax.Dense(8), stax.Erf(), stax.Dense(1)]
+    >>> [len(hidden_network(layers, l).groups) for l in (1, 2)]  # serial(*layers[:2]), serial(*layers[:4])
+    [2, 3]
+  """
   layers = _check_layers(layers)
   _, end = _hidden_slice(layers, layer_index)
   return _serial(layers[:end])
@@ -114,13 +122,41 @@ def hidden_kernel(
   layers: Sequence, layer_index: int, x1, x2=None, t1=0.0, t2=0.0, *, temperature: float
 ) -> stax.TwoTimeKernel:
   """Two-time kernels of hidden layer l: ``nngp`` = C^l(t1, t2, x1, x2) = lim (1/N) Σ_i φ_i(x1, t1) φ_i(x2, t2),
-  ``cov1`` = C^l(t1, t1, x1, x1), ``cov2`` = C^l(t2, t2, x2, x2) (shapes as ``NDKLayer.ndk_fn``)."""
+  ``cov1`` = C^l(t1, t1, x1, x1), ``cov2`` = C^l(t2, t2, x2, x2) (shapes as ``NDKLayer.ndk_fn``).
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax import stax
+    >>> layers = [stax.Dense(8, W_std=1.0, b_std=0.5, W_prior_std=2.0, b_prior_std=1.0), stax.Relu(), stax.Dense(1)]
+    >>> x = np.array([[1.0, 0.0], [0.0, 2.0]])  # q¹(x) = σ_W² ‖x‖²/d + σ_b² = 3 and 9
+    >>> from ndk_flax.drift import hidden_kernel
+    >>> k = hidden_kernel(layers, 1, x, None, np.inf, np.inf, temperature=0.1)
+    >>> k.nngp.shape, np.asarray(k.cov1, float).round(4).tolist()  # ReLU at equilibrium: C¹(∞, ∞, x, x) = q¹(x)/2
+    ((2, 2), [1.5, 4.5])
+  """
   return hidden_network(layers, layer_index).ndk_fn(x1, x2, t1, t2, temperature=temperature)
 
 
 def normalised_autocorrelation(layers: Sequence, layer_index: int, x, t, s, *, temperature: float) -> jax.Array:
   """ρ^l(t, s, x) = C^l(t, s, x, x)/√(C^l(t, t, x, x) C^l(s, s, x, x)) of shape (len(t), len(s), n) (scalar times
-  drop their axis)."""
+  drop their axis).
+
+  Examples:
+    ρ(s, s) = 1, and at large lag ρ tends to its floor ⟨φ⟩²/C¹ = (q/2π)/(q/2) = 1/π ≈ 0.3183 for ReLU.
+
+    >>> import numpy as np
+    >>> from ndk_flax import stax
+    >>> layers = [stax.Dense(8, W_std=1.0, b_std=0.5, W_prior_std=2.0, b_prior_std=1.0), stax.Relu(), stax.Dense(1)]
+    >>> x = np.array([[1.0, 0.0], [0.0, 2.0]])  # q¹(x) = σ_W² ‖x‖²/d + σ_b² = 3 and 9
+    >>> from ndk_flax.drift import normalised_autocorrelation
+    >>> rho = normalised_autocorrelation(layers, 1, x, np.array([0.0, 20.0, 1000.0]), 0.0, temperature=0.1)
+    >>> rho.shape
+    (3, 2)
+    >>> np.asarray(rho[0], float).round(4).tolist(), np.asarray(rho[-1], float).round(4).tolist()
+    ([1.0, 1.0], [0.3183, 0.3183])
+    >>> bool(np.all(rho[1] < 1) and np.all(rho[1] > rho[-1]))  # decaying in between
+    True
+  """
   k = hidden_kernel(layers, layer_index, x, x, jnp.atleast_1d(t), jnp.atleast_1d(s), temperature=temperature)
   rho = jnp.diagonal(k.nngp, axis1=-2, axis2=-1) / jnp.sqrt(k.cov1[:, None, :] * k.cov2[None, :, :])
   return rho[tuple(0 if jnp.ndim(v) == 0 else slice(None) for v in (t, s))]
@@ -168,7 +204,17 @@ def _activation(layers: tuple, layer_index: int) -> stax.NDKLayer:
 
 
 def pre_activation_variance(layers: Sequence, layer_index: int, x) -> jax.Array:
-  """q^l(x) = C(∞, ∞, x, x) of the pre-activation of hidden layer l at equilibrium (prior variances σ²), (n,)."""
+  """q^l(x) = C(∞, ∞, x, x) of the pre-activation of hidden layer l at equilibrium (prior variances σ²), (n,).
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax import stax
+    >>> layers = [stax.Dense(8, W_std=1.0, b_std=0.5, W_prior_std=2.0, b_prior_std=1.0), stax.Relu(), stax.Dense(1)]
+    >>> x = np.array([[1.0, 0.0], [0.0, 2.0]])  # q¹(x) = σ_W² ‖x‖²/d + σ_b² = 3 and 9
+    >>> from ndk_flax.drift import pre_activation_variance
+    >>> np.asarray(pre_activation_variance(layers, 1, x), float).round(4).tolist()
+    [3.0, 9.0]
+  """
   layers = _check_layers(layers)
   start, _ = _hidden_slice(layers, layer_index)
   return _serial(layers[: start + 1]).ndk_fn(x, x, jnp.inf, jnp.inf, temperature=1.0).cov1
@@ -177,7 +223,21 @@ def pre_activation_variance(layers: Sequence, layer_index: int, x) -> jax.Array:
 def gaussian_mean(activation, variance) -> jax.Array:
   """E[φ(h)] for h ~ N(0, q), elementwise over ``variance`` (q ≥ 0), φ = ``activation``'s forward pass (a
   parameter-free elementwise stax layer). Gauss–Legendre quadrature on [−12, 0] and [0, 12] standard deviations
-  (exact enough for activations that are smooth on each half-line, e.g. ReLU, erf, sign)."""
+  (exact enough for activations that are smooth on each half-line, e.g. ReLU, erf, sign).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from ndk_flax import stax
+    >>> from ndk_flax.drift import gaussian_mean
+    >>> q = jnp.array([1.0, 4.0])
+    >>> bool(np.allclose(gaussian_mean(stax.Relu(), q), np.sqrt(q / (2 * np.pi)), atol=1e-6))  # E[relu] = √(q/2π)
+    True
+    >>> bool(np.allclose(gaussian_mean(stax.Abs(), q), np.sqrt(2 * q / np.pi), atol=1e-6))  # E|h| = √(2q/π)
+    True
+    >>> bool(np.all(np.abs(gaussian_mean(stax.Erf(), q)) < 1e-6))  # odd activation: 0
+    True
+  """
   layer = stax.as_ndk_layer(activation)
   q = jnp.asarray(variance)
   if bool(jnp.any(q < 0)) or not bool(jnp.all(jnp.isfinite(q))):
@@ -196,13 +256,34 @@ def gaussian_mean(activation, variance) -> jax.Array:
 
 def mean_activation(layers: Sequence, layer_index: int, x) -> jax.Array:
   """⟨φ(x)⟩ = E[φ(h)], h ~ N(0, q^l(x)) with q^l(x) the equilibrium variance of the pre-activation of hidden layer l
-  (prior variances σ²); shape (n,). ReLU: √(q/2π); odd activations (erf): 0. MLPs (elementwise activations)."""
+  (prior variances σ²); shape (n,). ReLU: √(q/2π); odd activations (erf): 0. MLPs (elementwise activations).
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax import stax
+    >>> layers = [stax.Dense(8, W_std=1.0, b_std=0.5, W_prior_std=2.0, b_prior_std=1.0), stax.Relu(), stax.Dense(1)]
+    >>> x = np.array([[1.0, 0.0], [0.0, 2.0]])  # q¹(x) = σ_W² ‖x‖²/d + σ_b² = 3 and 9
+    >>> from ndk_flax.drift import mean_activation
+    >>> m = mean_activation(layers, 1, x)
+    >>> np.asarray(m, float).round(4).tolist(), bool(np.allclose(m, np.sqrt(np.array([3.0, 9.0]) / (2 * np.pi))))
+    ([0.691, 1.1968], True)
+  """
   layers = _check_layers(layers)
   return gaussian_mean(_activation(layers, layer_index), pre_activation_variance(layers, layer_index, x))
 
 
 def autocorrelation_floor(layers: Sequence, layer_index: int, x) -> jax.Array:
-  """lim_{t−s→∞} ρ^l(t, s, x) at equilibrium = ⟨φ(x)⟩²/C^l(∞, ∞, x, x), shape (n,)."""
+  """lim_{t−s→∞} ρ^l(t, s, x) at equilibrium = ⟨φ(x)⟩²/C^l(∞, ∞, x, x), shape (n,).
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax import stax
+    >>> layers = [stax.Dense(8, W_std=1.0, b_std=0.5, W_prior_std=2.0, b_prior_std=1.0), stax.Relu(), stax.Dense(1)]
+    >>> x = np.array([[1.0, 0.0], [0.0, 2.0]])  # q¹(x) = σ_W² ‖x‖²/d + σ_b² = 3 and 9
+    >>> from ndk_flax.drift import autocorrelation_floor
+    >>> bool(np.allclose(autocorrelation_floor(layers, 1, x), 1 / np.pi))  # ReLU: (q/2π)/(q/2) = 1/π
+    True
+  """
   second = hidden_kernel(layers, layer_index, x, x, jnp.inf, jnp.inf, temperature=1.0).cov1
   return mean_activation(layers, layer_index, x) ** 2 / second
 
@@ -245,6 +326,26 @@ def frozen_readout_mean(
   The readout is frozen at t0 after equilibration; the hidden weights drift as free Ornstein–Uhlenbeck processes
   (stationary two-time kernel A^L of the last hidden layer L). K is the equilibrium NNGP of ``stax.serial(*layers)``.
   ``x_test=None`` evaluates on the training inputs.
+
+  Examples:
+    Δ = 0 is the NNGP posterior mean K [K + T I]⁻¹ Y; Δ = ∞ keeps σ_a² ⟨φ(x)⟩⟨φ(X)⟩ᵀ [K + T I]⁻¹ Y (no readout bias).
+
+    >>> import numpy as np
+    >>> from ndk_flax import stax
+    >>> layers = [stax.Dense(8, W_std=1.0, b_std=0.5, W_prior_std=2.0, b_prior_std=1.0), stax.Relu(), stax.Dense(1)]
+    >>> x = np.array([[1.0, 0.0], [0.0, 2.0]])  # q¹(x) = σ_W² ‖x‖²/d + σ_b² = 3 and 9
+    >>> from ndk_flax.drift import frozen_readout_mean, mean_activation
+    >>> y = np.array([[1.0], [-1.0]])
+    >>> f = frozen_readout_mean(layers, x, y, temperature=0.1, drift_times=[0.0, 10.0, np.inf])
+    >>> f.shape
+    (3, 2, 1)
+    >>> k = np.asarray(stax.serial(*layers).ndk_fn(x, x, np.inf, np.inf, temperature=0.1).nngp)
+    >>> alpha = np.linalg.solve(k + 0.1 * np.eye(2), y)
+    >>> bool(np.allclose(f[0], k @ alpha, atol=1e-5))
+    True
+    >>> m = np.asarray(mean_activation(layers, 1, x))
+    >>> bool(np.allclose(f[-1], np.outer(m, m) @ alpha, atol=1e-5))  # σ_a = 1
+    True
   """
   layers = _check_layers(layers)
   temperature = V.positive('temperature', temperature)
@@ -277,6 +378,15 @@ def linear_readout_accuracy(f_train, y_train, f_test, y_test) -> np.ndarray:
   the predictions are constant: then the readout predicts the majority sign). Shapes: f_train (..., P) or
   (..., P, 1), f_test (..., n) or (..., n, 1), labels (P,)/(P, 1) and (n,)/(n, 1) with signs as classes; leading
   axes (e.g. time) give one accuracy each.
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax.drift import linear_readout_accuracy
+    >>> f_train = np.array([0.9, 0.2, -0.4, -1.0])
+    >>> y_train, y_test = np.array([1, 1, -1, -1]), np.array([1, -1])
+    >>> f_test = np.array([[0.5, -0.5], [-0.5, 0.5]])  # two times: the second has the signs swapped
+    >>> linear_readout_accuracy(np.stack([f_train, f_train]), y_train, f_test, y_test).tolist()
+    [1.0, 0.0]
   """
 
   def squeeze(name, a, n):
@@ -313,7 +423,16 @@ def linear_readout_accuracy(f_train, y_train, f_test, y_test) -> np.ndarray:
 
 
 class AutocorrelationEstimate(NamedTuple):
-  """Member average of the normalised autocorrelation ρ(t_k, t_ref, x), shape (n_t, n), and its standard error."""
+  """Member average of the normalised autocorrelation ρ(t_k, t_ref, x), shape (n_t, n), and its standard error.
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax.drift import AutocorrelationEstimate, empirical_autocorrelation
+    >>> a0 = np.random.default_rng(0).normal(size=(4, 3, 16))  # (members, points, units)
+    >>> est = empirical_autocorrelation(np.stack([a0, -a0], axis=1), average_points=True)
+    >>> isinstance(est, AutocorrelationEstimate), np.round(est.mean, 6).tolist(), est.se.shape
+    (True, [1.0, -1.0], (2,))
+  """
 
   mean: np.ndarray
   se: np.ndarray
@@ -328,6 +447,17 @@ def empirical_autocorrelation(hidden, reference: int = 0, *, average_points: boo
     reference: index of the reference time t_ref in the recorded times.
     average_points: average each member's ρ over the n inputs first (shapes (n_t,) instead of (n_t, n); the
       standard error then accounts for the correlation between inputs of one member).
+
+  Examples:
+    ρ is invariant to rescaling the activations and flips sign with them:
+
+    >>> import numpy as np
+    >>> from ndk_flax.drift import empirical_autocorrelation
+    >>> a0 = np.random.default_rng(0).normal(size=(3, 2, 16))  # (members, points, units) at t_ref
+    >>> hidden = np.stack([a0, 2 * a0, -a0], axis=1)  # (M, n_t, n, N)
+    >>> est = empirical_autocorrelation(hidden, reference=0)
+    >>> est.mean.shape, np.round(est.mean[:, 0], 6).tolist(), float(est.se.max()) < 1e-12
+    ((3, 2), [1.0, 1.0, -1.0], True)
   """
   a = np.asarray(hidden, dtype=np.float64)
   if a.ndim < 4:
@@ -349,7 +479,15 @@ def empirical_autocorrelation(hidden, reference: int = 0, *, average_points: boo
 
 class FrozenReadoutRecord(NamedTuple):
   """Member outputs with the readout frozen at t0: ``drift_times`` (n_Δ,), ``train`` (M, n_Δ, P, out), ``test``
-  (M, n_Δ, n_test, out) or None."""
+  (M, n_Δ, n_test, out) or None.
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax.drift import FrozenReadoutRecord
+    >>> rec = FrozenReadoutRecord(np.array([0.0, 2.0]), np.zeros((4, 2, 3, 1)), None)
+    >>> rec.train.mean(axis=0).shape  # member mean f̄(X, t0 + Δ), to compare with frozen_readout_mean
+    (2, 3, 1)
+  """
 
   drift_times: np.ndarray
   train: np.ndarray

@@ -68,6 +68,18 @@ class Dense(nnx.Module):
   W ~ N(0, W_std²), b ~ N(0, b_std²) (no bias if ``b_std`` is None); prior stds default to the init stds.
   Same forward map as ``neural_tangents.stax.Dense(out, W_std, b_std, parameterization='ntk')`` with its
   unit-variance parameters scaled by W_std, b_std.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from ndk_flax import nn
+    >>> layer = nn.Dense(4, 2, W_std=1.5, b_std=0.1, W_prior_std=1.0, rngs=nnx.Rngs(0))
+    >>> x = jnp.ones((3, 4))
+    >>> h = layer(x)
+    >>> h.shape, bool(jnp.allclose(h, x @ layer.W[...] / 2 + layer.b[...]))  # h = W a/√N + b with N = 4
+    ((3, 2), True)
+    >>> layer.W.init_std, layer.W.prior_std, layer.b.prior_std  # σ0_W, σ_W, σ_b (the bias prior defaults to σ0_b)
+    (1.5, 1.0, 0.1)
   """
 
   def __init__(
@@ -208,6 +220,19 @@ class Conv(_SharedFilterConv):
   Padding 'VALID', 'SAME' or 'CIRCULAR' (periodic, SAME-sized), ``dimension_numbers`` as in ``jax.lax``
   (default: channels last, as Neural Tangents). W ~ N(0, W_std²) with the shape given by the kernel spec,
   b: (out_channels,) ~ N(0, b_std²). Same forward map as ``neural_tangents.stax.Conv(..., parameterization='ntk')``.
+
+  Examples:
+    On a constant input every output position sees the whole filter: h = Σ W/√N with N = 1 × 2.
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from ndk_flax import nn
+    >>> conv = nn.Conv(1, 3, (2,), rngs=nnx.Rngs(0))  # 1 → 3 channels, filter width 2, 'VALID'
+    >>> h = conv(jnp.ones((1, 5, 1)))  # (batch, width, channels)
+    >>> conv.W.shape, h.shape, bool(jnp.allclose(h[0], conv.W[...].sum((0, 1)) / jnp.sqrt(2.0)))
+    ((2, 1, 3), (1, 4, 3), True)
+    >>> nn.Conv(1, 3, (2,), padding='SAME', rngs=nnx.Rngs(0))(jnp.ones((1, 5, 1))).shape
+    (1, 5, 3)
   """
 
   def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
@@ -245,6 +270,21 @@ class ConvTranspose(_SharedFilterConv):
   'CIRCULAR' wraps the 'VALID' output periodically onto the 'SAME' size n·s (as Neural Tangents).
   W ~ N(0, W_std²) with the kernel-spec shape (``I`` = in_channels, ``O`` = out_channels), b: (out_channels,)
   ~ N(0, b_std²). Same forward map as ``neural_tangents.stax.ConvTranspose(..., parameterization='ntk')``.
+
+  Examples:
+    n = 3 inputs, filter f = 3, stride s = 2: 'VALID' gives (n − 1)s + f = 7 outputs, 'SAME' and 'CIRCULAR' n·s = 6;
+    'CIRCULAR' only folds the 'VALID' output, so it keeps its sum.
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from ndk_flax import nn
+    >>> x = jnp.ones((1, 3, 1))
+    >>> layers = [nn.ConvTranspose(1, 1, (3,), (2,), padding=p, rngs=nnx.Rngs(0)) for p in ('VALID', 'CIRCULAR')]
+    >>> valid, circular = (layer(x) for layer in layers)
+    >>> valid.shape, circular.shape, bool(jnp.allclose(valid.sum(), circular.sum(), atol=1e-5))
+    ((1, 7, 1), (1, 6, 1), True)
+    >>> nn.ConvTranspose(1, 1, (3,), (2,), padding='SAME', rngs=nnx.Rngs(0))(x).shape
+    (1, 6, 1)
   """
 
   def __call__(self, x: jax.Array, hidden: Hidden = None) -> jax.Array:
@@ -273,6 +313,17 @@ class ConvLocal(nnx.Module):
   ∏ filter_shape, the patch flattened channel-major; spatial letters = output sizes), b ~ N(0, b_std²) with the
   output shape less the batch axis.
   Padding as :class:`Conv`. Same forward map as ``neural_tangents.stax.ConvLocal(..., parameterization='ntk')``.
+
+  Examples:
+    One filter per output position p (3 of them for width 4, filter 2, 'VALID'); on a constant input h_p = Σ W_p/√N.
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from ndk_flax import nn
+    >>> local = nn.ConvLocal(1, 2, (2,), input_spatial_shape=(4,), rngs=nnx.Rngs(0))
+    >>> h = local(jnp.ones((1, 4, 1)))
+    >>> local.W.shape, h.shape, bool(jnp.allclose(h[0], local.W[...].sum(1) / jnp.sqrt(2.0)))
+    ((3, 2, 2), (1, 3, 2), True)
   """
 
   def __init__(
@@ -354,7 +405,15 @@ class ConvLocal(nnx.Module):
 
 
 class Free(nnx.Module):
-  """A parameter-free Neural Tangents layer (nonlinearity, pooling, Flatten, FanOut, ...): its own apply_fn."""
+  """A parameter-free Neural Tangents layer (nonlinearity, pooling, Flatten, FanOut, ...): its own apply_fn.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ndk_flax import nn, stax
+    >>> _, apply_fn, _ = stax.Relu()
+    >>> nn.Free('Relu', apply_fn)(jnp.array([-1.0, 2.0])).tolist()  # φ(h) = max(h, 0)
+    [0.0, 2.0]
+  """
 
   def __init__(self, name: str, apply_fn: Callable, nt_params: Any = ()):
     self.name = name
@@ -366,7 +425,17 @@ class Free(nnx.Module):
 
 
 class Serial(nnx.Module):
-  """Composition layers[-1] ∘ … ∘ layers[0]."""
+  """Composition layers[-1] ∘ … ∘ layers[0].
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from ndk_flax import nn
+    >>> first, second = nn.Dense(3, 4, rngs=nnx.Rngs(0)), nn.Dense(4, 1, rngs=nnx.Rngs(1))
+    >>> x = jnp.ones((2, 3))
+    >>> bool(jnp.allclose(nn.Serial([first, second])(x), second(first(x))))
+    True
+  """
 
   def __init__(self, layers: Sequence[nnx.Module]):
     self.layers = nnx.List(layers)
@@ -378,7 +447,16 @@ class Serial(nnx.Module):
 
 
 class Parallel(nnx.Module):
-  """Applies layers[i] to the i-th entry of a list of inputs (as ``stax.parallel``)."""
+  """Applies layers[i] to the i-th entry of a list of inputs (as ``stax.parallel``).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from ndk_flax import nn
+    >>> both = nn.Parallel([nn.Dense(3, 4, rngs=nnx.Rngs(0)), nn.Dense(2, 4, rngs=nnx.Rngs(1))])
+    >>> [h.shape for h in both([jnp.ones((5, 3)), jnp.ones((5, 2))])]
+    [(5, 4), (5, 4)]
+  """
 
   def __init__(self, layers: Sequence[nnx.Module]):
     self.layers = nnx.List(layers)
@@ -395,6 +473,20 @@ class StaxModel(nnx.Module):
   ``model(x)`` is the network output; ``model(x, return_hidden=True)`` returns ``(output, hidden)`` with
   ``hidden`` the tuple of inputs of every parametric layer that lies downstream of another parametric layer (the
   hidden representations a^l = φ(h^l) of docs/theory.md §6, in forward order; the input of the first layer is data).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from ndk_flax import nn, stax
+    >>> net = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(1))
+    >>> model = nn.from_stax(net, input_shape=(-1, 3), rngs=nnx.Rngs(0))
+    >>> x = jnp.ones((5, 3))
+    >>> out, hidden = model(x, return_hidden=True)
+    >>> out.shape, len(hidden), hidden[0].shape
+    ((5, 1), 1, (5, 8))
+    >>> bool(jnp.allclose(hidden[0], jax.nn.relu(model.root.layers[0](x))))  # a¹ = φ(h¹)
+    True
   """
 
   def __init__(self, root: nnx.Module, input_shape: tuple, output_shape: Any):
@@ -534,6 +626,18 @@ def from_stax(
     and ConvLocal are the modules of this file (ConvLocal's weights and biases, one per output position, are
     sized from ``input_shape``). Supported parametric kinds: Dense, Conv, ConvTranspose, ConvLocal;
     GlobalSelfAttention is not supported (TypeError: a layer with parameters but no Flax module here).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from ndk_flax import nn, stax
+    >>> net = stax.serial(stax.Dense(16, W_std=1.5, b_std=0.1, W_prior_std=1.0), stax.Relu(), stax.Dense(1))
+    >>> model = nn.from_stax(net, width=8, input_shape=(-1, 3), rngs=nnx.Rngs(0))  # hidden width 16 → 8
+    >>> first, readout = model.root.layers[0], model.root.layers[2]
+    >>> first.W.shape, readout.W.shape, model(jnp.ones((5, 3))).shape
+    ((3, 8), (8, 1), (5, 1))
+    >>> first.W.init_std, first.W.prior_std, first.b.prior_std  # σ0 and σ from the stax layer
+    (1.5, 1.0, 0.1)
   """
   spec = getattr(layer, 'spec', None)
   if not isinstance(spec, (S.DenseSpec, S.ConvSpec, S.FreeSpec, S.SerialSpec, S.ParallelSpec, S.RepeatSpec)):
@@ -562,6 +666,17 @@ def prior_std_tree(model: nnx.Module) -> nnx.State:
   Its structure is that of ``nnx.as_pure(nnx.state(model, nnx.Param))``, the parameter arrays that
   ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` passes to ``tx.update``. Pass it as ``prior_std`` to
   ``ndk_flax.optax.langevin``.
+
+  Examples:
+    >>> import jax
+    >>> from flax import nnx
+    >>> from ndk_flax import nn, stax
+    >>> net = stax.serial(stax.Dense(8, W_std=1.5, b_std=0.1, W_prior_std=1.0), stax.Relu(), stax.Dense(1))
+    >>> model = nn.from_stax(net, input_shape=(-1, 3), rngs=nnx.Rngs(0))
+    >>> jax.tree.leaves(nn.prior_std_tree(model))  # σ_W, σ_b of the first layer, σ_W of the readout
+    [1.0, 0.1, 1.0]
+    >>> jax.tree.structure(nn.prior_std_tree(model)) == jax.tree.structure(nnx.as_pure(nnx.state(model, nnx.Param)))
+    True
   """
   if not isinstance(model, nnx.Module):
     raise TypeError(f'model must be an nnx.Module, got {type(model).__name__}')

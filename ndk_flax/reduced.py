@@ -52,6 +52,15 @@ class ReducedSolution(NamedTuple):
     error_estimate: max |fine − coarse| / (3 max |fine|) over f̄ and over ε, for the grid and the grid of twice its
       step: the estimated relative error of the returned (fine) solution, second order in the step; 0 if no
       finite τ was asked.
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax.reduced import ReducedSolution
+    >>> taus = np.array([0.0, 1.0, np.inf])
+    >>> y, lam_eps = np.ones((1, 4, 1)), np.full((3, 4, 1), 0.01)
+    >>> sol = ReducedSolution(taus, taus / 0.5, 0.5, y - lam_eps, lam_eps, 0.0)  # on X: f̄(X, τ) = Y − λε(τ)
+    >>> sol.times.tolist(), sol.mean.shape
+    ([0.0, 2.0, inf], (3, 4, 1))
   """
 
   taus: np.ndarray
@@ -239,6 +248,32 @@ def reduced_small_temperature_mean(
 
   Returns:
     :class:`ReducedSolution`.
+
+  Examples:
+    One linear layer with σ0 ≠ σ (weights σ0_W = σ_W = 1, biases σ0_b = 1, σ_b = 2), so the two ends differ: τ = 0
+    gives the NTK interpolant Θ0(x*, X) Θ0⁻¹Y and τ = ∞ the NNGP interpolant K(x*, X) K⁻¹Y, with λ ε(∞) = T K⁻¹Y.
+
+    >>> import numpy as np
+    >>> from ndk_flax import stax
+    >>> from ndk_flax.reduced import reduced_small_temperature_mean
+    >>> net = stax.serial(stax.Dense(1, W_std=1.0, b_std=1.0, W_prior_std=1.0, b_prior_std=2.0))
+    >>> x, y, x_test = 2.0 * np.eye(4), np.array([[1.0], [0.0], [-1.0], [2.0]]), np.array([[1.6, 1.2, 0.0, 0.0]])
+    >>> sol = reduced_small_temperature_mean(
+    ...   net, x, y, temperature=0.01, taus=[0.0, 1.0, np.inf], x_test=x_test, max_step=0.5
+    ... )
+    >>> round(sol.rate, 6), sol.times.round(3).tolist()  # λ = T / max σ² and t = τ/λ
+    (0.0025, [0.0, 400.0, inf])
+    >>> np.asarray(sol.mean, float).ravel().round(4).tolist()  # f̄(x*, τ) moves from the NTK to the NNGP interpolant
+    [0.64, 0.6123, 0.6118]
+    >>> both = np.concatenate([x, x_test])
+    >>> theta0 = np.asarray(net.ndk_fn(both, x, 0.0, 0.0, temperature=0.01).ndk)
+    >>> k = np.asarray(net.ndk_fn(both, x, np.inf, np.inf, temperature=0.01).nngp)
+    >>> bool(np.allclose(sol.mean[0], theta0[4:] @ np.linalg.solve(theta0[:4], y), atol=1e-5))
+    True
+    >>> bool(np.allclose(sol.mean[-1], k[4:] @ np.linalg.solve(k[:4], y), atol=1e-5))
+    True
+    >>> bool(np.allclose(sol.residual[-1], 0.01 * np.linalg.solve(k[:4], y), atol=1e-6))
+    True
   """
   prep = _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate)
   taus = V.increasing_times('taus', taus)[0]
@@ -331,7 +366,15 @@ def _reduced(
 
 class CompositeSolution(NamedTuple):
   """Small-T mean over both phases: ``times`` (n_t,), ``train`` = f̄(X, t) (n_t, P, out), ``test`` = f̄(x*, t)
-  (n_t, n, out) or None without ``x_test``."""
+  (n_t, n, out) or None without ``x_test``.
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax.reduced import CompositeSolution
+    >>> sol = CompositeSolution(np.array([0.0, np.inf]), np.zeros((2, 4, 1)), None)
+    >>> sol.train.shape, sol.test is None
+    ((2, 4, 1), True)
+  """
 
   times: np.ndarray
   train: jax.Array
@@ -369,6 +412,28 @@ def composite_small_temperature_mean(
 
   Returns:
     :class:`CompositeSolution` (training and, with ``x_test``, test means).
+
+  Examples:
+    The network of :func:`reduced_small_temperature_mean`'s example (λ = T/4): the mean starts at f̄ = 0 on x*,
+    the training mean approaches Y − T K⁻¹Y as t → ∞, and at t = ∞ the test mean is K(x*, X) K⁻¹Y.
+
+    >>> import numpy as np
+    >>> from ndk_flax import stax
+    >>> from ndk_flax.reduced import composite_small_temperature_mean
+    >>> net = stax.serial(stax.Dense(1, W_std=1.0, b_std=1.0, W_prior_std=1.0, b_prior_std=2.0))
+    >>> x, y, x_test = 2.0 * np.eye(4), np.array([[1.0], [0.0], [-1.0], [2.0]]), np.array([[1.6, 1.2, 0.0, 0.0]])
+    >>> sol = composite_small_temperature_mean(
+    ...   net, x, y, temperature=0.01, times=[0.0, 400.0, np.inf], x_test=x_test, max_step=0.5
+    ... )
+    >>> sol.train.shape, sol.test.shape
+    ((3, 4, 1), (3, 1, 1))
+    >>> np.asarray(sol.test, float).ravel().round(4).tolist()
+    [0.0, 0.6123, 0.6118]
+    >>> k = np.asarray(net.ndk_fn(np.concatenate([x, x_test]), x, np.inf, np.inf, temperature=0.01).nngp)
+    >>> bool(np.allclose(sol.train[-1], y - 0.01 * np.linalg.solve(k[:4], y), atol=1e-5))
+    True
+    >>> bool(np.allclose(sol.test[-1], k[4:] @ np.linalg.solve(k[:4], y), atol=1e-5))
+    True
   """
   prep = _prepare(layer_or_ndk_fn, x_train, y_train, x_test, temperature, relaxation_rate)
   times = V.increasing_times('times', times)[0]

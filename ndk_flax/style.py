@@ -66,7 +66,16 @@ def context():
 
 
 def use() -> None:
-  """Set the house style for the whole process (for scripts that own their process, e.g. the paper scripts)."""
+  """Set the house style for the whole process (for scripts that own their process, e.g. the paper scripts).
+
+  Examples:
+    >>> import matplotlib
+    >>> from ndk_flax import style
+    >>> with matplotlib.rc_context():  # restores the global rcParams afterwards
+    ...   style.use()
+    ...   print(matplotlib.rcParams['savefig.dpi'], matplotlib.rcParams['axes.prop_cycle'].by_key()['color'][0])
+    200.0 #0072B2
+  """
   import matplotlib
 
   matplotlib.rcParams.update(_params())
@@ -87,6 +96,19 @@ def figure(width: float, height: float):
 
 
 def save(fig, path: str) -> str:
-  """Save ``fig`` at :data:`DPI` with its size kept (no tight bounding box: the promised pixel size holds)."""
+  """Save ``fig`` at :data:`DPI` with its size kept (no tight bounding box: the promised pixel size holds).
+
+  Examples:
+    >>> import os, tempfile
+    >>> import matplotlib
+    >>> matplotlib.use('Agg')
+    >>> import matplotlib.image
+    >>> from ndk_flax import style
+    >>> with tempfile.TemporaryDirectory() as tmp, style.context():
+    ...   fig = style.figure(1.5, 1.0)
+    ...   path = style.save(fig, os.path.join(tmp, 'panel.png'))
+    ...   print(os.path.basename(path), matplotlib.image.imread(path).shape[:2])  # (height, width) = 200 dpi × size
+    panel.png (200, 300)
+  """
   fig.savefig(path, dpi=DPI)
   return path

@@ -27,6 +27,14 @@ class Discrepancy(NamedTuple):
   Attributes:
     mean, mean_se: D_mean = ⟨f̄_M − f̄⟩/s and its standard error.
     var, var_se: D_var = ⟨v̂_M − v⟩/s² and its standard error (None when no variance is given).
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax.width_sweep import ensemble_discrepancy
+    >>> f = np.array([[1.0], [3.0]])  # M = 2 members, one output; theory mean 1
+    >>> d = ensemble_discrepancy(f, np.ones(1), scale=2.0)
+    >>> round(d.mean, 6), round(d.mean_se, 6), d.var is None  # D_mean = ⟨f̄_M − f̄⟩/s = (2 − 1)/2
+    (0.5, 0.5, True)
   """
 
   mean: float
@@ -83,6 +91,16 @@ class InverseWidthFit(NamedTuple):
     p_value: P(χ²_dof ≥ chi2) under the 1/N model.
     supports_inverse_width: the 1/N model fits (p ≥ 0.01), c is resolved (|c| > 2 s.e.) and a is consistent with
       0 (|a| < 3 s.e.).
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax.width_sweep import fit_inverse_width
+    >>> n = np.array([64, 128, 256, 512])
+    >>> fit = fit_inverse_width(n, 0.01 + 8.0 / n, np.full(4, 0.002))  # a = 0.01 is 0.01/a_se ≈ 6 s.e. from 0
+    >>> round(fit.coefficient, 6), round(fit.intercept, 6), fit.dof
+    (8.0, 0.01, 2)
+    >>> fit.supports_inverse_width
+    False
   """
 
   coefficient: float
