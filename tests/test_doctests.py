@@ -32,15 +32,9 @@ def _public_objects(module) -> list[tuple[str, object]]:
 # into a failure as soon as a module is complete, so it must then leave this list.
 _EXAMPLES_MISSING = frozenset(
   {
-    'ndk_flax.data',
-    'ndk_flax.drift',
-    'ndk_flax.nn',
     'ndk_flax.predict.lattice',
     'ndk_flax.predict.mean',
-    'ndk_flax.reduced',
     'ndk_flax.stax',
-    'ndk_flax.style',
-    'ndk_flax.width_sweep',
   }
 )
 
