@@ -157,6 +157,7 @@ def normalised_autocorrelation(layers: Sequence, layer_index: int, x, t, s, *, t
     >>> bool(np.all(rho[1] < 1) and np.all(rho[1] > rho[-1]))  # decaying in between
     True
   """
+  t, s = jnp.asarray(t), jnp.asarray(s)  # lists of times as ndk_fn accepts them
   k = hidden_kernel(layers, layer_index, x, x, jnp.atleast_1d(t), jnp.atleast_1d(s), temperature=temperature)
   rho = jnp.diagonal(k.nngp, axis1=-2, axis2=-1) / jnp.sqrt(k.cov1[:, None, :] * k.cov2[None, :, :])
   return rho[tuple(0 if jnp.ndim(v) == 0 else slice(None) for v in (t, s))]

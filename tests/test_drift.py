@@ -72,6 +72,10 @@ def test_linear_hidden_layer_autocorrelation_is_the_ou_correlation():
   np.testing.assert_allclose(rho, np.broadcast_to(expected[..., None], rho.shape), rtol=1e-10)
   chex.assert_shape(drift.normalised_autocorrelation(layers, 1, X, t, 3.0, temperature=T), (4, 4))
   chex.assert_shape(drift.normalised_autocorrelation(layers, 1, X, 3.0, t, temperature=T), (4, 4))
+  # Times given as Python lists, as ndk_fn accepts them (was a raw JAX TypeError).
+  np.testing.assert_array_equal(
+    drift.normalised_autocorrelation(layers, 1, X, t.tolist(), t.tolist(), temperature=T), rho
+  )
 
 
 def test_autocorrelation_decays_to_the_mean_activation_floor():
