@@ -26,9 +26,9 @@ RING = 12
 """Lattice rows a solver row at time t can touch: [⌊t/h⌋ − 4, ⌊t/h⌋ + 7] (cubic stencils, ±1 rounding)."""
 
 
-FAR_FROM = 3
-"""First lattice window w = ⌊t/h⌋ whose rows use the far-field interpolation (:func:`far_stencils`) for the history
-before the window: from there on every node of a far stencil is causal."""
+FAR_FROM = 4
+"""First lattice window w = ⌊t/h⌋ whose rows read the history of windows < w − 1 through the far-field
+interpolation (:func:`far_stencils`): from there on every node of a far stencil is causal."""
 
 
 class Lattice(NamedTuple):
@@ -70,23 +70,25 @@ def cubic_stencil(x, h):
 
 
 def far_stencils(t, s, h, t_window=None, s_window=None):
-  """Far-field tensor stencils R̃(t, s) = Σ_{k,q} ℓ_k(t) ℓ_q(s) R((a0 + k)h, (b0 + q)h): one-sided in t
-  (a0 = ⌊t/h⌋) and shifted back in s (b0 = max(⌊s/h⌋ − 2, 0)), so that every node is causal (b0 + 3 ≤ a0) whenever
-  ⌊s/h⌋ < ⌊t/h⌋ and ⌊t/h⌋ ≥ ``FAR_FROM``. All rows t of one window then share the lattice rows a0 … a0 + 3, and the
-  history of the earlier windows is Σ_k ℓ_k(t) V_{a0+k} with V_a = Σ_b R(ah, bh) G_b (G the weighted solution
-  scattered onto the lattice columns), computed once per window instead of once per solver row. Returns
-  (a0, ℓ(t), b0, ℓ(s)); works on NumPy and JAX arrays. ``t_window`` and ``s_window``, when given, are the windows
-  ⌊t/h⌋ and ⌊s/h⌋ as the caller assigned them (so that rounding cannot move a node across a window edge).
+  """Far-field tensor stencils R̃(t, s) = Σ_{k,q} ℓ_k(t) ℓ_q(s) R((a0 + k)h, (b0 + q)h): centred in t
+  (a0 = ⌊t/h⌋ − 1) and shifted back in s (b0 = max(⌊s/h⌋ − 2, 0)), so that every node is causal (b0 + 3 ≤ a0)
+  whenever ⌊s/h⌋ ≤ ⌊t/h⌋ − 2 and ⌊t/h⌋ ≥ ``FAR_FROM``. All rows t of one window then share the lattice rows
+  a0 … a0 + 3, and the history of the earlier windows is Σ_k ℓ_k(t) V_{a0+k} with V_a = Σ_b R(ah, bh) G_b (G the
+  weighted solution scattered onto the lattice columns), computed once per window instead of once per solver row.
+  The t-stencil is centred because its error polynomial is what varies with t (the shifted s-stencil's error is
+  fixed for each node). Returns (a0, ℓ(t), b0, ℓ(s)); works on NumPy and JAX arrays. ``t_window`` and
+  ``s_window``, when given, are the windows ⌊t/h⌋ and ⌊s/h⌋ as the caller assigned them (so that rounding cannot
+  move a node across a window edge).
 
   Examples:
     >>> import numpy as np
     >>> from ndk_flax.predict.lattice import far_stencils
     >>> a0, la, b0, lb = far_stencils(np.float64(7.5), np.float64(4.25), 1.0)
     >>> int(a0), int(b0), bool(b0 + 3 <= a0), float(la.sum()), float(lb.sum())
-    (7, 2, True, 1.0, 1.0)
+    (6, 2, True, 1.0, 1.0)
   """
   xp = jnp if any(isinstance(v, jax.Array) for v in (t, s, h, t_window, s_window)) else np
-  a0 = xp.floor(t / h) if t_window is None else t_window
+  a0 = (xp.floor(t / h) if t_window is None else t_window) - 1
   b0 = xp.maximum((xp.floor(s / h) if s_window is None else s_window) - 2, 0)
   return a0, lagrange4(t / h - a0), b0, lagrange4(s / h - b0)
 
@@ -121,7 +123,7 @@ def choose_lattice(access: KernelAccess, theta0: jax.Array, t_max: float, max_st
   for _ in range(12):
     err = 0.0
     # Far-field probes at the end of the last far window (the shifted s-stencil's least central position).
-    s_far = (np.floor(t_far / h) - 0.02) * h
+    s_far = (np.floor(t_far / h) - 1.02) * h
     far = [(ti, si, ndk(ti, si)[0, 0]) for ti, si in zip(t_far, s_far) if si > 0]
     for ti, si, ex in [*zip(t, s, exact), *far]:
       a0, la = cubic_stencil(np.float64(ti - si), h)
@@ -130,7 +132,7 @@ def choose_lattice(access: KernelAccess, theta0: jax.Array, t_max: float, max_st
       interp = np.einsum('p,q,pqmn->mn', la, lb, nodes[q[:, None] + q[None, :], q[None, :]])
       err = max(err, np.abs(interp - ex).max() / scale)
       a0, la, b0, lb = far_stencils(np.float64(ti), np.float64(si), h)
-      if a0 >= FAR_FROM and np.floor(si / h) < a0:  # the pair is read through the far-field stencils
+      if a0 + 1 >= FAR_FROM and np.floor(si / h) <= a0 - 1:  # the pair is read through the far-field stencils
         interp = np.einsum('p,q,pqmn->mn', la, lb, ndk(h * (a0 + q), h * (b0 + q)))
         err = max(err, np.abs(interp - ex).max() / scale)
     if err <= rtol:
@@ -192,11 +194,12 @@ def old_history(ring, h, grid, g, t_rows, w_rows, cols):
   beta = b0[None, :, None, None] + four
   slot = (a0[:, :, None, None] + four[:, None] + beta) % RING
   rows = jnp.arange(t_rows.shape[0])[:, None, None, None]
-  scattered = (
-    jnp.zeros((t_rows.shape[0], RING, size) + g.shape[1:], g.dtype)
-    .at[rows, slot, beta]
-    .add(coef[..., None, None] * g[None, :, None, None], mode='drop')
+  nodes = jnp.arange(grid.shape[0])[None, :, None, None]
+  # Scatter the scalar weights first, (B, RING, cols, n), then contract with g: no (B, n, 16, P) intermediate.
+  weights = (
+    jnp.zeros((t_rows.shape[0], RING, size, grid.shape[0]), g.dtype).at[rows, slot, beta, nodes].add(coef, mode='drop')
   )
+  scattered = jnp.einsum('bscj,jpo->bscpo', weights, g)
   # A plain matrix product (XLA:CPU lowers the equivalent 4-index einsum ~30× slower).
   n_rows, out = scattered.shape[0], scattered.shape[-1]
   flat = jnp.moveaxis(scattered.reshape(n_rows, -1, out), 0, 1).reshape(-1, n_rows * out)

@@ -5,7 +5,6 @@ control and Richardson extrapolation, R read from the kernel lattice of :mod:`nd
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import warnings
 from typing import NamedTuple, Optional
@@ -24,6 +23,13 @@ __all__ = ['GridSolution', 'MeanSolver', 'MeanStats']
 
 PAD = 512
 """Repeated last nodes appended to every solver grid (blocks and window spans read past the last node)."""
+
+
+def _hand_over(x):
+  """φ(x) = 3x² − 2x³ on [0, 1] (0 below, 1 above): the share of window w − 2's nodes read through the far field at
+  position x = t/h − w of window w; flat at both ends, so f̄ has no kink where the hand-over starts or ends."""
+  x = jnp.clip(x, 0, 1)
+  return x * x * (3 - 2 * x)
 
 
 class GridSolution(NamedTuple):
@@ -93,10 +99,10 @@ class MeanSolver:
     object.__setattr__(self, '_ring_row', jax.jit(ring_row, donate_argnums=2))
     object.__setattr__(self, '_lattice_row', jax.jit(lattice_row, static_argnums=4))
     object.__setattr__(
-      self, '_solve_block', jax.jit(self._solve_block_impl, static_argnums=(12, 13, 14), donate_argnums=5)
+      self, '_solve_block', jax.jit(self._solve_block_impl, static_argnums=(13, 14, 15), donate_argnums=5)
     )
     object.__setattr__(self, '_request_block', jax.jit(self._request_block_impl, static_argnums=(12, 13)))
-    object.__setattr__(self, '_far_update', jax.jit(self._far_update_impl, donate_argnums=(2, 3)))
+    object.__setattr__(self, '_far_update', jax.jit(self._far_update_impl, donate_argnums=(2, 3, 4)))
 
   # --- public ------------------------------------------------------------------------------------------------
 
@@ -139,51 +145,87 @@ class MeanSolver:
     pairs = [0]
     solutions = [self._solution(lat, self.base_grid(t_max))]
     solving = [0]
+    level0 = 0  # bisections of the base grid in solutions[0]
     y = access.y
     target = self.rtol * max(float(jnp.max(jnp.abs(y))), np.finfo(access.dtype).tiny)
-    for refinement in itertools.count():
-      fine_grid = bisect(solutions[0]['grid'])
-      resources.require_work(
-        f'The mean up to t = {t_max:g}',
-        len(fine_grid),
-        unit='solver grid times',
-        cap=self.max_grid_times,
-        cap_name='max_grid_times',
-      )
-      solutions.append(self._solution(lat, fine_grid))
-      solving.append(1)
-      outs = [[], []]
+    chosen = None
+    while chosen is None:
+      # A general lattice costs a kernel sweep per pass: its first pass also solves the next bisection, which
+      # saves the second pass whenever one refinement is enough.
+      ahead = 2 if level0 == 0 and not lat.stationary else 1
+      for _ in range(min(ahead, self.max_refinements + 1 - (level0 + len(solutions) - 1))):
+        fine_grid = bisect(solutions[-1]['grid'])
+        resources.require_work(
+          f'The mean up to t = {t_max:g}',
+          len(fine_grid),
+          unit='solver grid times',
+          cap=self.max_grid_times,
+          cap_name='max_grid_times',
+        )
+        solutions.append(self._solution(lat, fine_grid))
+        solving.append(len(solutions) - 1)
+      outs = [[] for _ in solutions]
       jobs = [self._solve_job(lat, solutions, i) for i in solving]
       jobs += [self._request_job(lat, solutions, i, times, test, o) for i, o in enumerate(outs)]
       self._sweep(x1, lat, solutions, jobs, pairs)
-      coarse_g, fine_g = (s['g'][: len(s['grid'])] for s in solutions)
-      err = float(jnp.max(jnp.abs(fine_g[::2] - coarse_g))) / 3
-      if not math.isfinite(err):
-        require_finite('The mean solution g = Y − f̄(X, t)', fine_g, f'on the solver grid up to t = {t_max:g}')
-      if err <= target or refinement == self.max_refinements:
-        break
-      solutions, solving = [solutions[1]], []
+      gs = [s['g'][: len(s['grid'])] for s in solutions]
+      for i in range(len(solutions) - 1):
+        err = float(jnp.max(jnp.abs(gs[i + 1][::2] - gs[i]))) / 3
+        if not math.isfinite(err):
+          require_finite('The mean solution g = Y − f̄(X, t)', gs[i + 1], f'on the solver grid up to t = {t_max:g}')
+        if err <= target:
+          chosen = i
+          break
+      else:
+        if level0 + len(solutions) - 2 == self.max_refinements:
+          chosen = len(solutions) - 2
+        else:
+          level0 += len(solutions) - 1
+          solutions, solving = [solutions[-1]], []
+    refinement = level0 + chosen
     if err > target:
       warnings.warn(
         f'The mean solver reached max_refinements={self.max_refinements} with an estimated error '
-        f'{err:.3g} > rtol·max|Y| = {target:.3g} ({len(solutions[1]["grid"])} grid times up to '
+        f'{err:.3g} > rtol·max|Y| = {target:.3g} ({len(solutions[chosen + 1]["grid"])} grid times up to '
         f't = {t_max:g}); raise `max_refinements` or lower `first_step`.',
         RuntimeWarning,
         stacklevel=4,
       )
-    coarse, fine = (jnp.concatenate(out) for out in outs)
+    coarse, fine = (jnp.concatenate(out) for out in outs[chosen : chosen + 2])
     mean = fine + (fine - coarse) / 3
     for i in np.flatnonzero(~np.asarray(jnp.all(jnp.isfinite(mean), axis=(1, 2))))[:1]:
       raise FloatingPointError(f'The mean f̄ is not finite at t = {times[i]:g}: check the kernel function up to there.')
-    stats = MeanStats(len(solutions[1]['grid']), refinement, lat.size, lat.h, lat.stationary, pairs[0], err)
-    return mean, stats, solutions[1]['grid']
+    grid = solutions[chosen + 1]['grid']
+    stats = MeanStats(len(grid), refinement, lat.size, lat.h, lat.stationary, pairs[0], err)
+    return mean, stats, grid
 
   # --- the sweep ---------------------------------------------------------------------------------------------
 
-  def _far(self, far_v, w, t_rows, h):
-    """The history of the windows before w, Σ_k ℓ_k(t) V_{w+k} (far-field stencils), for a block of rows."""
+  def _far(self, far_v, far_dv, w, t_rows, h):
+    """The history of the windows before w − 1 for a block of rows in window w: Σ_k ℓ_k(t) (V + φ dV)_{w−1+k},
+    V over the windows < w − 2 and dV over window w − 2 (far-field stencils), φ = :func:`_hand_over` (t/h − w):
+    window w − 2's nodes pass from their window stencils to the far field gradually, so f̄ stays smooth in t."""
     four = jnp.arange(4)
-    return jnp.einsum('rk,kmo->rmo', L.lagrange4(t_rows / h - w), far_v[(w + four) % L.RING])
+    slots = (w - 1 + four) % L.RING
+    phi = _hand_over(t_rows / h - w)
+    far = far_v[slots][None] + phi[:, None, None, None] * far_dv[slots][None]
+    return jnp.einsum('rk,rkmo->rmo', L.lagrange4(t_rows / h - (w - 1)), far)
+
+  def _window(self, ring, h, grid, g, win, v, lo, span, t_rows, weights, rows=None):
+    """Σ_j weights[r, j] R̃(t_r, t_j) g_j over the nodes j of window v (from lo, ``span`` of them, others masked)
+    through that window's 16 stencil nodes, for the first ``rows`` points of x1 (all by default); ``weights``
+    (B, span)."""
+    j = lo + jnp.arange(span)
+    b0, nodes = L.window_nodes(ring, v)
+    return L.window_history(nodes[:rows], b0, h, grid[j], g[j], t_rows, jnp.where(win[j] == v, weights, 0))
+
+  def _near(self, ring, h, grid, g, win, w, lo1, lo2, span, t_rows, weights, rows=None):
+    """The history of windows w − 1 (whole) and w − 2 (its share 1 − φ, see :meth:`_far`); ``weights`` (B, n)."""
+    keep = 1 - _hand_over(t_rows / h - w)[:, None]
+    j1, j2 = lo1 + jnp.arange(span), lo2 + jnp.arange(span)
+    return self._window(ring, h, grid, g, win, w - 1, lo1, span, t_rows, weights[:, j1], rows) + self._window(
+      ring, h, grid, g, win, w - 2, lo2, span, t_rows, keep * weights[:, j2], rows
+    )
 
   def _implicit_solve(self, eig, c, r_star, b):
     """(I + c R̃(t, t)) g = b for the rows of a block: in Θ0's eigenbasis for a stationary lattice (``eig``), else
@@ -193,25 +235,27 @@ class MeanSolver:
     evals, evecs = eig
     return jnp.einsum('pk,rk,rko->rpo', evecs, 1 / (1 + c[:, None] * evals), jnp.einsum('pk,rpo->rko', evecs, b))
 
-  def _solve_block_impl(self, y, ring, h, grid, win, g, far_v, eig, w, lo, r0, r1, block, span, early):
-    """Grid rows r0 … r1 − 1 (< r0 + block, all in lattice window w, whose first node is lo) of the trapezoid
-    scheme, (I + w_ii R̃(t_i, t_i)) g_i = Y − Σ_{j<i} w_j R̃(t_i, t_j) g_j, g = Y − f̄(X, ·). The history j < r0 for
-    the whole block at once: nodes of earlier windows through the far-field sums ``far_v``
-    (:func:`~ndk_flax.predict.lattice.far_stencils`), nodes of window w before r0 through its 16 stencil nodes (in
-    the first ``FAR_FROM`` windows, all of it through the ring, ``early``); then j ∈ [r0, i) row by row with the
-    window's 16 stencil nodes (such pairs have ⌊t_j/h⌋ = w, 0 ≤ t_i − t_j < h)."""
+  def _solve_block_impl(self, y, ring, h, grid, win, g, far_v, far_dv, eig, w, los, r0, r1, block, span, early):
+    """Grid rows r0 … r1 − 1 (< r0 + block, all in lattice window w; ``los`` = first nodes of windows w, w − 1,
+    w − 2) of the trapezoid scheme, (I + w_ii R̃(t_i, t_i)) g_i = Y − Σ_{j<i} w_j R̃(t_i, t_j) g_j, g = Y − f̄(X, ·).
+    The history j < r0 for the whole block at once: nodes of windows < w − 1 through the far-field sums (``far_v``,
+    ``far_dv``, :func:`~ndk_flax.predict.lattice.far_stencils`; window w − 2 handed over gradually, see
+    :meth:`_far`), nodes of windows w − 1 and w (before r0) through their 16 stencil nodes (in the first
+    ``FAR_FROM`` windows, all of it through the ring, ``early``); then j ∈ [r0, i) row by row with the window's 16
+    stencil nodes (such pairs have ⌊t_j/h⌋ = w, 0 ≤ t_i − t_j < h)."""
     p = self.access.p
     interior = interior_weights(grid)
     rows = r0 + jnp.arange(block)
     t_rows = grid[rows]
     b0, nodes = L.window_nodes(ring, w)
+    weights = jnp.broadcast_to(jnp.where(jnp.arange(grid.shape[0]) < r0, interior, 0), (block, grid.shape[0]))
     if early:
-      weights = jnp.broadcast_to(jnp.where(jnp.arange(grid.shape[0]) < r0, interior, 0), (block, grid.shape[0]))
-      old = L.old_history(ring, h, grid, g, t_rows, weights, L.RING - 4)[:, :p]  # rows beyond P: test points
+      old = L.old_history(ring[:p], h, grid, g, t_rows, weights, L.RING - 4)  # rows beyond P: test points
     else:
-      j = lo + jnp.arange(span)
-      near = jnp.broadcast_to(jnp.where(j < r0, interior[j], 0), (block, span))
-      old = self._far(far_v, w, t_rows, h)[:, :p] + L.window_history(nodes[:p], b0, h, grid[j], g[j], t_rows, near)
+      lo, lo1, lo2 = los
+      old = self._far(far_v, far_dv, w, t_rows, h)[:, :p]
+      old += self._window(ring, h, grid, g, win, w, lo, span, t_rows, weights[:, lo + jnp.arange(span)], p)
+      old += self._near(ring, h, grid, g, win, w, lo1, lo2, span, t_rows, weights, p)
     nodes = nodes[:p]
     l_s = L.lagrange4(t_rows / h - b0)
     w_new = interior[rows]
@@ -228,12 +272,12 @@ class MeanSolver:
     g_block = lax.fori_loop(0, r1 - r0, step, lax.dynamic_slice_in_dim(g, r0, block))
     return lax.dynamic_update_slice_in_dim(g, g_block, r0, 0)
 
-  def _request_block_impl(self, y, ring, h, grid, win, g, far_v, eig, w, lo, k_far, times, span, early):
+  def _request_block_impl(self, y, ring, h, grid, win, g, far_v, far_dv, eig, w, los, times, span, early):
     """Nyström rows at a block of requested times (all in lattice window w) on a solved grid:
     (I + w_* R̃(t*, t*, X, X)) g(t*) = Y − Σ_{t_j < t*} w_j R̃(t*, t_j, X, X) g_j and
     f̄(x, t*) = Σ_j w_j R̃(t*, t_j, x, X) g_j + w_* R̃(t*, t*, x, X) g(t*) for the rows x1[P:]. The history as in
-    :meth:`_solve_block_impl`; the far-field sums hold the interior weights, so the last node before window w
-    (``k_far``) gets its own correction when the row's last interval starts there."""
+    :meth:`_solve_block_impl`; the far-field sums hold the interior weights, so the last node before window w − 1
+    gets its own correction when the row's last interval starts there."""
     p = self.access.p
     k = jnp.searchsorted(grid, times, side='left') - 1
     weights, w_star = jax.vmap(trapezoid_row, (None, 0, 0))(grid, k, times)
@@ -241,62 +285,71 @@ class MeanSolver:
     if early:
       history = L.old_history(ring, h, grid, g, times, weights, L.RING - 4)
     else:
-      j = lo + jnp.arange(span)
-      near = jnp.where(win[j] == w, weights[:, j], 0)
-      history = self._far(far_v, w, times, h) + L.window_history(nodes, b0, h, grid[j], g[j], times, near)
+      lo, lo1, lo2 = los
+      history = self._far(far_v, far_dv, w, times, h)
+      history += self._window(ring, h, grid, g, win, w, lo, span, times, weights[:, lo + jnp.arange(span)])
+      history += self._near(ring, h, grid, g, win, w, lo1, lo2, span, times, weights)
+      k_far = jnp.maximum(lo1 - 1, 0)
       four = jnp.arange(4)
-      _, _, c0, lb = L.far_stencils(times, grid[k_far], h, t_window=w, s_window=win[k_far])
-      corner = ring[:, ((w + four) % L.RING)[:, None], (c0 + four)[None, :]]  # (n1, 4, 4, P)
+      a0, la, c0, lb = L.far_stencils(times, grid[k_far], h, t_window=w, s_window=win[k_far])
+      corner = ring[:, ((a0 + four) % L.RING)[:, None], (c0 + four)[None, :]]  # (n1, 4, 4, P)
       u = jnp.einsum('mkqp,q,po->kmo', corner, lb, g[k_far])
-      delta = weights[:, k_far] - interior_weights(grid)[k_far]
-      history = history + delta[:, None, None] * jnp.einsum('rk,kmo->rmo', L.lagrange4(times / h - w), u)
-    r_star = jnp.einsum('rq,mqk->rmk', L.lagrange4(times / h - b0), nodes[:, 0])
-    g_star = self._implicit_solve(eig, w_star, r_star[:, :p], y - history[:, :p])
-    return g_star, history[:, p:] + w_star[:, None, None] * r_star[:, p:] @ g_star
+      # The far field holds k_far with its interior weight (times φ when it is in window w − 2).
+      phi = jnp.where(win[k_far] == w - 2, _hand_over(times / h - w), 1)
+      delta = phi * (weights[:, k_far] - interior_weights(grid)[k_far])
+      history = history + delta[:, None, None] * jnp.einsum('rk,kmo->rmo', la, u)
+    l_s = L.lagrange4(times / h - b0)
+    r_star = None if eig is not None else jnp.einsum('rq,mqk->rmk', l_s, nodes[:p, 0])
+    g_star = self._implicit_solve(eig, w_star, r_star, y - history[:, :p])
+    # w_* R̃(t*, t*, x, X) g(t*) for the rows beyond P, without forming R̃(t*, t*) per row.
+    diagonal = jnp.einsum('rq,mqk,rko->rmo', l_s, nodes[p:, 0], g_star)
+    return g_star, history[:, p:] + w_star[:, None, None] * diagonal
 
-  def _far_update_impl(self, ring, h, far_g, far_v, w, grids, wins, gs):
+  def _far_update_impl(self, ring, h, far_g, far_v, far_dv, w, grids, wins, gs):
     """Far-field sums for window w ≥ FAR_FROM of every solution (stacked along the last axis): G_b = Σ_j w_j ℓ_b(t_j)
-    g_j over the nodes of windows < w, scattered onto lattice columns with the shifted s-stencils, and
-    V_a = Σ_b R(ah, bh, x1, X) G_b for the rows a = w … w + 3 (ring slots a mod RING). At w = FAR_FROM from
-    scratch; later only window w − 1's nodes are added (columns w − 3 … w) and row w + 3 is contracted whole."""
-    parts = []
+    g_j scattered onto lattice columns with the shifted s-stencils, V_a = Σ_b R(ah, bh, x1, X) G_b over the nodes
+    of windows < w − 2 and dV_a the same over window w − 2, for the rows a = w − 1 … w + 2 (ring slots a mod RING).
+    At w = FAR_FROM from scratch; later V = V + dV of the previous window for the rows it had, row w + 2
+    contracted whole, and dV from window w − 2's nodes alone (columns w − 4 … w − 1)."""
     start = w == L.FAR_FROM
-    for grid, win, g in zip(grids, wins, gs):
-      _, _, b0, lb = L.far_stencils(grid, grid, h, t_window=w, s_window=win)
-      coef = interior_weights(grid) * jnp.where(start, win < w, win == w - 1)
-      parts.append((b0, coef[:, None] * lb, g))
     size = far_g.shape[0]
     four = jnp.arange(4)
-    new_g = jnp.concatenate(
-      [
-        jnp.zeros((size,) + g.shape[1:], g.dtype).at[b0[:, None] + four].add(c[..., None, None] * g[:, None])
-        for b0, c, g in parts
-      ],
-      axis=-1,
-    )
-    far_g = jnp.where(start, 0, far_g) + new_g
-    n1 = ring.shape[0]
+
+    def scatter(select):
+      parts = []
+      for grid, win, g in zip(grids, wins, gs):
+        _, _, b0, lb = L.far_stencils(grid, grid, h, t_window=w, s_window=win)
+        coef = (interior_weights(grid) * select(win))[:, None] * lb
+        zeros = jnp.zeros((size,) + g.shape[1:], g.dtype)
+        parts.append(zeros.at[b0[:, None] + four].add(coef[..., None, None] * g[:, None]))
+      return jnp.concatenate(parts, axis=-1)
+
+    older = jnp.where(start, 0, far_g) + scatter(lambda win: start & (win < w - 2))
+    newest = scatter(lambda win: win == w - 2)
+    n1, n = ring.shape[0], far_g.shape[-1]
 
     def full(a):
-      return ring[:, a % L.RING].reshape(n1, -1) @ far_g.reshape(-1, far_g.shape[-1])
+      row = lax.dynamic_slice(ring, (0, a % L.RING, 0, 0), (n1, 1, size, ring.shape[3]))
+      return row.reshape(n1, -1) @ older.reshape(-1, n)
+
+    def carried(a):
+      return far_v[a % L.RING] + far_dv[a % L.RING]
 
     def increment(a):
-      cols = lax.dynamic_slice_in_dim(ring[:, a % L.RING], w - 3, 4, axis=1)
-      return far_v[a % L.RING] + cols.reshape(n1, -1) @ lax.dynamic_slice_in_dim(new_g, w - 3, 4).reshape(
-        -1, far_g.shape[-1]
-      )
+      cols = lax.dynamic_slice(ring, (0, a % L.RING, w - 4, 0), (n1, 1, 4, ring.shape[3]))
+      return cols.reshape(n1, -1) @ lax.dynamic_slice_in_dim(newest, w - 4, 4).reshape(-1, n)
 
-    for a in (w, w + 1, w + 2):
-      far_v = far_v.at[a % L.RING].set(lax.cond(start, full, increment, a))
-    far_v = far_v.at[(w + 3) % L.RING].set(full(w + 3))
-    return far_g, far_v
+    new_v, new_dv = far_v, far_dv
+    for k in range(4):
+      a = w - 1 + k
+      new_v = new_v.at[a % L.RING].set(full(a) if k == 3 else lax.cond(start, full, carried, a))
+      new_dv = new_dv.at[a % L.RING].set(increment(a))
+    return older + newest, new_v, new_dv
 
-  def _block_size(self, n: int, rows: int) -> int:
-    """Rows per block for ``rows`` rows of one window: 8 or 64 (few compiled shapes), with the early windows'
-    scattered terms (block × n × 16 × P × out values) within 16 × ``max_elements`` (down to 1)."""
-    access = self.access
-    cap = max(1, min(64, 16 * access.max_elements // (16 * n * access.p * access.y.shape[1])))
-    return int(min(8 if rows <= 8 else 64, 8 ** math.floor(math.log(cap, 8))))
+  def _block_size(self, rows: int) -> int:
+    """Rows per block for ``rows`` rows of one window: 8 or 64 (few compiled shapes; the ring or the window's nodes
+    are read once a block)."""
+    return 8 if rows <= 8 else 64
 
   def _solution(self, lat: L.Lattice, grid: np.ndarray) -> dict:
     """A solution on ``grid``: its nodes, their lattice windows and g (initial g_0 = Y), padded with repeated last
@@ -351,17 +404,19 @@ class MeanSolver:
     out = access.y.shape[1]
     far_g = jnp.zeros((lat.size, access.p, len(solutions) * out), access.dtype)
     far_v = jnp.zeros((L.RING, x1.shape[0], len(solutions) * out), access.dtype)
+    far_dv = jnp.zeros_like(far_v)
     for a in range(min(8, lat.size)):
       ring = add_row(ring, a)
     for w in range(int(max(ws[-1] for ws in windows)) + 1):
       if w > 0 and w + 7 < lat.size:
         ring = add_row(ring, w + 7)
       if w >= L.FAR_FROM:
-        far_g, far_v = self._far_update(
+        far_g, far_v, far_dv = self._far_update(
           ring,
           h,
           far_g,
           far_v,
+          far_dv,
           w,
           [s['grid_j'] for s in solutions],
           [s['win_j'] for s in solutions],
@@ -370,18 +425,18 @@ class MeanSolver:
       for (_, run), ws in zip(jobs, windows):
         lo, hi = np.searchsorted(ws, w, 'left'), np.searchsorted(ws, w, 'right')
         if hi > lo:
-          run(ring, far_v, h, w, int(lo), int(hi))
+          run(ring, far_v, far_dv, h, w, int(lo), int(hi))
 
-  def _window_span(self, solution: dict, w: int) -> tuple[int, int]:
-    """First node of window w in ``solution`` and a static span (64 or PAD: few compiled shapes) covering the
-    window's nodes (1 in the early windows, which read the ring instead)."""
-    lo, hi = np.searchsorted(solution['windows'], [w, w + 1])
+  def _window_span(self, solution: dict, w: int) -> tuple[tuple[int, int, int], int]:
+    """First nodes of windows w, w − 1 and w − 2 in ``solution`` and a static span (64 or PAD: few compiled shapes)
+    covering the nodes of each (span 1 in the early windows, which read the ring instead)."""
+    lo2, lo1, lo, hi = (int(i) for i in np.searchsorted(solution['windows'], [w - 2, w - 1, w, w + 1]))
     if w < L.FAR_FROM:
-      return int(lo), 1
-    span = 64 if hi - lo <= 64 else PAD
-    if span > PAD:
-      raise RuntimeError(f'Lattice window {w} holds {hi - lo} solver nodes, more than the padding {PAD}.')
-    return int(lo), int(span)
+      return (lo, lo1, lo2), 1
+    most = max(hi - lo, lo - lo1, lo1 - lo2)
+    if most > PAD:
+      raise RuntimeError(f'Lattice windows {w - 2} … {w} hold {most} solver nodes, more than the padding {PAD}.')
+    return (lo, lo1, lo2), 64 if most <= 64 else PAD
 
   def _solve_job(self, lat: L.Lattice, solutions: list, index: int):
     """Sweep job solving the trapezoid scheme on solution ``index`` (g = Y − f̄(X, ·) on the nodes) in place."""
@@ -390,11 +445,11 @@ class MeanSolver:
     sol = solutions[index]
     out = access.y.shape[1]
 
-    def run(ring, far_v, h, w, lo, hi):
+    def run(ring, far_v, far_dv, h, w, lo, hi):
       lo = max(lo, 1)
-      block = self._block_size(len(sol['grid_j']), hi - lo) if hi > lo else 1
-      first, span = self._window_span(sol, w)
-      v = far_v[:, :, index * out : (index + 1) * out]
+      block = self._block_size(hi - lo) if hi > lo else 1
+      los, span = self._window_span(sol, w)
+      v, dv = (a[:, :, index * out : (index + 1) * out] for a in (far_v, far_dv))
       for r0 in range(lo, hi, block):
         sol['g'] = self._solve_block(
           access.y,
@@ -404,9 +459,10 @@ class MeanSolver:
           sol['win_j'],
           sol['g'],
           v,
+          dv,
           eig,
           w,
-          first,
+          los,
           r0,
           min(r0 + block, hi),
           block,
@@ -424,11 +480,10 @@ class MeanSolver:
     n_out = access.y.shape[1]
     padded = jnp.asarray(np.concatenate([times, np.full(64, times[-1])]), access.dtype)
 
-    def run(ring, far_v, h, w, lo, hi):
-      block = self._block_size(len(sol['grid_j']), hi - lo)
-      first, span = self._window_span(sol, w)
-      k_far = max(first - 1, 0)
-      v = far_v[:, :, index * n_out : (index + 1) * n_out]
+    def run(ring, far_v, far_dv, h, w, lo, hi):
+      block = self._block_size(hi - lo) if eig is not None else 8  # an LU per row: little padding
+      los, span = self._window_span(sol, w)
+      v, dv = (a[:, :, index * n_out : (index + 1) * n_out] for a in (far_v, far_dv))
       for r0 in range(lo, hi, block):
         g, f = self._request_block(
           access.y,
@@ -438,10 +493,10 @@ class MeanSolver:
           sol['win_j'],
           sol['g'],
           v,
+          dv,
           eig,
           w,
-          first,
-          k_far,
+          los,
           padded[r0 : r0 + block],
           span,
           w < L.FAR_FROM,
