@@ -168,6 +168,45 @@ def test_covariance_meets_documented_accuracy(data, linear_predictor):
     np.testing.assert_allclose(out.mean, linear_predictor(TIMES, points), rtol=0, atol=1e-12)
 
 
+def _relative_zigzag(mse, reference):
+  """max |Δ²(mse − reference)| / mse over neighbouring times: the roughness of the error, not of the curve."""
+  return float(np.max(np.abs(np.diff(mse - reference, 2)) / mse[1:-1]))
+
+
+def _zigzag_of_test_mse(data, monkeypatch, stationary, **settings):
+  x, y, x_test = data
+  y_test = np.random.default_rng(5).normal(size=(N_TEST, 2))
+  if not stationary:
+    choose = predict.lattice.choose_lattice
+    monkeypatch.setattr(predict.lattice, 'choose_lattice', lambda *args: choose(*args)._replace(stationary=False))
+  predictor = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T, **settings)
+  times = np.geomspace(0.05, 30.0, 120)
+  out = predictor.predict(times, x_test)
+  assert out.stats.mean.stationary == stationary
+  exact, _ = MODEL.exact(x, y, T, times, x_test)
+  mse = ((np.asarray(out.mean, float) - y_test) ** 2).mean((1, 2))
+  mse_exact = ((exact - y_test) ** 2).mean((1, 2))
+  # The check can fail: a zig-zag of 2e-4 relative on the same curve is caught.
+  assert _relative_zigzag(mse * (1 + 1e-4 * (-1.0) ** np.arange(len(times))), mse_exact) > 1e-4
+  return _relative_zigzag(mse, mse_exact)
+
+
+@pytest.mark.parametrize('stationary', [True, False])
+def test_tight_accuracy_gives_smooth_curves(data, monkeypatch, stationary):
+  """Issue 12's smoothness criterion: the test MSE on 120 log-spaced times has no visible zig-zag, i.e. the
+  relative second difference of its error (against the exact SDE mean) is below 1e-4 (6e-6 measured at
+  rtol = 1e-4), with the stationary lattice and the general one."""
+  assert _zigzag_of_test_mse(data, monkeypatch, stationary, rtol=1e-4) < 1e-4
+
+
+@pytest.mark.xfail(
+  strict=True, reason='issue 12, open: at the default rtol = 1e-3 the zig-zag is 1.9e-4 (old solver too)'
+)
+def test_default_accuracy_gives_smooth_curves(data, monkeypatch):
+  """The same criterion at the default accuracy: not met yet (Nyström rows between the coarse solver nodes)."""
+  assert _zigzag_of_test_mse(data, monkeypatch, True) < 1e-4
+
+
 @pytest.mark.slow
 def test_mean_solver_is_second_order(data, linear_predictor):
   """Raw trapezoid solutions on a grid and its bisections: the error against a much finer grid drops ~4× per
