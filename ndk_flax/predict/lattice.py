@@ -32,7 +32,14 @@ interpolation (:func:`far_stencils`): from there on every node of a far stencil 
 
 
 class Lattice(NamedTuple):
-  """Kernel lattice: R(a·h, b·h, ·, X) for 0 ≤ b ≤ a < size; stationary when R(t, s) depends on t − s only."""
+  """Kernel lattice: R(a·h, b·h, ·, X) for 0 ≤ b ≤ a < size; stationary when R(t, s) depends on t − s only.
+
+  Examples:
+    >>> from ndk_flax.predict.lattice import Lattice
+    >>> lat = Lattice(h=0.5, size=29, stationary=True)
+    >>> lat.size * lat.h > 10.0  # a lattice for t_max = 10 has ⌊t_max/h⌋ + 9 rows (stencil margin)
+    True
+  """
 
   h: float
   size: int
@@ -62,7 +69,15 @@ def lagrange4(r):
 
 def cubic_stencil(x, h):
   """First lattice index i0 and the 4 cubic Lagrange weights at nodes i0 … i0 + 3 interpolating at x ≥ 0 on the
-  lattice {i·h} (centred, i0 = ⌊x/h⌋ − 1, one-sided near 0). Works on NumPy and JAX arrays."""
+  lattice {i·h} (centred, i0 = ⌊x/h⌋ − 1, one-sided near 0). Works on NumPy and JAX arrays.
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax.predict.lattice import cubic_stencil
+    >>> i0, w = cubic_stencil(np.float64(2.5), 1.0)
+    >>> int(i0), w.round(4).tolist(), float(w @ (i0 + np.arange(4)) ** 3)  # exact for cubics: 2.5³
+    (1, [-0.0625, 0.5625, 0.5625, -0.0625], 15.625)
+  """
   xp = jnp if isinstance(x, jax.Array) else np
   z = x / h
   i0 = xp.maximum(xp.floor(z) - 1, 0)
@@ -98,7 +113,21 @@ def choose_lattice(access: KernelAccess, theta0: jax.Array, t_max: float, max_st
   8 of) the training points matches ``ndk_fn`` within rtol · max|R(0, 0)| at probe pairs (edges s = 0, s = t and
   random ones; the far-field stencils of :func:`far_stencils` too, where the solver reads a pair through them,
   including their least central position). The lattice is marked stationary when R(t, s) = R(t − s, 0) within
-  that tolerance at every probe (all groups start at their prior, σ0 = σ): its rows are then shifts of one row."""
+  that tolerance at every probe (all groups start at their prior, σ0 = σ): its rows are then shifts of one row.
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax import stax
+    >>> from ndk_flax.predict.kernels import KernelAccess
+    >>> from ndk_flax.predict.lattice import choose_lattice
+    >>> dense = lambda n: stax.Dense(n, W_std=1.0, W_prior_std=0.8)
+    >>> x, y = np.eye(3, dtype=np.float32), np.ones((3, 1), np.float32)
+    >>> access = KernelAccess(stax.serial(dense(4), stax.Erf(), dense(1)).ndk_fn, x, y, 0.1, 2**20)
+    >>> theta0 = access(access.x, access.x, access.times(0.0), access.times(0.0))[1][0, 0]
+    >>> lat = choose_lattice(access, theta0, 20.0, max_step=2.0, rtol=1e-3)
+    >>> bool(lat.stationary), lat.size * lat.h > 20.0  # σ0 ≠ σ: R(t, s) depends on both times
+    (False, True)
+  """
   xs = access.x[:8]
   scale = float(jnp.max(jnp.abs(theta0[:8, :8])))
   rng = np.random.default_rng(0)
