@@ -406,3 +406,31 @@ def test_covariance_that_does_not_fit_fails_fast(data):
   with pytest.raises(MemoryError, match='GiB'):
     predictor(10.0, compute_cov=True)
   assert len(calls) == n_setup  # refused before any kernel evaluation
+
+
+def test_progress_counts_every_sweep_to_its_total(data, monkeypatch):
+  """Issue 14: the solver's progress bar is by work (kernel pairs and solver rows), and every sweep's updates add
+  up to the total it announced, so its ETA is the remaining work; `progress=False` asks for no bar."""
+  from ndk_flax.predict import mean as mean_module
+
+  bars = []
+
+  class Recorder:
+    def __init__(self, total, desc, unit, enabled):
+      self.total, self.enabled, self.n = total, enabled, 0
+      bars.append(self)
+
+    def update(self, n):
+      self.n += n
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(mean_module, 'progress_bar', Recorder)
+  x, y, _ = data
+  for progress in (True, False):
+    bars.clear()
+    predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T, progress=progress)(TIMES)
+    assert bars and all(bar.n == bar.total > 0 and bar.enabled == progress for bar in bars)
+  with pytest.raises(TypeError, match='progress'):
+    predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T, progress=1)

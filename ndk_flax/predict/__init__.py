@@ -183,6 +183,7 @@ class LangevinPredictor:
     cov_grid: Optional[np.ndarray],
     memory_limit: Optional[float],
     max_grid_times: int,
+    progress: bool = False,
   ):
     self._access = access
     self.temperature = access.temperature
@@ -211,6 +212,7 @@ class LangevinPredictor:
       max_refinements,
       max_grid_times,
       memory_limit,
+      progress,
     )
     self._cov = covariance.CovarianceSolver(access, memory_limit)
 
@@ -358,6 +360,7 @@ def langevin_mse_ensemble(
   memory_limit: Optional[float] = None,
   max_kernel_elements: int = DEFAULT_KERNEL_ELEMENTS,
   max_grid_times: int = DEFAULT_MAX_GRID_TIMES,
+  progress: bool = True,
 ) -> LangevinPredictor:
   """Predictor of the output distribution of Langevin-trained wide networks on the summed ½-MSE loss.
 
@@ -409,6 +412,7 @@ def langevin_mse_ensemble(
     memory_limit: bytes the covariance may use (default: free memory of the host / accelerator).
     max_kernel_elements: bound on len(t1)·len(t2)·n1·n2 per ``ndk_fn`` call in the solvers.
     max_grid_times: cap on the solver grid times of one mean solve (its cost is about linear in them).
+    progress: show a tqdm bar over each solver sweep (kernel pairs and solver rows; only when stderr is a terminal).
 
   Returns:
     :class:`LangevinPredictor`: ``predictor(t, x_test=None, compute_cov=False)`` returns the mean
@@ -466,6 +470,8 @@ def langevin_mse_ensemble(
     raise ValueError(f'`max_kernel_elements` must be an int >= 1, got {max_kernel_elements!r}.')
   if not isinstance(max_grid_times, int) or isinstance(max_grid_times, bool) or max_grid_times < 2:
     raise ValueError(f'`max_grid_times` must be an int >= 2, got {max_grid_times!r}.')
+  if not isinstance(progress, bool):
+    raise TypeError(f'`progress` must be a bool, got {progress!r}.')
   return LangevinPredictor(
     KernelAccess(ndk_fn, shard_points(x_train), y_train, temperature, max_kernel_elements),
     relaxation_rates,
@@ -476,4 +482,5 @@ def langevin_mse_ensemble(
     cov_grid,
     memory_limit,
     max_grid_times,
+    progress,
   )

@@ -15,6 +15,7 @@ import numpy as np
 from jax import lax
 
 from ndk_flax import resources
+from ndk_flax._progress import progress_bar
 from ndk_flax.predict import lattice as L
 from ndk_flax.predict.grid import bisect, interior_weights, time_grid, trapezoid_row
 from ndk_flax.predict.kernels import KernelAccess, require_finite
@@ -93,6 +94,7 @@ class MeanSolver:
     max_refinements: bisections allowed beyond the first step doubling.
     max_grid_times: largest accepted estimated number of solver grid times (a cap on the cost of late times).
     memory_limit: bytes the solver may use (None: what is free).
+    progress: show a progress bar over each sweep's kernel pairs and solver rows (only when stderr is a terminal).
 
   Examples:
     One weight, f = w x with x = y = 1 (bias-free Dense, σ0 = σ = 1): the mean is the OU relaxation
@@ -118,6 +120,7 @@ class MeanSolver:
   max_refinements: int
   max_grid_times: int
   memory_limit: Optional[float]
+  progress: bool = False
 
   def __post_init__(self):
     def ring_row(x, x1, ring, a, h, master):
@@ -438,7 +441,14 @@ class MeanSolver:
     far_dv = jnp.zeros_like(far_v)
     for a in range(min(8, lat.size)):
       ring = add_row(ring, a)
-    for w in range(int(max(ws[-1] for ws in windows)) + 1):
+    n_windows = int(max(ws[-1] for ws in windows)) + 1
+    # Work per window for the progress bar: the kernel pairs of its new lattice row and its solver rows.
+    rows = np.bincount(np.concatenate(windows), minlength=n_windows)
+    new_pairs = np.zeros(n_windows) if master is not None else np.minimum(np.arange(n_windows) + 8, lat.size)
+    work = rows + new_pairs
+    bar = progress_bar(int(work.sum()), 'Langevin predictor (mean)', 'row', self.progress)
+    for w in range(n_windows):
+      bar.update(int(work[w]))
       if w > 0 and w + 7 < lat.size:
         ring = add_row(ring, w + 7)
       if w >= L.FAR_FROM:
@@ -457,6 +467,7 @@ class MeanSolver:
         lo, hi = np.searchsorted(ws, w, 'left'), np.searchsorted(ws, w, 'right')
         if hi > lo:
           run(ring, far_v, far_dv, h, w, int(lo), int(hi))
+    bar.close()
 
   def _window_span(self, solution: dict, w: int) -> tuple[tuple[int, int, int], int]:
     """First nodes of windows w, w − 1 and w − 2 in ``solution`` and a static span (64 or PAD: few compiled shapes)
