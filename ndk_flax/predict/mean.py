@@ -183,10 +183,10 @@ class MeanSolver:
     target = self.rtol * max(float(jnp.max(jnp.abs(y))), np.finfo(access.dtype).tiny)
     chosen = None
     while chosen is None:
-      # A general lattice costs a kernel sweep per pass, far more than solver rows: its first pass also solves the
-      # next two bisections, which saves the later passes whenever two refinements are enough (the benchmark
-      # problem needs one at P ≤ 300 and two at P = 1000).
-      ahead = 3 if level0 == 0 and not lat.stationary else 1
+      # Every pass re-reads the lattice (a general one: a kernel sweep, far more than solver rows), so the first
+      # pass also solves the next bisection, two for a general lattice: that saves the later passes whenever one
+      # (two) refinements are enough; the benchmark problem needs one at P ≤ 300 and two at P = 1000.
+      ahead = (2 if lat.stationary else 3) if level0 == 0 else 1
       for _ in range(min(ahead, self.max_refinements + 1 - (level0 + len(solutions) - 1))):
         fine_grid = bisect(solutions[-1]['grid'])
         resources.require_work(
