@@ -480,37 +480,24 @@ class MeanSolver:
       raise RuntimeError(f'Lattice windows {w - 2} … {w} hold {most} solver nodes, more than the padding {PAD}.')
     return (lo, lo1, lo2), 64 if most <= 64 else PAD
 
+  def _block_arguments(self, ring, far_v, far_dv, h, w, sol: dict, index: int, eig) -> tuple:
+    """The leading arguments of the solve and request blocks for solution ``index`` (of ``sol``) in window w."""
+    out = self.access.y.shape[1]
+    v, dv = (a[:, :, index * out : (index + 1) * out] for a in (far_v, far_dv))
+    return (self.access.y, ring, h, sol['grid_j'], sol['win_j'], sol['g'], v, dv, eig, w)
+
   def _solve_job(self, lat: L.Lattice, solutions: list, index: int):
     """Sweep job solving the trapezoid scheme on solution ``index`` (g = Y − f̄(X, ·) on the nodes) in place."""
-    access = self.access
     eig = self.theta0_eigh if lat.stationary else None
     sol = solutions[index]
-    out = access.y.shape[1]
 
     def run(ring, far_v, far_dv, h, w, lo, hi):
       lo = max(lo, 1)
       block = self._block_size(hi - lo) if hi > lo else 1
       los, span = self._window_span(sol, w)
-      v, dv = (a[:, :, index * out : (index + 1) * out] for a in (far_v, far_dv))
       for r0 in range(lo, hi, block):
-        sol['g'] = self._solve_block(
-          access.y,
-          ring,
-          h,
-          sol['grid_j'],
-          sol['win_j'],
-          sol['g'],
-          v,
-          dv,
-          eig,
-          w,
-          los,
-          r0,
-          min(r0 + block, hi),
-          block,
-          span,
-          w < L.FAR_FROM,
-        )
+        common = self._block_arguments(ring, far_v, far_dv, h, w, sol, index, eig)
+        sol['g'] = self._solve_block(*common, los, r0, min(r0 + block, hi), block, span, w < L.FAR_FROM)
 
     return sol['grid'], run
 
@@ -519,30 +506,14 @@ class MeanSolver:
     access = self.access
     eig = self.theta0_eigh if lat.stationary else None
     sol = solutions[index]
-    n_out = access.y.shape[1]
     padded = jnp.asarray(np.concatenate([times, np.full(64, times[-1])]), access.dtype)
 
     def run(ring, far_v, far_dv, h, w, lo, hi):
       block = self._block_size(hi - lo) if eig is not None else 8  # an LU per row: little padding
       los, span = self._window_span(sol, w)
-      v, dv = (a[:, :, index * n_out : (index + 1) * n_out] for a in (far_v, far_dv))
+      common = self._block_arguments(ring, far_v, far_dv, h, w, sol, index, eig)
       for r0 in range(lo, hi, block):
-        g, f = self._request_block(
-          access.y,
-          ring,
-          h,
-          sol['grid_j'],
-          sol['win_j'],
-          sol['g'],
-          v,
-          dv,
-          eig,
-          w,
-          los,
-          padded[r0 : r0 + block],
-          span,
-          w < L.FAR_FROM,
-        )
+        g, f = self._request_block(*common, los, padded[r0 : r0 + block], span, w < L.FAR_FROM)
         out.append((f if test else access.y[None] - g)[: min(block, hi - r0)])
 
     return times, run
