@@ -647,9 +647,10 @@ def accelerator_problem(cfg: RunConfig, backend: str | None = None) -> str | Non
   (``backend``: JAX's default backend, asked only for that preset) and would take hours on CPU cores.
 
   Examples:
-    >>> accelerator_problem(RunConfig(preset='gpu'), backend='cpu').split(';')[0]
+    >>> gpu = config_lib.resolve(explicit={'preset': 'gpu'})
+    >>> accelerator_problem(gpu, backend='cpu').split(';')[0]
     'preset gpu (width 4096, M = 1024) is sized for an accelerator, but JAX runs on cpu'
-    >>> accelerator_problem(RunConfig(preset='gpu'), backend='gpu') is None
+    >>> accelerator_problem(gpu, backend='gpu') is None
     True
   """
   if cfg.preset != 'gpu':
