@@ -643,8 +643,10 @@ def validate(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[s
 
 
 def accelerator_problem(cfg: RunConfig, backend: str | None = None) -> str | None:
-  """Why ``--preset gpu`` cannot run here (one line with its size), or None: the preset is sized for an accelerator
-  (``backend``: JAX's default backend, asked only for that preset) and would take hours on CPU cores.
+  """Why ``--preset gpu`` is not run here (one line with its size), or None: the preset is sized for an
+  accelerator (``backend``: JAX's default backend, asked only for that preset); on CPU cores the training work of
+  :data:`SEGMENT_WORK`'s model, M · parameters · (10 + 2 (P + n*)) per step at about 1 ns each, is refused. The same
+  settings given as explicit flags, without the preset, do run on CPU.
 
   Examples:
     >>> gpu = config_lib.resolve(explicit={'preset': 'gpu'})
@@ -662,12 +664,13 @@ def accelerator_problem(cfg: RunConfig, backend: str | None = None) -> str | Non
   if backend != 'cpu':
     return None
   n_params = (cfg.depth - 1) * cfg.width**2 + 5 * cfg.width
-  updates = cfg.n_members * n_params * round(cfg.t_max / cfg.learning_rate)
+  steps = round(cfg.t_max / cfg.learning_rate)
+  work = cfg.n_members * n_params * (10.0 + 2 * (cfg.n_train + cfg.n_test)) * steps
   return (
     f'preset gpu (width {cfg.width}, M = {cfg.n_members}) is sized for an accelerator, but JAX runs on cpu; '
-    f'it needs about {updates:.2g} parameter-updates ({updates * 1e-9 / 3600:.2g} h at 1 ns each) and '
-    f'{sum(estimated_bytes(cfg, "validate").values()):.2g} bytes; run it where jax.devices() lists a GPU or TPU, '
-    'or use --quick'
+    f'it needs about {cfg.n_members * n_params * steps:.2g} parameter-updates (about {work * 1e-9 / 60:.0f} min of '
+    f'CPU cores) and {sum(estimated_bytes(cfg, "validate").values()):.2g} bytes; run it where jax.devices() lists '
+    f'a GPU or TPU, or give --width {cfg.width} --n_members {cfg.n_members} without the preset to run it here'
   )
 
 
