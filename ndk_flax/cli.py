@@ -679,7 +679,12 @@ def sweep(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[str]
   once, the i-th width with seed ``seed + i`` (independent ensembles: the fit takes the widths' errors as
   independent); the discrepancies D_mean and D_var (``ndk_flax.width_sweep``, in units of s = max |y|, over the
   record times t > 0 and all points) fitted by a + c/N. 0 if both intercepts a (the N → ∞ limit) are consistent
-  with 0, else 1."""
+  with 0, else 1.
+
+  Examples:
+    >>> config_lib.sweep_widths(RunConfig(widths='512,128,256')), SWEEP_FILES[-1]  # trained in this order; the figure
+    ((128, 256, 512), 'width_sweep.png')
+  """
   import dataclasses
 
   import numpy as np

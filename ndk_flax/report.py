@@ -253,6 +253,21 @@ def render_sweep(results: Mapping[str, Any]) -> str:
   ``times`` (the record times used, t > 0), ``discrepancy`` (``mean``, ``mean_se``, ``variance``, ``variance_se``,
   one per width), ``fit`` (``mean`` and ``variance``: the fields of :class:`ndk_flax.width_sweep.InverseWidthFit`),
   ``intercept_z`` and ``passed``.
+
+  Examples:
+    >>> from ndk_flax.width_sweep import fit_inverse_width
+    >>> n, d, se = [128, 256, 512], [0.021, 0.0095, 0.0052], [0.001] * 3
+    >>> fit = fit_inverse_width(n, d, se)._asdict()
+    >>> cfg = {'learning_rate': 0.02, 'depth': 1, 'activation': 'erf', 'bias': False, 'W_std': 2.0, 'W_prior_std': 1.0,
+    ...        'temperature': 0.05, 'noise': 'gaussian', 'n_members': 64, 'seed': 0, 'dataset': 'regression',
+    ...        'n_train': 6, 'n_test': 4, 'data_seed': 0}
+    >>> results = {'command': 'ndk-flax validate --widths 128,256,512', 'ndk_flax_version': '0', 'config': cfg,
+    ...            'runtime_s': {'theory': 1.0, 'ensembles': [1.0, 2.0, 4.0], 'total': 8.0, 'cpu': 9.0},
+    ...            'widths': n, 'scale': 1.0, 'times': [1.0, 2.0], 'intercept_z': 3.0, 'passed': True,
+    ...            'discrepancy': {'mean': d, 'mean_se': se, 'variance': d, 'variance_se': se},
+    ...            'fit': {'mean': fit, 'variance': fit}}
+    >>> print(render_sweep(results).splitlines()[10])
+    | mean | 2.732 | 0.237 | -0.00055 | 0.001225 | 0.6007 | 1 | 0.4383 | yes |
   """
   cfg, d, fits = results['config'], results['discrepancy'], results['fit']
   steps = int(round(results['times'][-1] / cfg['learning_rate']))
