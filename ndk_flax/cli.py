@@ -479,9 +479,11 @@ def _command_line(argv: Sequence[str]) -> str:
 _STAGES = {
   'validate': ('theory (infinite width)', 'training the ensemble', 'comparing', 'figures', 'report'),
   'kernels': ('two-time kernels', 'writing'),
+  'sweep': ('theory (infinite width)', 'training the ensembles', 'fitting against 1/N', 'figure'),
 }
 VALIDATE_FILES = ('config.json', 'mean.png', 'variance.png', 'loss.png', 'kernel.png', 'results.json', 'report.md')
 KERNELS_FILES = ('kernels.npz', 'kernels.png')
+SWEEP_FILES = ('config.json', 'results.json', 'report.md', 'width_sweep.png')
 
 
 def _kernel_maps(layer, x, times, temperature: float) -> dict[str, Any]:
@@ -603,6 +605,48 @@ def kernels(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[st
   return EXIT_PASS
 
 
+class _Theory(NamedTuple):
+  """The infinite-width theory of a run, solved once: the network, the data, the time scales, the record times,
+  the dense grid and the tabulated predictor on it, and the mean and variance (n_t, P + n*) at the record times."""
+
+  layer: Any
+  ds: Any
+  scales: Any
+  times: Any
+  dense: Any
+  tabulated: _Tabulated
+  mean: Any
+  var: Any
+
+
+def _solve_theory(cfg: RunConfig) -> _Theory:
+  """The theory of ``cfg`` (float64); ConfigError if η is unstable for it (the library's rule, before writing)."""
+  import numpy as np
+
+  from ndk_flax import data, predict
+  from ndk_flax import ensemble as ensemble_lib
+
+  _enable_x64()
+  layer = build_network(cfg)
+  ds = data.synthetic(cfg.dataset, cfg.n_train, cfg.n_test, cfg.data_seed)
+  predictor = predict.langevin_mse_ensemble(layer, ds.x_train, ds.y_train, temperature=cfg.temperature)
+  scales = predictor.time_scales
+  try:  # the library's stability rule (ndk_flax.ensemble), refused here before anything is written
+    ensemble_lib.check_learning_rate(cfg.learning_rate, 1 / scales.gradient)
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
+  times = time_grid(cfg)
+  dense = _dense_grid(times)
+  theory = _Tabulated(dense, predictor(dense, None, compute_cov=True), predictor(dense, ds.x_test, compute_cov=True))
+  recorded = np.searchsorted(dense, times)
+  mean = np.concatenate([theory.train.mean[recorded, :, 0], theory.test.mean[recorded, :, 0]], axis=1)
+  var = np.concatenate(
+    [np.einsum('tnn->tn', theory.train.covariance[recorded]), np.einsum('tnn->tn', theory.test.covariance[recorded])],
+    axis=1,
+  )
+  return _Theory(layer, ds, scales, times, dense, theory, mean, var)
+
+
 def validate(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[str]) -> int:
   """``ndk-flax validate``: theory vs a Langevin-trained ensemble; 0 if they agree within the tolerance, else 1.
 
@@ -625,31 +669,16 @@ def validate(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[s
   """
   import numpy as np
 
-  from ndk_flax import data, predict, report
-  from ndk_flax import ensemble as ensemble_lib
+  from ndk_flax import report
 
   cfg = settings.config
   names = _STAGES['validate']
   started, cpu_started = time.perf_counter(), time.process_time()
   stage(names[0])
-  _enable_x64()
-  layer = build_network(cfg)
-  ds = data.synthetic(cfg.dataset, cfg.n_train, cfg.n_test, cfg.data_seed)
-  predictor = predict.langevin_mse_ensemble(layer, ds.x_train, ds.y_train, temperature=cfg.temperature)
-  scales = predictor.time_scales
-  try:  # the library's stability rule (ndk_flax.ensemble), refused here before anything is written
-    ensemble_lib.check_learning_rate(cfg.learning_rate, 1 / scales.gradient)
-  except ValueError as err:
-    raise ConfigError(str(err)) from None
-  times = time_grid(cfg)
-  dense = _dense_grid(times)
-  theory = _Tabulated(dense, predictor(dense, None, compute_cov=True), predictor(dense, ds.x_test, compute_cov=True))
-  recorded = np.searchsorted(dense, times)
-  theory_mean = np.concatenate([theory.train.mean[recorded, :, 0], theory.test.mean[recorded, :, 0]], axis=1)
-  theory_var = np.concatenate(
-    [np.einsum('tnn->tn', theory.train.covariance[recorded]), np.einsum('tnn->tn', theory.test.covariance[recorded])],
-    axis=1,
-  )
+  problem = accelerator_problem(cfg)
+  if problem:
+    raise ConfigError(problem)
+  layer, ds, scales, times, dense, theory, theory_mean, theory_var = _solve_theory(cfg)
   allowance = verdict_lib.allowances(float(np.max(np.abs(ds.y_train))), float(np.max(theory_var)), cfg.width)
   problem = verdict_lib.power_problem(theory_mean, allowance, cfg.width)
   if problem:
@@ -683,6 +712,163 @@ def validate(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[s
   out.commit()
   print(f'ndk-flax: {verdict_lib.sentence(results)} Report: {os.path.join(out.path, "report.md")}', file=sys.stderr)
   return EXIT_PASS if results['passed'] else EXIT_FAIL
+
+
+def accelerator_problem(cfg: RunConfig, backend: str | None = None) -> str | None:
+  """Why ``--preset gpu`` is not run here (one line with its size), or None: the preset is sized for an
+  accelerator (``backend``: JAX's default backend, asked only for that preset); on CPU cores the training work of
+  :data:`SEGMENT_WORK`'s model, M · parameters · (10 + 2 (P + n*)) per step at about 1 ns each, is refused. The same
+  settings given as explicit flags, without the preset, do run on CPU.
+
+  Examples:
+    >>> gpu = config_lib.resolve(explicit={'preset': 'gpu'})
+    >>> accelerator_problem(gpu, backend='cpu').split(';')[0]
+    'preset gpu (width 4096, M = 1024) is sized for an accelerator, but JAX runs on cpu'
+    >>> accelerator_problem(gpu, backend='gpu') is None
+    True
+  """
+  if cfg.preset != 'gpu':
+    return None
+  if backend is None:
+    import jax
+
+    backend = jax.default_backend()
+  if backend != 'cpu':
+    return None
+  n_params = (cfg.depth - 1) * cfg.width**2 + 5 * cfg.width
+  steps = round(cfg.t_max / cfg.learning_rate)
+  work = cfg.n_members * n_params * (10.0 + 2 * (cfg.n_train + cfg.n_test)) * steps
+  return (
+    f'preset gpu (width {cfg.width}, M = {cfg.n_members}) is sized for an accelerator, but JAX runs on cpu; '
+    f'it needs about {cfg.n_members * n_params * steps:.2g} parameter-updates (about {work * 1e-9 / 60:.0f} min of '
+    f'CPU cores) and {sum(estimated_bytes(cfg, "validate").values()):.2g} bytes; run it where jax.devices() lists '
+    f'a GPU or TPU, or give --width {cfg.width} --n_members {cfg.n_members} without the preset to run it here'
+  )
+
+
+def sweep(settings: Settings, out: OutputDir, stage: _Stage, argv: Sequence[str]) -> int:
+  """``ndk-flax validate --widths N1,N2,...``: one ensemble per width on the same data, against the theory solved
+  once, the i-th width with seed ``seed + i`` (independent ensembles: the fit takes the widths' errors as
+  independent); the discrepancies D_mean and D_var (``ndk_flax.width_sweep``, in units of s = max |y|, over the
+  record times t > 0 and all points) fitted by a + c/N. 0 if both intercepts a (the N → ∞ limit) are consistent
+  with 0, else 1.
+
+  Examples:
+    >>> config_lib.sweep_widths(RunConfig(widths='512,128,256')), SWEEP_FILES[-1]  # trained in this order; the figure
+    ((128, 256, 512), 'width_sweep.png')
+  """
+  import dataclasses
+
+  import numpy as np
+
+  from ndk_flax import report, width_sweep
+
+  cfg = settings.config
+  widths = config_lib.sweep_widths(cfg)
+  names = _STAGES['sweep']
+  started, cpu_started = time.perf_counter(), time.process_time()
+  stage(names[0])
+  for problem in (accelerator_problem(cfg), memory_problem(dataclasses.replace(cfg, width=widths[-1]), 'validate')):
+    if problem:
+      raise ConfigError(problem)
+  theory = _solve_theory(cfg)
+  t_theory = time.perf_counter() - started
+  out.create()
+  out.write_text('config.json', json.dumps(cfg.to_dict(), indent=2) + '\n')
+  stage(names[1])
+  scale = float(np.max(np.abs(theory.ds.y_train)))
+  positive = theory.times > 0
+  found, seconds = [], []
+  for i, width in enumerate(widths):
+    stage.name = f'{names[1]} (width {width}, {i + 1} of {len(widths)})'
+    print(f'  width N = {width} ({i + 1} of {len(widths)})', file=sys.stderr, flush=True)
+    begun = time.perf_counter()
+    record = train_in_segments(
+      theory.layer,
+      theory.ds,
+      dataclasses.replace(cfg, width=width, seed=cfg.seed + i),
+      theory.times,
+      progress=settings.progress,
+    )
+    outputs = np.concatenate([np.asarray(record.train), np.asarray(record.test)], axis=2)[:, positive]
+    found.append(
+      width_sweep.ensemble_discrepancy(
+        outputs, theory.mean[positive, :, None], theory.var[positive, :, None], scale=scale
+      )
+    )
+    seconds.append(time.perf_counter() - begun)
+
+  stage(names[2])
+  fits = {
+    'mean': width_sweep.fit_inverse_width(widths, [d.mean for d in found], [d.mean_se for d in found]),
+    'variance': width_sweep.fit_inverse_width(widths, [d.var for d in found], [d.var_se for d in found]),
+  }
+  results = _sweep_results(cfg, argv, widths, found, fits, scale, theory.times[positive])
+  results['runtime_s'] = {
+    'theory': t_theory,
+    'ensembles': seconds,
+    'total': time.perf_counter() - started,
+    'cpu': time.process_time() - cpu_started,
+  }
+  out.write_text('results.json', json.dumps(results, indent=1) + '\n')  # the numbers first, then the picture
+  out.write_text('report.md', report.render_sweep(results))
+  stage(names[3])
+  out.write('width_sweep.png', lambda p: _sweep_figure(p, cfg, results))
+  out.commit()
+  print(f'ndk-flax: {report.sweep_sentence(results)} Report: {os.path.join(out.path, "report.md")}', file=sys.stderr)
+  return EXIT_PASS if results['passed'] else EXIT_FAIL
+
+
+INTERCEPT_Z = 3.0
+"""A sweep passes when both fitted intercepts a (the N → ∞ limit of the discrepancy) are within this many standard
+errors of 0 (the same bound as in :func:`ndk_flax.width_sweep.fit_inverse_width`)."""
+
+
+def _sweep_results(cfg: RunConfig, argv: Sequence[str], widths, found, fits: dict, scale: float, times) -> dict:
+  """The machine-readable results of a sweep (``results.json``; also what ``report.md`` is rendered from)."""
+  from ndk_flax import __version__
+
+  passed = all(abs(f.intercept) < INTERCEPT_Z * f.intercept_se for f in fits.values())
+  return {
+    'command': _command_line(argv),
+    'ndk_flax_version': __version__,
+    'config': cfg.to_dict(),
+    'widths': list(widths),
+    'seeds': [cfg.seed + i for i in range(len(widths))],
+    'scale': scale,
+    'times': [float(t) for t in times],
+    'discrepancy': {
+      'mean': [d.mean for d in found],
+      'mean_se': [d.mean_se for d in found],
+      'variance': [d.var for d in found],
+      'variance_se': [d.var_se for d in found],
+    },
+    'fit': {name: fit._asdict() for name, fit in fits.items()},
+    'intercept_z': INTERCEPT_Z,
+    'passed': passed,
+  }
+
+
+def _sweep_figure(path: str, cfg: RunConfig, results: dict) -> None:
+  from ndk_flax import plotting
+
+  d, fits = results['discrepancy'], results['fit']
+
+  def panel(name: str, symbol: str, formula: str) -> plotting.WidthPanel:
+    f = fits[name]
+    title = (
+      f'{name}: {symbol} = {formula}\nc = {f["coefficient"]:.3g} ± {f["coefficient_se"]:.2g}, '
+      f'χ²/dof = {f["chi2"]:.2g}/{f["dof"]}, p = {f["p_value"]:.2g}'
+    )
+    key = 'mean' if name == 'mean' else 'variance'
+    return plotting.WidthPanel(title, symbol, d[key], d[f'{key}_se'], f['intercept'], f['coefficient'])
+
+  panels = [panel('mean', 'D_mean', '⟨f̄_M − f̄⟩ / s'), panel('variance', 'D_var', '⟨v̂_M − v⟩ / s²')]
+  title = (
+    f'Discrepancy from the N → ∞ theory vs 1/N (top axis: N), ensemble ± 1 s.e.\n{_arch_title(cfg)}, '
+    f'M={cfg.n_members}, s = max|y| = {results["scale"]:.3g}'
+  )
+  plotting.inverse_width_panels(path, results['widths'], panels, suptitle=title)
 
 
 SEGMENT_WORK = 1.5e9
@@ -931,6 +1117,8 @@ def main(argv: Sequence[str]) -> int:
   except ConfigError as e:
     print(f'ndk-flax: error: {e}', file=sys.stderr)
     return EXIT_USAGE
+  if settings.command == 'validate' and settings.config.widths:
+    return _run_guarded(settings, sweep, SWEEP_FILES, argv)
   if settings.command == 'validate':
     return _run_guarded(settings, validate, VALIDATE_FILES, argv)
   return _run_guarded(settings, kernels, KERNELS_FILES, argv)

@@ -21,6 +21,14 @@ ACTIVATIONS = ('erf', 'relu')
 NOISE_LAWS = ('gaussian', 'rademacher')
 
 
+PRESETS: dict[str, dict[str, Any]] = {'gpu': {'width': 4096, 'n_members': 1024}}
+"""``--preset NAME``: settings applied over the defaults (and ``--quick``), under the config file and the flags.
+``gpu``: the default problem at accelerator scale, width N = 4096 and M = 1024 members (the ensemble engine shards
+the members over all devices), about 4 · 10^6 parameter-updates per step."""
+
+MIN_SWEEP_WIDTHS = 3
+"""Fewest widths of a sweep: the fit D(N) = a + c/N has two parameters and needs one degree of freedom for χ²."""
+
 MAX_STEPS = 10**9
 """Most Langevin steps a run may ask for (t_max / learning_rate); beyond, the time grid loses precision in float64."""
 
@@ -116,6 +124,21 @@ class RunConfig:
     None,
     VALIDATE,
   )
+  widths: str = _field(
+    '',
+    'Finite-width sweep: a comma list of at least 3 distinct widths N (e.g. 128,256,512,1024,2048); one ensemble '
+    'per width on the same data and theory, the discrepancy from the theory fitted against 1/N (the width flag is '
+    'then unused). Empty: one validation run at width.',
+    None,
+    VALIDATE,
+  )
+  preset: str = _field(
+    'none',
+    'Named preset applied under the config file and the flags: gpu = width 4096, M = 1024 members sharded over all '
+    'devices (needs an accelerator).',
+    ('none', *PRESETS),
+    VALIDATE,
+  )
 
   def __post_init__(self) -> None:
     _check(self)
@@ -126,6 +149,37 @@ class RunConfig:
 
 # The ``--quick`` preset: same problem, smaller network / ensemble / grid (under a minute on 2 CPU cores).
 QUICK = {'width': 256, 'n_members': 64, 'n_times': 6, 't_max': 40.0}
+
+
+def sweep_widths(cfg: RunConfig) -> tuple[int, ...]:
+  """The widths N of ``cfg.widths`` (a comma list), increasing; () when no sweep is asked for.
+
+  ConfigError (one line) unless every entry is a positive integer, the widths are distinct and there are at least
+  :data:`MIN_SWEEP_WIDTHS` of them.
+
+  Examples:
+    >>> sweep_widths(RunConfig(widths='512, 128,256'))
+    (128, 256, 512)
+    >>> sweep_widths(RunConfig())
+    ()
+  """
+  text = cfg.widths.strip()
+  if not text:
+    return ()
+  widths = []
+  for entry in text.split(','):
+    entry = entry.strip()
+    if not entry.isdigit() or int(entry) <= 0:
+      raise ConfigError(f'widths must be a comma list of positive integers (e.g. 128,256,512), got entry {entry!r}')
+    widths.append(int(entry))
+  if len(set(widths)) != len(widths):
+    raise ConfigError(f'widths must be distinct, got {cfg.widths!r}')
+  if len(widths) < MIN_SWEEP_WIDTHS:
+    raise ConfigError(
+      f'widths needs at least {MIN_SWEEP_WIDTHS} widths (the fit a + c/N needs a degree of freedom), got '
+      f'{len(widths)} in {cfg.widths!r}'
+    )
+  return tuple(sorted(widths))
 
 
 def _coerce(name: str, type_name: str, value: Any, source: str) -> Any:
@@ -175,6 +229,7 @@ def _check(c: RunConfig) -> None:
         f'temperature = {c.temperature!r} is too large for learning_rate = {c.learning_rate!r} and {name} = '
         f'{getattr(c, name)!r}: the one-step prior decay eta T / sigma^2 = {rate:.3g} must be < {STABLE_DECAY:g}'
       )
+  sweep_widths(c)
   if c.t_max < c.learning_rate * (c.n_times - 1):
     raise ConfigError(
       f't_max = {c.t_max!r} is shorter than n_times - 1 = {c.n_times - 1} steps of learning_rate = {c.learning_rate!r}'
@@ -219,7 +274,8 @@ def resolve(
   explicit: Mapping[str, Any] | None = None,
   config_path: str = 'config',
 ) -> RunConfig:
-  """Defaults <- ``QUICK`` preset (if ``quick``) <- ``file_values`` <- ``explicit`` (flags given on the command line).
+  """Defaults <- ``QUICK`` preset (if ``quick``) or the named ``preset`` (:data:`PRESETS`, named in the file or the
+  flags) <- ``file_values`` <- ``explicit`` (flags given on the command line).
 
   Keys and types are checked per source (the message names the source); ranges are checked on the final
   combination only, so e.g. a file may set ``bias`` and ``b_std`` in either order.
@@ -234,9 +290,17 @@ def resolve(
     ...   print(e)
     run.json: width must be of type int, got 1.5
   """
+  typed_file, typed_flags = _typed(file_values or {}, config_path), _typed(explicit or {}, 'flags')
   merged: dict[str, Any] = dict(QUICK) if quick else {}
-  merged.update(_typed(file_values or {}, config_path))
-  merged.update(_typed(explicit or {}, 'flags'))
+  preset = typed_flags.get('preset', typed_file.get('preset', 'none'))
+  if preset != 'none':
+    if quick:
+      raise ConfigError(f'--quick and preset {preset!r} are two presets; give one of them')
+    if preset not in PRESETS:
+      raise ConfigError(f'preset must be one of none, {", ".join(PRESETS)}; got {preset!r}')
+    merged.update(PRESETS[preset])
+  merged.update(typed_file)
+  merged.update(typed_flags)
   return dataclasses.replace(RunConfig(), **merged)
 
 

@@ -229,24 +229,37 @@ def _check_noise(noise: Any) -> str:
   return noise
 
 
+NOISE_BITS_PARTITIONABLE = False
+"""Threefry mode of the noise draws (``jax.threefry_partitionable``), fixed here so that the noise stream does not
+depend on the caller's global setting. JAX's default (partitionable, since JAX 0.5) computes one Threefry-2x32 block
+per 32-bit word and XORs its two output words; the original mode uses both words of every block, half the hash
+work. Both give independent uniform 32-bit words, so ξ = √2 erfinv(u) has the same law; the original mode cut the
+draw from 10.1 to 8.0 ns per parameter per step at 17k parameters and from 7.8 to 5.8 ns at 70k, and the Gaussian
+step at width 2048, P = 16 from 4.1× to 3.1× optax.sgd (2-core CPU, same run; ``benchmarks/train.py``). Noise draws
+are per member (vmapped), so nothing needs a partitionable draw."""
+
+
 def _tree_noise(key: jax.Array, tree: Any, noise: str) -> Any:
   """ξ for every leaf of ``tree`` (same shapes and dtypes), from one draw for the whole tree cut into the leaves
-  in ``jax.tree.flatten`` order. Gaussian: ``jax.random.normal(key, (n,))`` in the leaves' common dtype, i.e. the
-  ξ of ``jax.flatten_util.ravel_pytree`` (as BlackJAX draws it); one draw instead of one per leaf cut the step
-  from 7.1× to 5.7× optax.sgd at width 512, P = 16, and from 1.60× to 1.47× at P = 256 (2-core CPU, same run).
-  Rademacher: random 32-bit words, 32 signs ±1 from each word."""
+  in ``jax.tree.flatten`` order, in the Threefry mode :data:`NOISE_BITS_PARTITIONABLE`. Gaussian:
+  ``jax.random.normal(key, (n,))`` in the leaves' common dtype, i.e. the ξ of ``jax.flatten_util.ravel_pytree`` (as
+  BlackJAX draws it); one draw instead of one per leaf cut the step from 7.1× to 5.7× optax.sgd at width 512,
+  P = 16, and from 1.60× to 1.47× at P = 256 (2-core CPU, same run). Rademacher: random 32-bit words, 32 signs ±1
+  from each word."""
   leaves, treedef = jax.tree.flatten(tree)
   sizes = [math.prod(jnp.shape(x)) for x in leaves]
   offsets = np.cumsum([0] + sizes)
   if noise == 'gaussian':
-    z = jax.random.normal(key, (int(offsets[-1]),), jnp.result_type(*leaves))
+    with jax.threefry_partitionable(NOISE_BITS_PARTITIONABLE):
+      z = jax.random.normal(key, (int(offsets[-1]),), jnp.result_type(*leaves))
     return treedef.unflatten(
       [
         z[start:stop].reshape(jnp.shape(x)).astype(jnp.result_type(x))
         for start, stop, x in zip(offsets[:-1], offsets[1:], leaves)
       ]
     )
-  words = jax.random.bits(key, (-(-sum(sizes) // 32),), jnp.uint32)
+  with jax.threefry_partitionable(NOISE_BITS_PARTITIONABLE):
+    words = jax.random.bits(key, (-(-sum(sizes) // 32),), jnp.uint32)
   bits = ((words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1).reshape(-1)
   return treedef.unflatten(
     [

@@ -219,3 +219,60 @@ def kernel_heatmaps(path: str, times: np.ndarray, maps: Sequence[tuple[str, np.n
       fig.colorbar(mesh, ax=ax, shrink=0.72, pad=0.03, aspect=22)
     fig.suptitle(suptitle)
     return style.save(fig, path)
+
+
+class WidthPanel(NamedTuple):
+  """One axis of a finite-width sweep: discrepancies D(N) = ``values`` ± ``se`` (one per width) and the fit a + c/N
+  (``intercept`` a, ``coefficient`` c; docs/theory.md §4).
+
+  Examples:
+    >>> WidthPanel('mean', 'D_mean', [0.02, 0.01, 0.005], [0.001] * 3, 0.0, 2.56).coefficient
+    2.56
+  """
+
+  title: str
+  ylabel: str
+  values: Sequence[float]
+  se: Sequence[float]
+  intercept: float
+  coefficient: float
+
+
+def inverse_width_panels(path: str, widths: Sequence[int], panels: Sequence[WidthPanel], *, suptitle: str) -> str:
+  """Side-by-side panels of discrepancies against 1/N (linear, from 0: the theory's N → ∞ limit at the left edge,
+  widths labelled on the top axis), points ± 1 s.e., with the fitted line a + c/N and the theory's value 0 (legend in
+  the first panel); saves a PNG at ``path`` and returns it.
+
+  The figure is :data:`ndk_flax.style.COLUMN` inches wide and saved at :data:`ndk_flax.style.DPI`.
+
+  Examples:
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> panel = WidthPanel('mean', 'D_mean', [0.02, 0.01, 0.005], [0.001] * 3, 0.0, 2.56)
+    >>> path = inverse_width_panels(os.path.join(tempfile.mkdtemp(), 'w.png'), [128, 256, 512], [panel], suptitle='D')
+    >>> Image.open(path).size[0]  # 7 in at 200 dpi
+    1400
+  """
+  inv = 1 / np.asarray(widths, dtype=float)
+  if inv.ndim != 1 or inv.size < 2 or not panels:
+    raise ValueError(f'need at least 2 widths and one panel, got widths {widths} and {len(panels)} panels')
+  line = np.linspace(0, 1.08 * inv.max(), 50)
+  with style.context():
+    fig = style.figure(style.COLUMN, 3.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, p in zip(axes, panels):
+      if len(p.values) != inv.size or len(p.se) != inv.size:
+        raise ValueError(f'{p.title}: expected {inv.size} values and standard errors')
+      ax.axhline(0, color='0.45', ls='--', lw=1, zorder=0, label='theory (N → ∞): 0')
+      ax.plot(line, p.intercept + p.coefficient * line, color=style.PALETTE[1], label='fit a + c/N')
+      ax.errorbar(inv, p.values, yerr=p.se, fmt='o', color=style.PALETTE[0], capsize=2, lw=1, ms=4, label='ensemble')
+      ax.set_xlim(0, line[-1])
+      ax.set_xlabel('1/N')
+      ax.set_ylabel(p.ylabel)
+      ax.set_title(p.title, fontsize=8.5)
+      top = ax.secondary_xaxis('top')
+      top.set_xticks(inv[inv >= 0.12 * inv.max()], [str(int(w)) for w, v in zip(widths, inv) if v >= 0.12 * inv.max()])
+      top.tick_params(labelsize=8)
+    axes[0].legend(loc='best', handlelength=1.5)
+    fig.suptitle(suptitle)
+    return style.save(fig, path)

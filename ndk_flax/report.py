@@ -294,3 +294,134 @@ def render(results: Mapping[str, Any]) -> str:
     rows,
   )
   return '\n'.join(lines)
+
+
+def _support_text(name: str, fit: Mapping[str, Any], z: float) -> str:
+  """Whether the fit of one discrepancy supports 1/N scaling, and if not, which condition fails."""
+  c = f'c = {fmt(fit["coefficient"])} ± {fmt(fit["coefficient_se"])}'
+  p = f'χ² = {fmt(fit["chi2"])} on {fit["dof"]} d.o.f., p = {fmt(fit["p_value"])}'
+  if fit['supports_inverse_width']:
+    return f'the {name} discrepancy supports 1/N scaling ({c}, {p})'
+  reasons = []
+  if fit['p_value'] < 0.01:
+    reasons.append('a + c/N does not fit (p < 0.01)')
+  if abs(fit['coefficient']) <= 2 * fit['coefficient_se']:
+    reasons.append('no 1/N term is resolved (|c| ≤ 2 s.e.)')
+  if abs(fit['intercept']) >= z * fit['intercept_se']:
+    reasons.append(f'the N → ∞ limit a = {fmt(fit["intercept"])} ± {fmt(fit["intercept_se"])} is not 0')
+  return f'the {name} discrepancy does not show 1/N scaling: {"; ".join(reasons)} ({c}, {p})'
+
+
+def sweep_sentence(results: Mapping[str, Any]) -> str:
+  """The verdict of a finite-width sweep in one sentence (the first line of its ``report.md``).
+
+  Examples:
+    >>> fit = {'coefficient': 2.0, 'coefficient_se': 0.5, 'intercept': 0.0, 'intercept_se': 0.01, 'chi2': 1.0,
+    ...        'dof': 3, 'p_value': 0.8, 'supports_inverse_width': True}
+    >>> sweep_sentence({'passed': True, 'intercept_z': 3.0, 'fit': {'mean': fit, 'variance': fit}}).split(';')[0]
+    'PASSED: extrapolated to N → ∞ the ensembles agree with the theory (both intercepts within 3 s.e. of 0)'
+  """
+  z = results['intercept_z']
+  head = (
+    f'PASSED: extrapolated to N → ∞ the ensembles agree with the theory (both intercepts within {z:g} s.e. of 0)'
+    if results['passed']
+    else f'FAILED: extrapolated to N → ∞ the ensembles differ from the theory (an intercept beyond {z:g} s.e. of 0)'
+  )
+  return head + '; ' + '; '.join(_support_text(k, results['fit'][k], z) for k in ('mean', 'variance')) + '.'
+
+
+def render_sweep(results: Mapping[str, Any]) -> str:
+  """``report.md`` of ``ndk-flax validate --widths ...``: the verdict, the fit table, the discrepancy per width.
+
+  Keys of ``results``: ``command``, ``ndk_flax_version``, ``config``, ``runtime_s``, ``widths``, ``scale`` (s),
+  ``times`` (the record times used, t > 0), ``discrepancy`` (``mean``, ``mean_se``, ``variance``, ``variance_se``,
+  one per width), ``fit`` (``mean`` and ``variance``: the fields of :class:`ndk_flax.width_sweep.InverseWidthFit`),
+  ``intercept_z`` and ``passed``.
+
+  Examples:
+    >>> from ndk_flax.width_sweep import fit_inverse_width
+    >>> n, d, se = [128, 256, 512], [0.021, 0.0095, 0.0052], [0.001] * 3
+    >>> fit = fit_inverse_width(n, d, se)._asdict()
+    >>> cfg = {'learning_rate': 0.02, 'depth': 1, 'activation': 'erf', 'bias': False, 'W_std': 2.0, 'W_prior_std': 1.0,
+    ...        'temperature': 0.05, 'noise': 'gaussian', 'n_members': 64, 'seed': 0, 'dataset': 'regression',
+    ...        'n_train': 6, 'n_test': 4, 'data_seed': 0}
+    >>> results = {'command': 'ndk-flax validate --widths 128,256,512', 'ndk_flax_version': '0', 'config': cfg,
+    ...            'runtime_s': {'theory': 1.0, 'ensembles': [1.0, 2.0, 4.0], 'total': 8.0, 'cpu': 9.0},
+    ...            'widths': n, 'scale': 1.0, 'times': [1.0, 2.0], 'intercept_z': 3.0, 'passed': True,
+    ...            'discrepancy': {'mean': d, 'mean_se': se, 'variance': d, 'variance_se': se},
+    ...            'fit': {'mean': fit, 'variance': fit}}
+    >>> print(render_sweep(results).splitlines()[10])
+    | mean | 2.732 | 0.237 | -0.00055 | 0.001225 | 0.6007 | 1 | 0.4383 | yes |
+  """
+  cfg, d, fits = results['config'], results['discrepancy'], results['fit']
+  steps = int(round(results['times'][-1] / cfg['learning_rate']))
+  lines = [
+    '# ndk-flax validate --widths: finite-width discrepancy from the infinite-width theory',
+    '',
+    sweep_sentence(results),
+    '',
+    '## Fit D(N) = a + c/N',
+    '',
+    'Weighted least squares over the widths; c is the O(1/N) coefficient (in units of s = max |y| for the mean, '
+    's² for the variance), a the N → ∞ limit (0 if the theory is right); χ² of the residuals in standard errors.',
+    '',
+  ]
+  rows = []
+  for name in ('mean', 'variance'):
+    f = fits[name]
+    rows.append(
+      [
+        name,
+        fmt(f['coefficient']),
+        fmt(f['coefficient_se']),
+        fmt(f['intercept']),
+        fmt(f['intercept_se']),
+        fmt(f['chi2']),
+        str(f['dof']),
+        fmt(f['p_value']),
+        'yes' if f['supports_inverse_width'] else 'no',
+      ]
+    )
+  lines += _table(['statistic', 'c (1/N coefficient)', 's.e.', 'a (N → ∞)', 's.e.', 'χ²', 'dof', 'p', '1/N?'], rows)
+  lines += [
+    '',
+    '## Discrepancy per width',
+    '',
+    'D_mean = ⟨f̄_M − f̄⟩/s and D_var = ⟨v̂_M − v⟩/s², averaged over the record times t > 0 and all training and test '
+    'points (`ndk_flax.width_sweep.ensemble_discrepancy`); s.e. across members.',
+    '',
+  ]
+  rows = [
+    [
+      str(n),
+      fmt(d['mean'][i]),
+      fmt(d['mean_se'][i]),
+      fmt(d['variance'][i]),
+      fmt(d['variance_se'][i]),
+      fmt(results['runtime_s']['ensembles'][i]),
+    ]
+    for i, n in enumerate(results['widths'])
+  ]
+  lines += _table(['N', 'D_mean', 's.e.', 'D_var', 's.e.', 'training s'], rows)
+  lines += [
+    '',
+    '## What was run',
+    '',
+    f'Command: `{results["command"]}` (ndk_flax {results["ndk_flax_version"]}); run time '
+    f'{fmt(results["runtime_s"]["total"])} s (theory, solved once: {fmt(results["runtime_s"]["theory"])} s; CPU time '
+    f'of all threads {fmt(results["runtime_s"]["cpu"])} s).',
+    '',
+    f'* Network: {cfg["depth"]} hidden layer(s) of widths N = {", ".join(map(str, results["widths"]))} with '
+    f'{cfg["activation"]}, {"with" if cfg["bias"] else "without"} biases; σ0_W = {fmt(cfg["W_std"])}, '
+    f'σ_W = {fmt(cfg["W_prior_std"])}; raw parameterisation h = W a/√N + b.',
+    f'* Langevin: T = {fmt(cfg["temperature"])}, η = {fmt(cfg["learning_rate"])}, up to t = '
+    f'{fmt(results["times"][-1])} ({steps} steps), noise {cfg["noise"]}; M = {cfg["n_members"]} members per width '
+    f'(seed {cfg["seed"]}, float32).',
+    f'* Data: built-in {cfg["dataset"]} set, P = {cfg["n_train"]} training and {cfg["n_test"]} test points (data '
+    f'seed {cfg["data_seed"]}); scale s = max |y| = {fmt(results["scale"])}; {len(results["times"])} record times.',
+    '',
+    '## Figure',
+    '',
+    '* `width_sweep.png`: D_mean and D_var against 1/N with ± 1 s.e. and the fitted line.',
+  ]
+  return '\n'.join(lines)

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from ndk_flax import optax as ndk_optax
 from ndk_flax.optax import langevin
 
 blackjax = pytest.importorskip('blackjax')
@@ -44,7 +45,8 @@ def test_one_langevin_step_equals_one_blackjax_sgld_step(eta, temperature, sigma
     )(position)
 
   kernel = blackjax.sgld.build_kernel()
-  theirs = kernel(noise_key, theta, grad_log_density, None, eta * temperature, 1.0)
+  with jax.threefry_partitionable(ndk_optax.NOISE_BITS_PARTITIONABLE):  # the Threefry mode of our noise draws
+    theirs = kernel(noise_key, theta, grad_log_density, None, eta * temperature, 1.0)
   chex.assert_trees_all_close(ours, theirs, rtol=1e-12, atol=1e-14)
   # Sharp: a different noise draw or the prior term left out is far outside the tolerance.
   other = kernel(jax.random.split(noise_key)[0], theta, grad_log_density, None, eta * temperature, 1.0)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from ndk_flax import cli, config, data
+from ndk_flax import report as report_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALIDATE_FILES = ('report.md', 'results.json', 'config.json', 'mean.png', 'variance.png', 'loss.png', 'kernel.png')
@@ -603,3 +604,104 @@ def test_example_runs(name, monkeypatch, tmp_path, capsys):
   monkeypatch.setattr(sys, 'argv', [name, '--quick'])
   runpy.run_path(os.path.join(REPO, 'examples', name), run_name='__main__')
   assert capsys.readouterr().out.strip()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Finite-width sweep (--widths) and the accelerator preset (--preset gpu).
+
+SWEEP_WIDTHS = (4, 8, 16, 32)
+SWEEP_C_MEAN = 8.0  # the fake ensembles' mean is off by SWEEP_C_MEAN / N (scale s = max |y| applied below)
+
+
+@pytest.fixture
+def fake_sweep(monkeypatch, fake_run):
+  """fake_run whose ensemble mean is shifted by SWEEP_C_MEAN/N at width N (variance exactly the theory's)."""
+  from ndk_flax import ensemble
+
+  train = ensemble.train_ensemble
+
+  def width_dependent(*args, width, **kwargs):
+    fake_run['shift'] = SWEEP_C_MEAN / width
+    return train(*args, width=width, **kwargs)
+
+  monkeypatch.setattr(ensemble, 'train_ensemble', width_dependent)
+  return fake_run
+
+
+def test_width_sweep_writes_table_and_figure_from_results(tmp_path, fake_sweep):
+  """--widths trains one ensemble per width (the theory solved once), fits the discrepancy against 1/N and writes
+  results.json, report.md (its tables are the results.json numbers) and a house-style width_sweep.png. The fake
+  ensembles carry a known 1/N mean shift: the fitted coefficient recovers it, the variance shows no 1/N term."""
+  from tests.test_figures import assert_house_figure
+
+  widths = ','.join(map(str, reversed(SWEEP_WIDTHS)))  # any order: sorted
+  status = cli.main(FAKE_ARGS + ['--widths', widths, '--out', str(tmp_path)])
+  assert status == cli.EXIT_PASS
+  assert sorted(os.listdir(tmp_path)) == sorted(cli.SWEEP_FILES)
+  assert [c['width'] for c in fake_sweep['calls']] == list(SWEEP_WIDTHS)
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert results['widths'] == list(SWEEP_WIDTHS)
+  fit = results['fit']['mean']
+  scale = results['scale']
+  assert abs(fit['coefficient'] - SWEEP_C_MEAN / scale) < 4 * fit['coefficient_se'] and fit['supports_inverse_width']
+  assert not results['fit']['variance']['supports_inverse_width']
+  report = (tmp_path / 'report.md').read_text()
+  assert report.splitlines()[2] == report_lib.sweep_sentence(results)
+  fit_rows = md_table(report, '## Fit D(N) = a + c/N')
+  for row, name in zip(fit_rows, ('mean', 'variance')):
+    f = results['fit'][name]
+    assert row[0] == name and int(row[6]) == f['dof'] == len(SWEEP_WIDTHS) - 2
+    for cell, key in zip(
+      row[1:6] + row[7:8], ('coefficient', 'coefficient_se', 'intercept', 'intercept_se', 'chi2') + ('p_value',)
+    ):
+      assert_printed(cell, f[key])
+    assert row[8] == ('yes' if f['supports_inverse_width'] else 'no')
+  rows = md_table(report, '## Discrepancy per width')
+  d = results['discrepancy']
+  for i, row in enumerate(rows):
+    assert int(row[0]) == SWEEP_WIDTHS[i]
+    for cell, key in zip(row[1:5], ('mean', 'mean_se', 'variance', 'variance_se')):
+      assert_printed(cell, d[key][i])
+  assert_house_figure(tmp_path / 'width_sweep.png')
+
+
+@pytest.mark.parametrize(
+  'widths, reason',
+  [('128,256', 'at least 3 widths'), ('128,x,512', "entry 'x'"), ('128,128,512', 'distinct'), ('0,1,2', "entry '0'")],
+)
+def test_bad_widths_exit_2_and_write_nothing(tmp_path, capsys, widths, reason):
+  status = cli.main(['ndk-flax', 'validate', '--widths', widths, '--out', str(tmp_path / 'run')])
+  assert status == cli.EXIT_USAGE
+  err = capsys.readouterr().err
+  assert 'widths' in err and reason in err and not (tmp_path / 'run').exists()
+
+
+def test_gpu_preset_resolves_under_file_and_flags(tmp_path):
+  """--preset gpu: width 4096 and M = 1024 over the defaults; a config file and explicit flags still win; it is
+  exclusive with --quick."""
+  s = cli.parse(['ndk-flax', 'validate', '--preset', 'gpu', '--out', str(tmp_path / 'o')])
+  assert s.config == dataclasses.replace(config.RunConfig(), preset='gpu', **config.PRESETS['gpu'])
+  assert s.config.width >= 4096 and s.config.n_members >= 1024
+  path = tmp_path / 'run.json'
+  path.write_text('{"preset": "gpu", "n_members": 2048}')
+  s = cli.parse(['ndk-flax', 'validate', '--config', str(path), '--width', '8192', '--out', str(tmp_path / 'o')])
+  assert (s.config.width, s.config.n_members) == (8192, 2048)
+  with pytest.raises(config.ConfigError, match='two presets'):
+    cli.parse(['ndk-flax', 'validate', '--quick', '--preset', 'gpu', '--out', str(tmp_path / 'o')])
+
+
+def test_gpu_preset_is_refused_on_cpu_with_its_size(tmp_path, capsys):
+  """On a CPU-only JAX the preset is refused before anything is written (exit 2), naming its work and memory; on an
+  accelerator backend it is not refused, and the resource estimate refuses it where memory is short."""
+  import jax
+
+  cfg = config.resolve(explicit={'preset': 'gpu'})
+  assert cli.accelerator_problem(cfg, backend='gpu') is None and cli.accelerator_problem(cfg, backend='tpu') is None
+  assert 'parameter-updates' in cli.accelerator_problem(cfg, backend='cpu')
+  assert cli.memory_problem(cfg, 'validate', available=2**28).startswith('needs about')
+  assert cli.memory_problem(cfg, 'validate', available=139 * 2**30) is None  # one H200
+  if jax.default_backend() == 'cpu':
+    status = cli.main(['ndk-flax', 'validate', '--preset', 'gpu', '--noprogress', '--out', str(tmp_path / 'run')])
+    assert status == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert 'sized for an accelerator' in err and 'bytes' in err and not (tmp_path / 'run').exists()

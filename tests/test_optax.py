@@ -31,9 +31,11 @@ def _run(tx, params, grad_fn, n_steps):
 
 
 def _ravelled_normal(key, tree):
-  """ξ ~ N(0, I) as one draw over the ravelled tree (jax.flatten_util.ravel_pytree order), cut into the leaves."""
+  """ξ ~ N(0, I) as one draw over the ravelled tree (jax.flatten_util.ravel_pytree order), cut into the leaves,
+  by JAX's own ``jax.random.normal`` in the original (non-partitionable) Threefry mode, whatever the global mode."""
   flat, unravel = ravel_pytree(tree)
-  return unravel(jax.random.normal(key, flat.shape, flat.dtype))
+  with jax.threefry_partitionable(False):
+    return unravel(jax.random.normal(key, flat.shape, flat.dtype))
 
 
 def test_one_step_is_the_discrete_langevin_formula():
@@ -395,3 +397,25 @@ def test_low_precision_parameters_are_refused_by_langevin(dtype):
   with pytest.raises(TypeError, match=r"params\['v'\] dtype.*float32 or float64"):
     langevin(0.01, 0.1, 1.0, key=0).init(params)
   langevin(0.01, 0.1, 1.0, key=0).init({'w': jnp.zeros(3, jnp.float32)})  # float32 is accepted
+
+
+def test_gaussian_noise_is_drawn_in_the_original_threefry_mode():
+  """ξ of one step is jax.random.normal in the original Threefry mode (every block's two words used), whatever the
+  global mode at the draw; sharp: it differs from the draw of the partitionable mode (JAX's default)."""
+  from ndk_flax import optax as ndk_optax
+
+  assert ndk_optax.NOISE_BITS_PARTITIONABLE is False
+  tx = add_langevin_noise(0.5, 1.0, key=5)  # √(2ηT) = 1: the update is ξ
+  zeros = jax.tree.map(jnp.zeros_like, PARAMS)
+  ours = ravel_pytree(tx.update(zeros, tx.init(PARAMS))[0])[0]
+  key = jax.random.split(jax.random.PRNGKey(5))[1]
+  n = ours.size
+  with jax.threefry_partitionable(False):
+    original = jax.random.normal(key, (n,))
+  with jax.threefry_partitionable(True):
+    partitionable = jax.random.normal(key, (n,))
+    inside = ravel_pytree(tx.update(zeros, tx.init(PARAMS))[0])[0]
+  np.testing.assert_array_equal(ours, original)
+  if jax.config.jax_threefry_partitionable:  # the split of the key follows the global mode; the draw does not
+    np.testing.assert_array_equal(inside, original)
+  assert np.max(np.abs(np.asarray(ours) - np.asarray(partitionable))) > 0.1
