@@ -434,3 +434,17 @@ def test_progress_counts_every_sweep_to_its_total(data, monkeypatch):
     assert bars and all(bar.n == bar.total > 0 and bar.enabled == progress for bar in bars)
   with pytest.raises(TypeError, match='progress'):
     predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T, progress=1)
+
+
+def test_kernel_chunks_count_the_spatial_covariance():
+  """A CNN's kernel holds (H·W)² entries per pair (NT keeps the full spatial covariance): the solver's ndk_fn
+  chunks count them, so a CNN request fits in the same ``max_kernel_elements`` as an MLP one (the P = 100 CNN row
+  of benchmarks/predict.py asked XLA for 29 GB before)."""
+  from ndk_flax.predict.kernels import KernelAccess
+
+  images = KernelAccess(None, np.zeros((100, 8, 8, 1)), np.zeros((100, 1)), 0.1, 2**22)
+  vectors = KernelAccess(None, np.zeros((100, 16)), np.zeros((100, 1)), 0.1, 2**22)
+  assert images.pair_elements == 64**2 and vectors.pair_elements == 1
+  assert vectors.chunk(200, 1000) == 2**22 // (200 * 100)
+  assert images.chunk(200, 1000) == 1  # at least one time a call
+  assert images.chunk(2, 1000) * 2 * 100 * 64**2 <= 2**22

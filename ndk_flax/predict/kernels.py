@@ -102,9 +102,16 @@ class KernelAccess:
     """Times as a 1-D array in the problem's dtype."""
     return jnp.asarray(np.atleast_1d(t), self.y.dtype)
 
+  @property
+  def pair_elements(self) -> int:
+    """Kernel entries one (x1, x2) pair may hold inside ``ndk_fn``: (Π spatial dims)² for inputs (P, *spatial,
+    channels), as Neural Tangents keeps the full spatial covariance of convolutional layers (1 for (P, d))."""
+    return math.prod(self.x.shape[1:-1]) ** 2
+
   def chunk(self, n1: int, n_times: int) -> int:
-    """Times per ``ndk_fn`` call for kernel rows against x_train, within ``max_elements``."""
-    return int(min(n_times, max(1, self.max_elements // (n1 * self.p))))
+    """Times per ``ndk_fn`` call for kernel rows against x_train, within ``max_elements`` kernel entries
+    (counting the spatial covariance of each pair, :attr:`pair_elements`)."""
+    return int(min(n_times, max(1, self.max_elements // (n1 * self.p * self.pair_elements))))
 
   def row(self, x1, x2, t, grid, chunk):
     """C(t, s_j, x1, x2) and R(t, s_j, x1, x2) for every s_j of ``grid`` (whole chunks), ``chunk`` times a call."""
