@@ -188,8 +188,8 @@ def estimated_bytes(cfg: RunConfig, command: str) -> dict[str, float]:
 
   * theory: the two-time kernels of the P + n* points on the dense grid of n_d = n_times + 160 times (float64,
     several live copies) and the test covariance (n_d, n*, n*);
-  * ensemble: M members × parameters × 6 live copies (parameters, noise, gradients, temporaries) in float32, the
-    activations M (P + n*) N per layer, and the record M × record segments × (P + n*);
+  * ensemble: ``ndk_flax.resources.ensemble_bytes`` (the estimate ``train_ensemble`` checks) in float32, with
+    record segments + n_times record times;
   * kernels: the (n_t, n_t, P, P) kernels, about 8 (depth + 1) live arrays in float64.
 
   Examples:
@@ -203,8 +203,8 @@ def estimated_bytes(cfg: RunConfig, command: str) -> dict[str, float]:
   n_pts, n_d = p + n_test, n_t + 160
   theory = 8.0 * (4 * n_d**2 * (p**2 + p * n_test) + 2 * n_d * n_test**2)
   n_params = 3 * cfg.width + (cfg.depth - 1) * cfg.width**2 + cfg.width + (cfg.depth * cfg.width + 1) * cfg.bias
-  ensemble = 4.0 * cfg.n_members * (6 * n_params + 4 * n_pts * cfg.width * cfg.depth + (MAX_SEGMENTS + n_t) * n_pts)
-  return {'theory': theory, 'ensemble': ensemble}
+  ensemble = resources.ensemble_bytes(cfg.n_members, n_params, n_pts, cfg.depth * cfg.width, MAX_SEGMENTS + n_t)
+  return {'theory': theory, 'ensemble': ensemble.total}
 
 
 def memory_problem(cfg: RunConfig, command: str, available: int | None = None) -> str | None:
@@ -214,7 +214,7 @@ def memory_problem(cfg: RunConfig, command: str, available: int | None = None) -
     >>> memory_problem(RunConfig(), 'validate', available=2**34) is None
     True
     >>> memory_problem(RunConfig(n_test=30000), 'validate', available=2**34).split(' (')[0]
-    'needs about 2.8e+12 bytes'
+    'needs about 2.9e+12 bytes'
   """
   sizes = estimated_bytes(cfg, command)
   need = sum(sizes.values())

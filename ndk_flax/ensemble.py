@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from ndk_flax import _validation as V
-from ndk_flax import nn, ou
+from ndk_flax import nn, ou, resources
 from ndk_flax.optax import langevin
 
 __all__ = [
@@ -572,6 +572,39 @@ def _check_data(x_train, y_train, x_test, dtype):
   return x_train, y_train, x_test
 
 
+def _require_memory(
+  layer, width, x_train, x_test, n_members: int, n_record: int, record_hidden: bool, record_params: bool, dtype
+) -> None:
+  """MemoryError, before anything is allocated, when the ensemble cannot fit (``ndk_flax.resources.ensemble_bytes``
+  of the model's abstract shapes: ``nnx.eval_shape`` allocates nothing)."""
+  model = nnx.eval_shape(lambda: nn.from_stax(layer, width, input_shape=x_train.shape, rngs=nnx.Rngs(0), dtype=dtype))
+  graphdef, params = nnx.split(model, nnx.Param)
+  n_params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+  n_observed = x_train.shape[0] + (0 if x_test is None else x_test.shape[0])
+  x = jax.ShapeDtypeStruct((n_observed,) + x_train.shape[1:], dtype)
+  out, hidden = jax.eval_shape(lambda p, x: nnx.merge(graphdef, p)(x, return_hidden=True), params, x)
+  hidden_per_point = sum(math.prod(h.shape[1:]) for h in hidden)
+  need = resources.ensemble_bytes(
+    n_members,
+    n_params,
+    n_observed,
+    hidden_per_point,
+    n_record,
+    n_out=math.prod(out.shape[1:]),
+    record_hidden=record_hidden,
+    record_params=record_params,
+    itemsize=dtype.itemsize,
+  )
+  extras = ', '.join(n for n, on in (('record_params', record_params), ('record_hidden', record_hidden)) if on)
+  resources.require_ensemble_memory(
+    f'train_ensemble with {n_members} members of {n_params} parameters, {n_observed} points and {n_record} record '
+    f'times ({extras or "outputs only"})',
+    need,
+    remedy='lower n_members, the width or the number of record_times'
+    + (f', or drop {extras} (or record fewer times with it)' if extras else ''),
+  )
+
+
 def train_ensemble(
   layer,
   x_train: Any,
@@ -632,6 +665,9 @@ def train_ensemble(
 
   Raises:
     ValueError: for an unstable learning rate (with η, λ_max(Θ0) and the bound) and other bad input.
+    MemoryError: before anything is allocated, when the parameters, their step copies, the activations and the
+      records (``ndk_flax.resources.ensemble_bytes``) cannot fit; it names the bytes needed, those available and
+      what to lower.
     FloatingPointError: if the loss or the outputs become NaN/inf; the message names the first bad step, the
       non-finite parameters and members, and suggests a smaller learning rate.
 
@@ -648,6 +684,7 @@ def train_ensemble(
   x_given = V.batched_array('x_train', x_train, 2)  # λ_max(Θ0) in the inputs' own precision, as the CLI computes it
   x_train, y_train, x_test = _check_data(x_train, y_train, x_test, dtype)
   steps = record_steps(record_times, learning_rate)
+  _require_memory(layer, width, x_train, x_test, n_members, steps.size, record_hidden, record_params, dtype)
   check_learning_rate(
     learning_rate, ntk_lambda_max(layer, x_given, temperature), n_steps=max(1, int(steps[-1])), bound=stability_bound
   )

@@ -9,9 +9,17 @@ available and what to change.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
-__all__ = ['available_bytes', 'host_available_bytes', 'require_memory', 'require_work']
+__all__ = [
+  'EnsembleBytes',
+  'available_bytes',
+  'ensemble_bytes',
+  'host_available_bytes',
+  'require_ensemble_memory',
+  'require_memory',
+  'require_work',
+]
 
 
 def host_available_bytes() -> int:
@@ -74,6 +82,88 @@ def require_memory(what: str, bytes_needed: float, *, remedy: str, limit: Option
   available = available_bytes() if limit is None else limit
   if bytes_needed > available:
     raise MemoryError(f'{what} needs about {_gib(bytes_needed)}, but only {_gib(available)} are available: {remedy}.')
+
+
+ENSEMBLE_STATE_COPIES = 6
+"""Live member-stacked copies of the parameters during a Langevin step: θ, the gradient, the noise ξ, the update,
+the new θ and one temporary of the fused update (``ndk_flax.ensemble.build_program``)."""
+
+ENSEMBLE_ACTIVATION_COPIES = 4
+"""Live copies of the hidden units per point in the forward and backward passes: pre-activations, activations and
+their two cotangents."""
+
+
+class EnsembleBytes(NamedTuple):
+  """Peak bytes of ``ndk_flax.ensemble.train_ensemble`` (:func:`ensemble_bytes`), by where they live.
+
+  Attributes:
+    training: on the device: the member-stacked parameters and their step copies, and the activations.
+    records: on the host: the recorded outputs, hidden representations and parameters (NumPy).
+  """
+
+  training: float
+  records: float
+
+  @property
+  def total(self) -> float:
+    return self.training + self.records
+
+
+def ensemble_bytes(
+  n_members: int,
+  n_params: int,
+  n_observed: int,
+  hidden_per_point: int,
+  n_record: int,
+  *,
+  n_out: int = 1,
+  record_hidden: bool = False,
+  record_params: bool = False,
+  itemsize: int = 4,
+) -> EnsembleBytes:
+  """Upper bound of the peak bytes of a Langevin ensemble (``ndk_flax.ensemble.train_ensemble``), from its sizes.
+
+  With M members of n_θ parameters, n_o = P + n* observed points (training and test), H hidden units per point (the
+  summed sizes of the hidden representations, e.g. depth × width) and n_r record times, in ``itemsize`` bytes:
+
+  * training = itemsize · M · (6 n_θ + 4 n_o H): :data:`ENSEMBLE_STATE_COPIES` of the parameters and
+    :data:`ENSEMBLE_ACTIVATION_COPIES` of the activations;
+  * records = 2 · itemsize · M · n_r · (n_o · out [+ n_o H with ``record_hidden``] [+ n_θ with ``record_params``]):
+    the per-time records and their stacked copy.
+
+  Examples:
+    >>> from ndk_flax.resources import ensemble_bytes
+    >>> need = ensemble_bytes(4096, 4096 * 4, 10, 4096, 200, record_params=True)
+    >>> round(need.training / 2**30, 2), round(need.records / 2**30, 1)  # M = 4096, N = 4096, 200 times
+    (4.0, 100.1)
+  """
+  m = float(n_members)
+  training = (
+    itemsize * m * (ENSEMBLE_STATE_COPIES * n_params + ENSEMBLE_ACTIVATION_COPIES * n_observed * hidden_per_point)
+  )
+  per_time = n_observed * n_out + record_hidden * n_observed * hidden_per_point + record_params * n_params
+  return EnsembleBytes(training, 2.0 * itemsize * m * n_record * per_time)
+
+
+def require_ensemble_memory(what: str, need: EnsembleBytes, *, remedy: str, limit: Optional[float] = None) -> None:
+  """:func:`require_memory` for an ensemble: on a CPU the training and the records share the host memory; on an
+  accelerator the training must fit its free memory and the records the host's. ``limit`` bounds the total.
+
+  Examples:
+    >>> from ndk_flax.resources import EnsembleBytes, require_ensemble_memory
+    >>> try:
+    ...   require_ensemble_memory('the ensemble', EnsembleBytes(2**30, 2**31), remedy='record fewer times', limit=2**30)
+    ... except MemoryError as e:
+    ...   print(e)
+    the ensemble needs about 3 GiB, but only 1 GiB are available: record fewer times.
+  """
+  import jax
+
+  if limit is not None or jax.devices()[0].platform == 'cpu':
+    require_memory(what, need.total, remedy=remedy, limit=limit)
+    return
+  require_memory(f'{what} (training, on the device)', need.training, remedy=remedy)
+  require_memory(f'{what} (records, on the host)', need.records, remedy=remedy, limit=host_available_bytes())
 
 
 def require_work(what: str, amount: float, *, unit: str, cap: float, cap_name: str) -> None:

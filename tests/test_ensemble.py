@@ -1,5 +1,6 @@
 """Tests of ndk_flax.ensemble (mechanics: members, records, sharding, errors) and end-to-end checks vs the theory."""
 
+import json
 import math
 import os
 import subprocess
@@ -549,3 +550,63 @@ def test_run_killed_by_sigkill_resumes_bit_identically(tmp_path, monkeypatch):
 
   with pytest.raises(ValueError, match='another run .*seed'):
     train_ensemble(SMALL, X, Y, n_members=3, **dict(KW, record_times=[0.0, 0.05]), seed=5, checkpoint_dir=str(ckpt))
+
+
+_HUGE_RECORD = """
+import json, time
+import numpy as np
+from ndk_flax import stax
+from ndk_flax.ensemble import train_ensemble
+x = np.linspace(-1, 1, 18).reshape(6, 3)
+start = time.perf_counter()
+try:
+  train_ensemble(stax.serial(stax.Dense(8), stax.Erf(), stax.Dense(1)), x, x[:, :1], temperature=0.01,
+                 learning_rate=0.01, record_times=0.01 * np.arange(200), n_members=4096, width=4096,
+                 record_params={record_params}, progress=False)
+  message = None
+except MemoryError as e:
+  message = str(e)
+seconds = time.perf_counter() - start
+# VmHWM: this process's own peak (ru_maxrss would be inherited from a large forking parent).
+rss = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM:'))
+print(json.dumps(dict(message=message, rss=rss, seconds=seconds)))
+"""
+
+
+def test_huge_record_params_is_refused_before_any_allocation():
+  """M = 4096, N = 4096, 200 record times with record_params (≈ 100 GiB of recorded parameters): MemoryError naming
+  the bytes needed and available and what to lower, before anything is allocated (the process stays < 600 MB)."""
+  env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  out = subprocess.run(
+    [sys.executable, '-c', _HUGE_RECORD.format(record_params=True)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result['message'] is not None, 'the request was not refused'
+  message = result['message']
+  assert 'needs about' in message and 'GiB are available' in message, message
+  assert 'lower n_members' in message and 'record_params' in message, message
+  assert result['rss'] < 600 * 2**20, result
+
+
+def test_ensemble_refusal_names_the_limit_it_was_given(monkeypatch):
+  """A small ensemble that does not fit a small memory limit is refused; the same call with room trains."""
+  from ndk_flax import resources
+
+  real = resources.require_ensemble_memory
+  seen = []
+
+  def with_limit(what, need, *, remedy, limit=None):
+    seen.append(need)
+    return real(what, need, remedy=remedy, limit=1e3)
+
+  monkeypatch.setattr(resources, 'require_ensemble_memory', with_limit)
+  with pytest.raises(MemoryError, match=r'needs about .* GiB, but only 9.31e-07 GiB are available: lower n_members'):
+    train_ensemble(SMALL, X, Y, n_members=3, **KW)
+  assert len(seen) == 1 and seen[0].total > 1e3
+  monkeypatch.setattr(resources, 'require_ensemble_memory', real)
+  assert train_ensemble(SMALL, X, Y, n_members=3, **KW).train.shape == (3, 3, 5, 1)
