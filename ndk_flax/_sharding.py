@@ -6,15 +6,19 @@ R(t, s, x1, X), the mean solver's ring, the covariance blocks) is then partition
 and contractions over P become all-reduces. Nothing else changes: the results do not depend on the device count
 (up to the order of floating-point sums, tested to 1e-12 in float64 on 4 forced host devices). When P is not a
 multiple of the device count, X stays on the default device (unsharded): the same results, one device's speed.
+`ndk_flax.stax`'s ``ndk_fn`` splits the point axis of its inputs the same way (x1, else x2; the other side
+replicated), so a time grid's kernels are computed in parts along P on every device.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ['POINTS', 'point_mesh', 'shard_points']
+__all__ = ['POINTS', 'point_mesh', 'shard_axis', 'shard_points']
 
 POINTS = 'points'
 """Name of the mesh axis that carries the training points."""
@@ -41,7 +45,21 @@ def shard_points(x: jax.Array) -> jax.Array:
     >>> shard_points(jnp.ones((4, 2))).shape
     (4, 2)
   """
+  return shard_axis(x, 0)
+
+
+def shard_axis(x: jax.Array, axis: Optional[int]) -> jax.Array:
+  """``x`` with its point axis ``axis`` split over :func:`point_mesh`, or, for ``axis=None``, replicated on every
+  device of the mesh; unchanged on one device or when ``x.shape[axis]`` is not a multiple of the device count.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ndk_flax._sharding import shard_axis
+    >>> shard_axis(jnp.ones((2, 4)), 1).shape, shard_axis(jnp.ones(3), None).shape
+    ((2, 4), (3,))
+  """
   n_devices = jax.device_count()
-  if n_devices == 1 or x.shape[0] % n_devices:
+  if n_devices == 1 or (axis is not None and x.shape[axis] % n_devices):
     return x
-  return jax.device_put(x, NamedSharding(point_mesh(), PartitionSpec(POINTS)))
+  spec = PartitionSpec() if axis is None else PartitionSpec(*([None] * (axis % x.ndim)), POINTS)
+  return jax.device_put(x, NamedSharding(point_mesh(), spec))

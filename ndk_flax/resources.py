@@ -189,3 +189,49 @@ def require_work(what: str, amount: float, *, unit: str, cap: float, cap_name: s
       f'{what} needs about {amount:.3g} {unit}, more than `{cap_name}` = {cap:.3g}: '
       f'raise `{cap_name}`, or ask for less.'
     )
+
+
+GRID_LIVE_COPIES = 8
+"""Arrays of one batch's size that the evaluation of a time-grid batch holds at once (kernels of consecutive layers,
+NT's intermediates), as measured for MLPs, CNNs with pooling and attention (tests/test_stax.py)."""
+
+
+def ndk_grid_bytes(
+  n1: int,
+  n2: int,
+  n_t1: int,
+  n_t2: int,
+  *,
+  n_fields: int = 2,
+  itemsize: int = 8,
+  spatial_size: float = 1.0,
+  batch_elements: int = 2**26,
+  stored_grids: float = 1.0,
+) -> float:
+  """Upper estimate of the peak bytes of ``ndk_fn`` on an n_t1 × n_t2 time grid of n1 × n2 inputs.
+
+  What it bounds: the result, ``n_fields`` kernels (C and R, docs/theory.md §3) of n_t1·n_t2·n1·n2·spatial_size
+  values each, held ``stored_grids`` times at the peak (1 for the full grid; 2 for the causal triangle of a square
+  grid, whose evaluated half and its mirror sit next to the gathered grid), plus the equal-time covariances
+  C(t1, t1, x1, x1) and C(t2, t2, x2, x2) of every evaluated pair (at most n_t1·n_t2·(n1 + n2)·spatial_size
+  values, diagonal over the batch), plus the working set of one evaluated batch of time pairs:
+  ``GRID_LIVE_COPIES`` arrays of ``batch_elements`` values (the layer kernels of every pair in the batch).
+
+  Args:
+    n1, n2: numbers of inputs on each side.
+    n_t1, n_t2: numbers of times on each side.
+    n_fields: grid-sized result kernels (nngp and ndk).
+    itemsize: bytes per value (8 in float64).
+    spatial_size: values per input pair of the output kernel (1 for a flat output; H·W, or (H·W)² for non-diagonal
+      spatial kernels of an output that keeps positions).
+    batch_elements: values of one kernel over one batch of evaluated time pairs.
+    stored_grids: copies of the result held at the peak (above).
+
+  Examples:
+    >>> from ndk_flax.resources import ndk_grid_bytes
+    >>> ndk_grid_bytes(10, 10, 64, 64, batch_elements=0) / 2**20  # MiB: 64² pairs x (2 x 10² + 20) float64 values
+    6.875
+  """
+  grid = n_fields * stored_grids * n_t1 * n_t2 * n1 * n2 * spatial_size
+  covariances = n_t1 * n_t2 * (n1 + n2) * spatial_size
+  return float(itemsize * (grid + covariances + GRID_LIVE_COPIES * batch_elements))

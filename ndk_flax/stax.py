@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ndk_flax import _two_time, attention
+from ndk_flax import _sharding, _two_time, attention, resources
 from ndk_flax import _validation as V
 from ndk_flax import spec as S
 from ndk_flax._nt import Kernel, nt_stax
@@ -104,33 +104,187 @@ def _input_kernel_fn(req: dict) -> Callable:
   return InputKernel()[2]
 
 
-def two_time_grid(rule: Rule, input_kernel_fn: Callable, x1, x2, t1v, t2v, temperature, array_kwargs, static_kwargs):
-  """(nngp, ndk, cov1, cov2) of ``rule`` on the grid t1v × t2v: leading axes (n1, n2), (n1, n2), (n1,), (n2,).
+def two_time_grid(
+  rule: Rule,
+  input_kernel_fn: Callable,
+  x1,
+  x2,
+  t1v,
+  t2v,
+  temperature,
+  array_kwargs,
+  static_kwargs,
+  symmetric: bool = False,
+  n_shards: int = 1,
+):
+  """(nngp, ndk, cov1, cov2) = (C, R, C(t1, t1), C(t2, t2)) of ``rule`` on the time grid t1v × t2v (docs/theory.md §3).
 
-  The one place where the time grid is laid out (vectorised over t2, ``lax.map`` over t1 in memory-bounded
-  batches). The pair is treated as identical inputs (NT's ``x1_is_x2``, used by ``Dropout``) only where t1 = t2
-  and NT finds x1 = x2.
+  The one place where the time grid is laid out. Leading axes: (n_t1, n_t2) on nngp and ndk, (n_t1,) on cov1,
+  (n_t2,) on cov2. The pair is treated as identical inputs (NT's ``x1_is_x2``, used by ``Dropout``) only where
+  t1 = t2 and NT finds x1 = x2.
+
+  The evaluated time pairs are vectorised in memory-bounded batches (``lax.map``, at least one pair at a time):
+
+  * Full grid (``symmetric=False``): every pair.
+  * Causal triangle (``symmetric=True``; the caller guarantees t2v = t1v, x2 = x1 and no input-specific array
+    kwargs): only the n_t(n_t + 1)/2 pairs t ≥ s of the sorted times are evaluated; the others follow from
+    C(s, t, x', x) = C(t, s, x, x') (the transpose over inputs and spatial positions) and R(s, t) = 0 for s < t
+    (docs/theory.md §2–§3; at equal times R is symmetric as C is). The result equals the full grid to rounding.
+
+  Before any work the bytes of the request (:func:`ndk_flax.resources.ndk_grid_bytes`, per device when the points
+  are split over ``n_shards`` devices) are checked against the memory available: MemoryError if they do not fit.
+
+  Args:
+    rule: the two-time rule of the network (``NDKLayer.rule``).
+    input_kernel_fn: maps ``(x1, x2, None, **nt_kwargs)`` to the input `Kernel` (an NT identity ``kernel_fn``).
+    x1, x2: inputs (x2 not None).
+    t1v, t2v: 1-D arrays of times.
+    temperature: T ≥ 0.
+    array_kwargs: NT keyword arguments holding arrays (e.g. ``pattern``); static_kwargs: the others, as a tuple
+      of (name, value) pairs.
+    symmetric: evaluate the causal triangle only (conditions above).
+    n_shards: number of devices the point axis is split over (divides the bytes per device).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ndk_flax._nt import nt_stax
+    >>> net = serial(Dense(4, W_std=1.2), Erf(), Dense(1, W_std=1.2))
+    >>> x, t = jnp.ones((3, 2)), jnp.array([1.0, 0.0])
+    >>> full = two_time_grid(net.rule, nt_stax.Identity()[2], x, x, t, t, 0.1, {}, ())
+    >>> [a.shape for a in full]
+    [(2, 2, 3, 3), (2, 2, 3, 3), (2, 3), (2, 3)]
+    >>> float(full[1][1, 0, 0, 0])  # R(0, 1) = 0: causal
+    0.0
+    >>> half = two_time_grid(net.rule, nt_stax.Identity()[2], x, x, t, t, 0.1, {}, (), symmetric=True)
+    >>> all(bool(jnp.allclose(a, b, rtol=1e-6)) for a, b in zip(full, half))
+    True
   """
   nt_kwargs = dict(static_kwargs, **array_kwargs)
   k0 = input_kernel_fn(x1, x2, None, **nt_kwargs)
+  input_elements = sum(kk.nngp.size for kk in jax.tree.leaves(k0, is_leaf=_is_kernel))
 
   def pair(t1, t2):
     same = t1 == t2
     k = jax.tree.map(lambda kk: kk.replace(x1_is_x2=jnp.logical_and(kk.x1_is_x2, same)), k0, is_leaf=_is_kernel)
     out = rule(k, t1, t2, temperature, **nt_kwargs)
-    return tuple(
-      jax.tree.map(lambda kk: getattr(kk, f), out, is_leaf=_is_kernel) for f in ('nngp', 'ntk', 'cov1', 'cov2')
+    # Only the four kernels travel through the grid (x1_is_x2 and the masks are not results).
+    return jax.tree.map(lambda kk: kk.replace(x1_is_x2=None, mask1=None, mask2=None), out, is_leaf=_is_kernel)
+
+  n_t1, n_t2 = t1v.shape[0], t2v.shape[0]
+  # The evaluated pairs, as indices into the times: the causal triangle of the sorted times (high >= low, row-major:
+  # pair high(high + 1)/2 + low), or every pair of the grid (row-major: pair i·n_t2 + j).
+  first, second = np.tril_indices(n_t1) if symmetric else np.indices((n_t1, n_t2)).reshape(2, -1)
+  pairs_per_batch = int(max(1, min(first.size, _GRID_BUDGET // max(1, input_elements))))
+  one_pair = jax.eval_shape(pair, t1v[0], t2v[0])
+  _require_grid_memory(one_pair, n_t1, n_t2, n_shards, pairs_per_batch * input_elements)
+  if symmetric:
+    return _causal_triangle(pair, t1v, first, second, pairs_per_batch, one_pair)
+  out = jax.lax.map(lambda ts: pair(*ts), (t1v[first], t2v[second]), batch_size=pairs_per_batch)
+
+  def grid(a):
+    return a.reshape((n_t1, n_t2) + a.shape[1:])
+
+  return (
+    jax.tree.map(grid, _field(out, 'nngp')),
+    jax.tree.map(grid, _field(out, 'ntk')),
+    jax.tree.map(lambda a: grid(a)[:, 0], _field(out, 'cov1')),
+    jax.tree.map(lambda a: grid(a)[0], _field(out, 'cov2')),
+  )
+
+
+# Elements (per kernel copy) that one batch of evaluated time pairs may hold (at least one pair is evaluated).
+_GRID_BUDGET = 2**26
+
+
+def _field(kernels, name: str):
+  return jax.tree.map(lambda kk: getattr(kk, name), kernels, is_leaf=_is_kernel)
+
+
+def _require_grid_memory(one_pair, n_t1: int, n_t2: int, n_shards: int, batch_elements: int):
+  """MemoryError before any work when the grid (shapes of ``one_pair``, the kernels of one time pair) cannot fit."""
+  kernels = jax.tree.leaves(one_pair, is_leaf=_is_kernel)
+  n1, n2 = kernels[0].nngp.shape[:2]
+  spatial_size = sum(kk.nngp.size for kk in kernels) / (n1 * n2)
+  needed = resources.ndk_grid_bytes(
+    n1,
+    n2,
+    n_t1,
+    n_t2,
+    itemsize=kernels[0].nngp.dtype.itemsize,
+    spatial_size=spatial_size,
+    batch_elements=batch_elements,
+  )
+  resources.require_memory(
+    f'ndk_fn on a {n_t1} x {n_t2} time grid of {n1} x {n2} inputs',
+    needed / n_shards,
+    remedy='use fewer times or fewer points, or evaluate the grid in blocks (several ndk_fn calls on parts of t1, x1)',
+  )
+
+
+def _swap_inputs(kernel: Kernel, a: jax.Array) -> jax.Array:
+  """C(s, t, x', x) from C(t, s, x, x') for an nngp-shaped array ``a`` of ``kernel``: the two input axes and, for
+  non-diagonal spatial kernels, the two positions of every spatial pair, exchanged."""
+  axes = [1, 0]
+  spatial = list(range(2, a.ndim))
+  if kernel.diagonal_spatial:
+    axes += spatial
+  else:
+    for first, second in zip(spatial[::2], spatial[1::2]):
+      axes += [second, first]
+  return jnp.transpose(a, axes)
+
+
+def _causal_triangle(pair: Callable, tv: jax.Array, high: np.ndarray, low: np.ndarray, pairs_per_batch: int, one_pair):
+  """(nngp, ndk, cov1, cov2) on tv × tv from the pairs (high, low) of ranks of the sorted times (high >= low) only,
+  evaluated in batches and written straight into the grid with their mirrors (see `two_time_grid`): no gather and no
+  second copy of the grid. ``one_pair`` gives the shapes of one pair's kernels. Works on traced times."""
+  n = tv.shape[0]
+  order = jnp.argsort(tv)
+  n_batches = -(-high.size // pairs_per_batch)
+  pairs_per_batch = -(-high.size // n_batches)  # batches of equal size, at most n_batches - 1 pairs of padding
+  padding = n_batches * pairs_per_batch - high.size  # the last pair again: rewritten with the same values
+
+  def batched(ranks):
+    ranks = np.concatenate([ranks, np.full(padding, ranks[-1])]).reshape(n_batches, pairs_per_batch)
+    return order[ranks]  # positions in tv: t_i >= t_j for (i, j) = (batched(high), batched(low))
+
+  def zeros(kernel, name, lead):
+    a = getattr(kernel, name)
+    return jnp.zeros(lead + a.shape, a.dtype)
+
+  def empty_grid(kernel):
+    return kernel.replace(
+      nngp=zeros(kernel, 'nngp', (n, n)),
+      ntk=zeros(kernel, 'ntk', (n, n)),
+      cov1=zeros(kernel, 'cov1', (n,)),
+      cov2=zeros(kernel, 'cov2', (n,)),
     )
 
-  row = jax.vmap(pair, in_axes=(None, 0))
-  per_pair = sum(kk.nngp.size for kk in jax.tree.leaves(k0, is_leaf=_is_kernel))
-  batch_size = int(max(1, min(t1v.shape[0], _GRID_BUDGET // max(1, per_pair * t2v.shape[0]))))
-  nngp, ndk, cov1, cov2 = jax.lax.map(lambda t: row(t, t2v), t1v, batch_size=batch_size)
-  return nngp, ndk, jax.tree.map(lambda a: a[:, 0], cov1), jax.tree.map(lambda a: a[0], cov2)
+  def put(a, block, *index):
+    return jax.lax.dynamic_update_slice(a, block[(None,) * len(index)], index + (0,) * block.ndim)
 
+  def write(grid: Kernel, kernels: Kernel, b, i, j) -> Kernel:
+    nngp, ndk = kernels.nngp[b], kernels.ntk[b]
+    # R(t_j, t_i) = 0 for t_j < t_i (the zeros are there already); at equal times, the mirror of R(t_i, t_j).
+    ndk_grid = jax.lax.cond(tv[i] == tv[j], lambda g: put(g, _swap_inputs(grid, ndk), j, i), lambda g: g, grid.ntk)
+    return grid.replace(
+      nngp=put(put(grid.nngp, _swap_inputs(grid, nngp), j, i), nngp, i, j),  # mirror first: (i, i) as evaluated
+      ntk=put(ndk_grid, ndk, i, j),
+      cov1=put(grid.cov1, kernels.cov1[b], i),
+      cov2=put(grid.cov2, kernels.cov2[b], j),
+    )
 
-# Elements (per time pair) that one lax.map batch of the time grid may hold per kernel copy.
-_GRID_BUDGET = 2**26
+  def batch(grids, ij):
+    i, j = ij
+    kernels = jax.vmap(pair)(tv[i], tv[j])
+
+    def one(b, grids):
+      return jax.tree.map(lambda g, k: write(g, k, b, i[b], j[b]), grids, kernels, is_leaf=_is_kernel)
+
+    return jax.lax.fori_loop(0, pairs_per_batch, one, grids), None
+
+  grids, _ = jax.lax.scan(batch, jax.tree.map(empty_grid, one_pair, is_leaf=_is_kernel), (batched(high), batched(low)))
+  return tuple(_field(grids, name) for name in ('nngp', 'ntk', 'cov1', 'cov2'))
 
 
 class NDKLayer(tuple):
@@ -161,7 +315,9 @@ class NDKLayer(tuple):
     self.spec = spec
     self.groups = tuple(groups)
     input_fn = _input_kernel_fn(dict(getattr(kernel_fn, 'input_req', {})))
-    self._jitted_grid = jax.jit(functools.partial(two_time_grid, rule, input_fn), static_argnames=('static_kwargs',))
+    self._jitted_grid = jax.jit(
+      functools.partial(two_time_grid, rule, input_fn), static_argnames=('static_kwargs', 'symmetric', 'n_shards')
+    )
     return self
 
   @property
@@ -215,14 +371,20 @@ class NDKLayer(tuple):
     """
     temperature = V.temperature(temperature)
     mask_constant = kwargs.get('mask_constant')
+    x2_is_x1 = x2 is None
     x1 = _check_inputs('x1', x1, mask_constant)
-    x2 = x1 if x2 is None else _check_inputs('x2', x2, mask_constant)
-    _check_same_shapes(x1, x2, kwargs.get('batch_axis', getattr(self.kernel_fn, 'input_req', {}).get('batch_axis', 0)))
+    x2 = x1 if x2_is_x1 else _check_inputs('x2', x2, mask_constant)
+    batch_axis = kwargs.get('batch_axis', getattr(self.kernel_fn, 'input_req', {}).get('batch_axis', 0))
+    _check_same_shapes(x1, x2, batch_axis)
     t1v, scalar1 = _check_times('t1', t1)
     t2v, scalar2 = _check_times('t2', t2)
     array_kwargs = {k: v for k, v in kwargs.items() if _holds_arrays(v)}
     static_kwargs = tuple(sorted((k, v) for k, v in kwargs.items() if k not in array_kwargs))
-    nngp, ndk, cov1, cov2 = self._jitted_grid(x1, x2, t1v, t2v, temperature, array_kwargs, static_kwargs=static_kwargs)
+    symmetric = x2_is_x1 and not array_kwargs and _same_times(t1, t2, t1v, t2v)
+    x1, x2, n_shards = _split_points(x1, x2, batch_axis)
+    nngp, ndk, cov1, cov2 = self._jitted_grid(
+      x1, x2, t1v, t2v, temperature, array_kwargs, static_kwargs=static_kwargs, symmetric=symmetric, n_shards=n_shards
+    )
     if scalar2:
       nngp, ndk, cov2 = _take_first(nngp, 1), _take_first(ndk, 1), _take_first(cov2, 0)
     if scalar1:
@@ -230,6 +392,42 @@ class NDKLayer(tuple):
     out = TwoTimeKernel(nngp, ndk, cov1, cov2)
     _check_finite(out)
     return out
+
+
+def _same_times(t1, t2, t1v: jax.Array, t2v: jax.Array) -> bool:
+  """Whether t1 and t2 are the same times, known statically (the same object) or from concrete values; traced
+  distinct arrays count as different (the full grid is then evaluated). A single time has nothing to mirror."""
+  if t1v.shape != t2v.shape or t1v.shape[0] < 2:
+    return False
+  if t1 is t2:
+    return True
+  if V.is_traced(t1v) or V.is_traced(t2v):
+    return False
+  return bool(np.array_equal(np.asarray(t1v), np.asarray(t2v)))
+
+
+def _split_points(x1, x2, batch_axis: int):
+  """(x1, x2, n_shards): the point axis of x1 (else x2, whichever is a multiple of the device count) split over
+  every visible device and the other side replicated (:mod:`ndk_flax._sharding`). Inputs the caller already split
+  (e.g. the predictor's training points), traced inputs and a single device are left as they are."""
+  leaves = jax.tree.leaves((x1, x2))
+  n_devices = jax.device_count()
+  if n_devices == 1 or any(V.is_traced(a) for a in leaves):
+    return x1, x2, 1
+  if any(isinstance(a, jax.Array) and not a.sharding.is_fully_replicated for a in leaves):
+    return x1, x2, n_devices
+
+  def divisible(x) -> bool:
+    return all(a.shape[batch_axis] % n_devices == 0 for a in jax.tree.leaves(x))
+
+  def place(x, axis):
+    return jax.tree.map(lambda a: _sharding.shard_axis(a, axis), x)
+
+  if divisible(x1):
+    return place(x1, batch_axis), place(x2, None), n_devices
+  if divisible(x2):
+    return place(x1, None), place(x2, batch_axis), n_devices
+  return x1, x2, 1
 
 
 def _holds_arrays(value: Any) -> bool:

@@ -1,5 +1,10 @@
 """Two-time kernels of `ndk_flax.stax` vs Neural Tangents, an independent recursion, docs/theory.md identities."""
 
+import json
+import re
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -265,6 +270,150 @@ def test_time_grid_matches_pointwise_evaluation():
   row = net.ndk_fn(x1, x2, 0.5, t2, temperature=0.3)
   assert row.nngp.shape == (2, 3, 2)
   assert_close(row.nngp, grid.nngp[1])
+
+
+# Square grids with t1 == t2 and x2 = None: only pairs t >= s are evaluated (the causal triangle), the rest from
+# C(s, t, x', x) = C(t, s, x, x') and R(s, t) = 0 for s < t. Unsorted times, a repeated time and t = inf.
+SQUARE_TIMES = np.array([2.0, 0.0, 0.5, 2.0, np.inf, 0.3])
+SEQ3 = jax.random.normal(jax.random.PRNGKey(4), (3, 4, 5))
+
+SQUARE_GRID_NETS = {
+  'erf_mlp': (lambda: _mixed_net(stax.Erf), X1),
+  'relu_mlp': (lambda: _mixed_net(stax.Relu), X1),
+  'cnn_pool': (_architectures(stax)['cnn'][0], IMG),
+  'cnn_spatial_output': (
+    lambda: stax.serial(
+      stax.Conv(3, (3, 3), W_std=1.3, b_std=0.2, W_prior_std=1.0, padding='SAME'),
+      stax.Erf(),
+      stax.AvgPool((2, 2)),
+      stax.Conv(2, (2, 2), W_std=1.4),
+    ),
+    IMG,
+  ),
+  'dropout': (
+    lambda: stax.serial(stax.Dense(8, b_std=0.1), stax.Relu(), stax.Dropout(0.7, mode='train'), stax.Dense(1)),
+    X1,
+  ),
+  'attention': (
+    lambda: stax.serial(
+      stax.Dense(6),
+      stax.GlobalSelfAttention(6, 6, 6, 2, b_std=0.1, W_value_prior_std=0.7),
+      stax.Erf(),
+      stax.GlobalAvgPool(),
+      stax.Dense(1),
+    ),
+    SEQ3,
+  ),
+}
+
+
+@pytest.mark.filterwarnings('ignore:Linear scaling attention')
+@pytest.mark.parametrize('name', list(SQUARE_GRID_NETS))
+def test_square_grid_evaluates_causal_triangle_equal_to_full_grid(name, monkeypatch):
+  build, x = SQUARE_GRID_NETS[name]
+  net = build()
+  triangles = []
+  causal_triangle = stax._causal_triangle
+
+  def counting(pair, tv, high, low, *rest):
+    triangles.append(high.size)  # evaluated pairs
+    return causal_triangle(pair, tv, high, low, *rest)
+
+  monkeypatch.setattr(stax, '_causal_triangle', counting)
+  half = net.ndk_fn(x, None, SQUARE_TIMES, SQUARE_TIMES.copy(), temperature=0.3)
+  n = len(SQUARE_TIMES)
+  assert triangles == [n * (n + 1) // 2]
+  full = net.ndk_fn(x, x, SQUARE_TIMES, SQUARE_TIMES, temperature=0.3)  # x2 given: every pair evaluated
+  assert triangles == [n * (n + 1) // 2]
+  for field, a, b in zip(half._fields, half, full):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-12, err_msg=field)
+  later = SQUARE_TIMES[:, None] < SQUARE_TIMES[None, :]
+  assert np.all(np.asarray(half.ndk)[later] == 0)  # exact zeros, as the full grid's rule gives
+
+
+def test_square_grid_under_jit_uses_the_triangle_only_for_the_same_traced_times(monkeypatch):
+  net = _mixed_net(stax.Erf)
+  full = net.ndk_fn(X1, X1, SQUARE_TIMES, SQUARE_TIMES, temperature=0.3)
+  triangles = []
+  causal_triangle = stax._causal_triangle
+  monkeypatch.setattr(stax, '_causal_triangle', lambda *a: triangles.append(1) or causal_triangle(*a))
+  same = jax.jit(lambda t: net.ndk_fn(X1, None, t, t, temperature=0.3))(SQUARE_TIMES)
+  assert triangles == [1]  # t1 is t2: known statically although traced
+  distinct = jax.jit(lambda t, s: net.ndk_fn(X1, None, t, s, temperature=0.3))(SQUARE_TIMES, SQUARE_TIMES)
+  assert triangles == [1]  # traced, values unknown: the full grid
+  for k in (same, distinct):
+    for field, a, b in zip(k._fields, k, full):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-12, err_msg=field)
+
+
+def test_grids_that_are_not_square_in_the_same_inputs_use_the_full_grid(monkeypatch):
+  monkeypatch.setattr(stax, '_causal_triangle', lambda *a: pytest.fail('the causal triangle was used'))
+  net = _mixed_net(stax.Erf)
+  t = jnp.array([0.0, 1.0])
+  net.ndk_fn(X1, X1, t, t, temperature=0.3)  # x2 given
+  net.ndk_fn(X1, None, t, t + 1e-9, temperature=0.3)  # different times
+  net.ndk_fn(X1, None, t, t[:1], temperature=0.3)
+
+
+# Memory of time grids: refused up front (resources.ndk_grid_bytes), and that estimate bounds the measured peak.
+_GRID_REQUEST = """
+import json
+import jax
+jax.config.update('jax_enable_x64', True)
+import numpy as np
+from ndk_flax import resources, stax
+
+
+def rss(field):
+  return next(int(line.split()[1]) * 1024 for line in open('/proc/self/status') if line.startswith(field + ':'))
+
+
+estimates = []
+require_memory = resources.require_memory
+resources.require_memory = lambda what, needed, **kw: estimates.append(needed) or require_memory(what, needed, **kw)
+net = stax.serial(stax.Dense(16, W_std=1.2, b_std=0.1), stax.Erf(), stax.Dense(16, W_std=1.2), stax.Relu(),
+                  stax.Dense(1, W_std=1.2))
+x = np.random.default_rng(0).normal(size=({n_points}, 3))
+times = np.geomspace(1e-2, 10.0, {n_times})
+net.ndk_fn(x[:2], None, times[:2], times[:2], temperature=0.1)
+before = rss('VmRSS')
+try:
+  jax.block_until_ready(net.ndk_fn(x, {x2}, times, times, temperature=0.1))
+  message = None
+except MemoryError as e:
+  message = str(e)
+# VmHWM: the peak of this process's own memory (ru_maxrss would be inherited from a forking parent).
+print(json.dumps(dict(message=message, rss=rss('VmHWM'), increase=rss('VmHWM') - before, estimate=estimates[-1])))
+"""
+
+
+def _grid_request(n_points: int, n_times: int, x2: str) -> dict:
+  code = _GRID_REQUEST.format(n_points=n_points, n_times=n_times, x2=x2)
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize('x2', ['None', 'x'], ids=['causal triangle', 'full grid'])
+def test_huge_time_grid_is_refused_before_any_allocation(x2):
+  """A 4000 x 4000 time grid on 50 points (0.6 TB of kernels): MemoryError naming the bytes needed and available and
+  what to change, with the process's peak RSS far below the request; an 8 x 8 grid on the same points is computed."""
+  huge = _grid_request(50, 4000, x2)
+  assert huge['message'] is not None, 'the request was not refused'
+  assert re.search(r'needs about [\d.e+]+ GiB, but only [\d.e+]+ GiB are available', huge['message'])
+  assert 'fewer times' in huge['message'] and 'blocks' in huge['message']
+  assert huge['rss'] < 2**30
+  assert _grid_request(50, 8, x2)['message'] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('x2', ['None', 'x'], ids=['causal triangle', 'full grid'])
+def test_time_grid_memory_estimate_bounds_the_measured_peak(x2):
+  """64 x 64 times on 100 points (0.6 GB of results, one batch of 4096 pairs): the peak RSS increase of the call
+  stays below resources.ndk_grid_bytes, which is not more than 3x too cautious."""
+  measured = _grid_request(100, 64, x2)
+  assert measured['message'] is None
+  assert measured['estimate'] / 3 < measured['increase'] < measured['estimate']
 
 
 def test_float32_inputs_give_finite_kernels():
