@@ -190,7 +190,8 @@ def estimated_bytes(cfg: RunConfig, command: str) -> dict[str, float]:
     several live copies) and the test covariance (n_d, n*, n*);
   * ensemble: ``ndk_flax.resources.ensemble_bytes`` (the estimate ``train_ensemble`` checks) in float32, with
     record segments + n_times record times;
-  * kernels: the (n_t, n_t, P, P) kernels, about 8 (depth + 1) live arrays in float64.
+  * kernels: ``ndk_flax.resources.ndk_grid_bytes`` of the (n_t, n_t, P, P) grid in float64 (the estimate
+    ``ndk_fn`` checks).
 
   Examples:
     >>> sizes = estimated_bytes(RunConfig(), 'validate')
@@ -198,8 +199,9 @@ def estimated_bytes(cfg: RunConfig, command: str) -> dict[str, float]:
     (['ensemble', 'theory'], True)
   """
   p, n_test, n_t = cfg.n_train, cfg.n_test, cfg.n_times
-  if command == 'kernels':
-    return {'kernels': 8.0 * 8 * (cfg.depth + 1) * n_t**2 * p**2}
+  if command == 'kernels':  # ndk_fn(x, None, times, times): the causal triangle, float64 (its own estimate)
+    _, batch = resources.ndk_grid_batch(n_t * (n_t + 1) // 2, p * p)
+    return {'kernels': resources.ndk_grid_bytes(p, p, n_t, n_t, itemsize=8, batch_elements=batch)}
   n_pts, n_d = p + n_test, n_t + 160
   theory = 8.0 * (4 * n_d**2 * (p**2 + p * n_test) + 2 * n_d * n_test**2)
   n_params = 3 * cfg.width + (cfg.depth - 1) * cfg.width**2 + cfg.width + (cfg.depth * cfg.width + 1) * cfg.bias

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
@@ -28,10 +27,10 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
 
 from ndk_flax import _validation as V
 from ndk_flax import nn, ou, resources
+from ndk_flax._progress import progress_bar
 from ndk_flax.optax import langevin
 
 __all__ = [
@@ -437,11 +436,6 @@ def _members(seed: int, n_members: int, salt: Optional[int] = None) -> _Members:
   return _Members(jax.device_put(keys, sharding), sharding, n_members)
 
 
-def _progress(total: int, desc: str, enabled: bool):
-  """A tqdm bar over steps; quiet unless asked for and stderr is a terminal."""
-  return tqdm(total=total, desc=desc, unit='step', disable=not enabled or not sys.stderr.isatty(), leave=False)
-
-
 def _initial_state(program: EnsembleProgram, members: _Members):
   return jax.jit(program.init, out_shardings=members.sharding)(members.keys)
 
@@ -463,7 +457,7 @@ def _train(
   Returns the final (params, opt_state)."""
   params, opt_state = _initial_state(program, members) if state is None else state
   done = int(steps[first - 1]) if first > 0 else 0
-  with _progress(int(steps[-1]), 'Langevin ensemble', progress) as bar:
+  with progress_bar(int(steps[-1]), 'Langevin ensemble', 'step', progress) as bar:
     bar.update(done)
     for target in steps[first:]:
       while done < target:

@@ -99,6 +99,11 @@ class EnsembleBytes(NamedTuple):
   Attributes:
     training: on the device: the member-stacked parameters and their step copies, and the activations.
     records: on the host: the recorded outputs, hidden representations and parameters (NumPy).
+
+  Examples:
+    >>> from ndk_flax.resources import EnsembleBytes
+    >>> EnsembleBytes(training=3e9, records=1e9).total
+    4000000000.0
   """
 
   training: float
@@ -206,13 +211,11 @@ def ndk_grid_bytes(
   itemsize: int = 8,
   spatial_size: float = 1.0,
   batch_elements: int = 2**26,
-  stored_grids: float = 1.0,
 ) -> float:
   """Upper estimate of the peak bytes of ``ndk_fn`` on an n_t1 × n_t2 time grid of n1 × n2 inputs.
 
   What it bounds: the result, ``n_fields`` kernels (C and R, docs/theory.md §3) of n_t1·n_t2·n1·n2·spatial_size
-  values each, held ``stored_grids`` times at the peak (1 for the full grid; 2 for the causal triangle of a square
-  grid, whose evaluated half and its mirror sit next to the gathered grid), plus the equal-time covariances
+  values each, plus the equal-time covariances
   C(t1, t1, x1, x1) and C(t2, t2, x2, x2) of every evaluated pair (at most n_t1·n_t2·(n1 + n2)·spatial_size
   values, diagonal over the batch), plus the working set of one evaluated batch of time pairs:
   ``GRID_LIVE_COPIES`` arrays of ``batch_elements`` values (the layer kernels of every pair in the batch).
@@ -225,13 +228,30 @@ def ndk_grid_bytes(
     spatial_size: values per input pair of the output kernel (1 for a flat output; H·W, or (H·W)² for non-diagonal
       spatial kernels of an output that keeps positions).
     batch_elements: values of one kernel over one batch of evaluated time pairs.
-    stored_grids: copies of the result held at the peak (above).
 
   Examples:
     >>> from ndk_flax.resources import ndk_grid_bytes
     >>> ndk_grid_bytes(10, 10, 64, 64, batch_elements=0) / 2**20  # MiB: 64² pairs x (2 x 10² + 20) float64 values
     6.875
   """
-  grid = n_fields * stored_grids * n_t1 * n_t2 * n1 * n2 * spatial_size
+  grid = n_fields * n_t1 * n_t2 * n1 * n2 * spatial_size
   covariances = n_t1 * n_t2 * (n1 + n2) * spatial_size
   return float(itemsize * (grid + covariances + GRID_LIVE_COPIES * batch_elements))
+
+
+GRID_BATCH_ELEMENTS = 2**26
+"""Kernel entries (per kernel copy) that one batch of evaluated time pairs of ``ndk_fn`` may hold."""
+
+
+def ndk_grid_batch(n_pairs: int, pair_elements: int) -> tuple[int, int]:
+  """(time pairs per batch, kernel entries of one batch) of an ``ndk_fn`` time grid evaluating ``n_pairs`` pairs of
+  ``pair_elements`` input-kernel entries each: as many pairs as fit in :data:`GRID_BATCH_ELEMENTS`, at least one.
+  The ``batch_elements`` of :func:`ndk_grid_bytes`.
+
+  Examples:
+    >>> from ndk_flax.resources import ndk_grid_batch
+    >>> ndk_grid_batch(4096, 256 * 256)
+    (1024, 67108864)
+  """
+  pairs = int(max(1, min(n_pairs, GRID_BATCH_ELEMENTS // max(1, pair_elements))))
+  return pairs, pairs * pair_elements

@@ -174,9 +174,9 @@ def two_time_grid(
   # The evaluated pairs, as indices into the times: the causal triangle of the sorted times (high >= low, row-major:
   # pair high(high + 1)/2 + low), or every pair of the grid (row-major: pair i·n_t2 + j).
   first, second = np.tril_indices(n_t1) if symmetric else np.indices((n_t1, n_t2)).reshape(2, -1)
-  pairs_per_batch = int(max(1, min(first.size, _GRID_BUDGET // max(1, input_elements))))
+  pairs_per_batch, batch_elements = resources.ndk_grid_batch(first.size, input_elements)
   one_pair = jax.eval_shape(pair, t1v[0], t2v[0])
-  _require_grid_memory(one_pair, n_t1, n_t2, n_shards, pairs_per_batch * input_elements)
+  _require_grid_memory(one_pair, n_t1, n_t2, n_shards, batch_elements)
   if symmetric:
     return _causal_triangle(pair, t1v, first, second, pairs_per_batch, one_pair)
   out = jax.lax.map(lambda ts: pair(*ts), (t1v[first], t2v[second]), batch_size=pairs_per_batch)
@@ -190,10 +190,6 @@ def two_time_grid(
     jax.tree.map(lambda a: grid(a)[:, 0], _field(out, 'cov1')),
     jax.tree.map(lambda a: grid(a)[0], _field(out, 'cov2')),
   )
-
-
-# Elements (per kernel copy) that one batch of evaluated time pairs may hold (at least one pair is evaluated).
-_GRID_BUDGET = 2**26
 
 
 def _field(kernels, name: str):

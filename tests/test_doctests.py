@@ -28,24 +28,7 @@ def _public_objects(module) -> list[tuple[str, object]]:
   return out
 
 
-# Modules whose public docstrings still lack `Examples:` sections (issue 13, unfinished). strict: the xfail turns
-# into a failure as soon as a module is complete, so it must then leave this list.
-_EXAMPLES_MISSING = frozenset(
-  {
-    'ndk_flax.stax',
-  }
-)
-
-
-@pytest.mark.parametrize(
-  'module_name',
-  [
-    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason='Examples: sections not written yet'))
-    if m in _EXAMPLES_MISSING
-    else m
-    for m in _public_modules()
-  ],
-)
+@pytest.mark.parametrize('module_name', _public_modules())
 def test_public_docstrings_have_examples(module_name):
   module = importlib.import_module(module_name)
   missing = [name for name, obj in _public_objects(module) if 'Examples:' not in (inspect.getdoc(obj) or '')]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ndk_flax import stax
+from ndk_flax import _progress, stax
 from ndk_flax.ensemble import record_steps, train_ensemble
 
 X = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
@@ -476,7 +476,7 @@ def test_progress_counts_steps_and_is_quiet_off_a_terminal(monkeypatch):
     def update(self, n):
       self.n += n
 
-  monkeypatch.setattr(ensemble, 'tqdm', Recorder)
+  monkeypatch.setattr(_progress, 'tqdm', Recorder)  # the one progress rule (ndk_flax/_progress.py)
   monkeypatch.setattr(ensemble, 'SEGMENT_STEPS', 7)
   kw = dict(KW, record_times=[0.0, 0.05, 1.0], progress=True)
   monkeypatch.setattr(sys.stderr, 'isatty', lambda: True, raising=False)
