@@ -52,6 +52,7 @@ __all__ = [
   'DEFAULT_GROWTH',
   'DEFAULT_KERNEL_ELEMENTS',
   'DEFAULT_MAX_GRID_TIMES',
+  'DEFAULT_MAX_KERNEL_PAIRS',
   'DEFAULT_RTOL',
   'Gaussian',
   'LangevinPredictor',
@@ -73,6 +74,9 @@ DEFAULT_KERNEL_ELEMENTS = 2**22
 """Default bound on n_times · n1 · n2 per ``ndk_fn`` call made by the solver (its memory per call)."""
 DEFAULT_MAX_GRID_TIMES = 100_000
 """Default cap on the number of solver grid times of one mean solve (very late times are refused up front)."""
+DEFAULT_MAX_KERNEL_PAIRS = 10**7
+"""Default cap on the kernel time pairs of one pass over the mean solver's lattice (each an ``ndk_fn`` block of
+(P + n*) × P values; ~10 min at P = 6 on one CPU core)."""
 
 
 class TimeScales(NamedTuple):
@@ -183,6 +187,7 @@ class LangevinPredictor:
     cov_grid: Optional[np.ndarray],
     memory_limit: Optional[float],
     max_grid_times: int,
+    max_kernel_pairs: int,
     progress: bool = False,
   ):
     self._access = access
@@ -201,16 +206,19 @@ class LangevinPredictor:
       raise ValueError(f'Θ0 = R(0, 0, X, X) must have a positive eigenvalue, got λ_max = {lam_max}.')
     self._lam_max = lam_max
     max_step = access.drift_time(lam_max, growth) if self.temperature > 0 else math.inf
+    if first_step is None:  # the fastest relaxation over the trajectory: R(t, t) can grow far beyond Θ0
+      first_step = DEFAULT_FIRST_STEP / lam_max / (access.peak_diagonal_ratio(lam_max) if self.temperature > 0 else 1)
     self._mean = MeanSolver(
       access,
       theta0,
       (evals, evecs),
-      DEFAULT_FIRST_STEP / lam_max if first_step is None else first_step,
+      first_step,
       growth,
       max_step,
       rtol,
       max_refinements,
       max_grid_times,
+      max_kernel_pairs,
       memory_limit,
       progress,
     )
@@ -252,20 +260,37 @@ class LangevinPredictor:
 
   def predict(self, t, x_test=None, compute_cov: bool = False) -> Prediction:
     """As :meth:`__call__`, returning a :class:`Prediction` (mean, covariance or None, stats)."""
-    times, scalar = V.increasing_times('t', t)
-    x_test = None if x_test is None else V.inputs_like('x_test', x_test, self._access.x)
-    if not isinstance(compute_cov, bool):
-      raise TypeError(f'`compute_cov` must be a bool, got {compute_cov!r}.')
-    self._check_closed_form_memory(times, x_test, compute_cov)
+    times, scalar, x_test, lattice = self._planned(t, x_test, compute_cov)
     stats = PredictionStats(None, 0)
     if self.temperature == 0:
       mean, cov = closed_forms.frozen(self._access, self._frozen, times, x_test, compute_cov)
     else:
-      mean, cov, stats = self._finite_temperature(times, x_test, compute_cov)
+      mean, cov, stats = self._finite_temperature(times, x_test, compute_cov, lattice)
     if scalar:
       mean = mean[0]
       cov = None if cov is None else cov[0]
     return Prediction(mean, cov, stats)
+
+  def check_request(self, t, x_test=None, compute_cov: bool = False) -> None:
+    """Make every check :meth:`predict` makes before it computes, and nothing else: the arguments, the memory of
+    closed forms, of the mean solver's kernel ring and of the covariance (on its smallest grid), and the work of the
+    mean (solver grid times against ``max_grid_times``, lattice kernel pairs against ``max_kernel_pairs``). Raises
+    what :meth:`predict` would raise up front: TypeError / ValueError for arguments and work, MemoryError for
+    memory. Costs a few small ``ndk_fn`` calls (the lattice choice) at T > 0.
+
+    Examples:
+      >>> import numpy as np
+      >>> from ndk_flax import predict, stax
+      >>> net = stax.Dense(1, W_std=1.0, W_prior_std=2.0)
+      >>> predictor = predict.langevin_mse_ensemble(net, np.eye(3), np.ones((3, 1)), temperature=0.5)
+      >>> predictor.check_request(np.array([1.0, 2.0]), np.ones((2, 3)), compute_cov=True)  # fits: no error
+      >>> try:
+      ...   predictor.check_request(1.0, np.ones((30_000, 3)), compute_cov=True)
+      ... except MemoryError as e:
+      ...   print(str(e).split(' needs')[0])
+      The covariance at 1 times of 30000 points on a grid of 2 times with P = 3 training points (two dense ...)
+    """
+    self._planned(t, x_test, compute_cov)
 
   def train_loss(self, t) -> jax.Array:
     """½ Σ_μ ‖y_μ − f̄(x_μ, t)‖² per time (the loss of the ensemble mean), shape (len(t),) or scalar."""
@@ -286,20 +311,32 @@ class LangevinPredictor:
 
   # --- T > 0 ------------------------------------------------------------------------------------------------
 
-  def _finite_temperature(self, times: np.ndarray, x_test, compute_cov: bool):
-    """Closed forms at t = 0 and t = ∞, the solvers in between; memory and cost checked before any work."""
-    initial = times[times == 0]
+  def _planned(self, t, x_test, compute_cov):
+    """(times, scalar, x_test, lattice) of a request after every up-front check (:meth:`check_request`); the
+    lattice of the mean solver, or None without finite times > 0 at T > 0."""
+    times, scalar = V.increasing_times('t', t)
+    x_test = None if x_test is None else V.inputs_like('x_test', x_test, self._access.x)
+    if not isinstance(compute_cov, bool):
+      raise TypeError(f'`compute_cov` must be a bool, got {compute_cov!r}.')
+    self._check_closed_form_memory(times, x_test, compute_cov)
     finite = times[np.isfinite(times) & (times > 0)]
-    if finite.size:
-      self._mean.check_cost(float(finite[-1]))
+    lattice = None
+    if self.temperature > 0 and finite.size:
       if compute_cov:
         self._precheck_covariance_memory(finite, x_test)
+      lattice = self._mean.plan(float(finite[-1]), 0 if x_test is None else x_test.shape[0])
+    return times, scalar, x_test, lattice
+
+  def _finite_temperature(self, times: np.ndarray, x_test, compute_cov: bool, lattice):
+    """Closed forms at t = 0 and t = ∞, the solvers in between (memory and cost checked by :meth:`_planned`)."""
+    initial = times[times == 0]
+    finite = times[np.isfinite(times) & (times > 0)]
     parts = []
     if initial.size:
       parts.append(closed_forms.initial(self._access, self._frozen, initial.size, x_test, compute_cov))
     mean_stats, n_grid = None, 0
     if finite.size:
-      mean, mean_stats, fine_grid = self._mean.mean(finite, x_test)
+      mean, mean_stats, fine_grid = self._mean.mean(finite, x_test, lattice)
       cov = None
       if compute_cov:
         grid = self._covariance_grid(float(finite[-1]), fine_grid)
@@ -360,6 +397,7 @@ def langevin_mse_ensemble(
   memory_limit: Optional[float] = None,
   max_kernel_elements: int = DEFAULT_KERNEL_ELEMENTS,
   max_grid_times: int = DEFAULT_MAX_GRID_TIMES,
+  max_kernel_pairs: int = DEFAULT_MAX_KERNEL_PAIRS,
   progress: bool = True,
 ) -> LangevinPredictor:
   """Predictor of the output distribution of Langevin-trained wide networks on the summed ½-MSE loss.
@@ -372,28 +410,32 @@ def langevin_mse_ensemble(
 
   Accuracy. T = 0 and t = ∞ are closed forms. For T > 0 the mean at finite t solves the Volterra equation
   f̄(X, t) = ∫_0^t R(t, s, X, X)[Y − f̄(X, s)] ds with the product trapezoid rule (implicit, A-stable, second
-  order) on a :func:`time_grid` (first step ``first_step``, default 0.5/λ_max(Θ0); growth ``growth``; steps capped
-  at the kernels' drift time) and on its bisection; the grid is bisected again (at most ``max_refinements`` times,
-  else a RuntimeWarning) until the step-doubling estimate of the fine solution's error, max|f_fine − f_coarse|/3
-  over the grid, is ≤ ``rtol`` · max|Y|. The result is the Richardson extrapolation f_fine + (f_fine − f_coarse)/3.
-  R is interpolated (cubic in t − s and s) from a lattice whose spacing is halved until the interpolation error at
-  probe pairs is ≤ ``rtol`` · max|R(0, 0)|. Together: |f̄ − f̄_exact| ≤ rtol · max|Y| (checked against closed
-  forms in the tests; the estimate is in ``predictor.predict(...).stats.mean.error_estimate``). Requested times
-  off the grid use the scheme's own Nyström interpolation. The covariance at finite t > 0 is the exact covariance of
-  the trapezoid discretisation on ``cov_grid`` (default: the mean solver's final fine grid) with the exact kernels,
-  second order in its step (no extrapolation): with the default grid its error is ≲ 10 · rtol of the largest
-  covariance entry (checked in the tests); pass a finer ``cov_grid`` for more, a coarser one for less memory and time.
+  order) on a :func:`time_grid` (first step ``first_step``, default 0.5/max_t λ_max(R(t, t)), i.e. 0.5/λ_max(Θ0)
+  unless R grows; growth ``growth``; steps capped at the kernels' drift time) and on its bisection; the grid is
+  bisected again (at most ``max_refinements`` times, else a RuntimeWarning) until the step-doubling estimate of the
+  fine solution's error, max|f_fine − f_coarse|/3 over the grid, is ≤ ``rtol`` · max|Y|. The result is the
+  Richardson extrapolation f_fine + (f_fine − f_coarse)/3. R is interpolated (cubic in t − s and s) from a lattice
+  whose spacing is halved until the interpolation error at probe pairs is ≤ ``rtol``/12 · max|R| (so that the
+  interpolant's kinks at lattice nodes stay invisible on curves). Together: |f̄ − f̄_exact| ≤ rtol · max|Y| (checked
+  against closed forms in the tests; the estimate is in ``predictor.predict(...).stats.mean.error_estimate``).
+  Requested times off the grid are Nyström rows of the scheme, with a smoothed last interval
+  (:func:`~ndk_flax.predict.grid.trapezoid_row`) so that curves between grid nodes do not zig-zag. The covariance at
+  finite t > 0 is the exact covariance of the trapezoid discretisation on ``cov_grid`` (default: the mean solver's
+  final fine grid) with the exact kernels, second order in its step (no extrapolation): with the default grid its
+  error is ≲ 10 · rtol of the largest covariance entry (checked in the tests); pass a finer ``cov_grid`` for more, a
+  coarser one for less memory and time.
 
   Cost. The mean holds O(n_t · P · out) state and a ring of 12 lattice rows, 12 · n_lattice · (P + n_test) · P values
   (checked against the free memory up front): the train-train kernel is never stored whole. A solver row reads the
   history of earlier lattice windows from far-field sums updated once per window (docs/theory.md §4.2). Every call
   solves from scratch (no hidden cache). A request whose solver grid would exceed ``max_grid_times`` (very late times
-  at small T) is refused up front with its estimated size. Kernel work: n_lattice²/2 time pairs (n_lattice for a
-  stationary kernel) instead of n_t²/2. Non-smooth activations (ReLU) make R(t, s) non-smooth at s = t (√(t − s)
-  terms), which lowers the order of both the quadrature and the interpolation there; the step-doubling estimate then
-  refines the grid more. The covariance needs two dense (n_c·P)² matrices (n_c covariance grid times) and O(n_c² P² (P
-  + n_test)) work per requested time: its memory is checked up front and a request that does not fit raises
-  MemoryError saying how much it needs.
+  at small T) or whose kernel lattice would need more than ``max_kernel_pairs`` time pairs per pass is refused up
+  front with its estimated size (:meth:`LangevinPredictor.check_request` makes these checks alone). Kernel work:
+  n_lattice²/2 time pairs (n_lattice for a stationary kernel) instead of n_t²/2. Non-smooth activations (ReLU) make
+  R(t, s) non-smooth at s = t (√(t − s) terms), which lowers the order of both the quadrature and the interpolation
+  there; the step-doubling estimate then refines the grid more. The covariance needs two dense (n_c·P)² matrices
+  (n_c covariance grid times) and O(n_c² P² (P + n_test)) work per requested time: its memory is checked up front
+  and a request that does not fit raises MemoryError saying how much it needs.
 
   Args:
     layer_or_ndk_fn: an :class:`ndk_flax.stax.NDKLayer`, or a callable ``ndk_fn(x1, x2, t1, t2, *,
@@ -406,12 +448,14 @@ def langevin_mse_ensemble(
       (taken from the layer otherwise).
     rtol: accuracy target of the mean relative to max|Y| (T > 0).
     max_refinements: how many times the solver may bisect its grid beyond the first step doubling.
-    first_step: first step of the base grid (default 0.5/λ_max(Θ0)).
+    first_step: first step of the base grid (default 0.5/λ_max(Θ0), divided by the growth of ‖R(t, t)‖ over ‖Θ0‖
+      when R grows, e.g. for σ0 < σ).
     growth: relative growth of consecutive steps of the base grid.
     cov_grid: 1-D increasing times ≥ 0 on which the covariance is discretised (requested times are added).
     memory_limit: bytes the covariance may use (default: free memory of the host / accelerator).
     max_kernel_elements: bound on len(t1)·len(t2)·n1·n2 per ``ndk_fn`` call in the solvers.
     max_grid_times: cap on the solver grid times of one mean solve (its cost is about linear in them).
+    max_kernel_pairs: cap on the kernel time pairs of one pass over the mean solver's kernel lattice.
     progress: show a tqdm bar over each solver sweep (kernel pairs and solver rows; only when stderr is a terminal).
 
   Returns:
@@ -470,6 +514,8 @@ def langevin_mse_ensemble(
     raise ValueError(f'`max_kernel_elements` must be an int >= 1, got {max_kernel_elements!r}.')
   if not isinstance(max_grid_times, int) or isinstance(max_grid_times, bool) or max_grid_times < 2:
     raise ValueError(f'`max_grid_times` must be an int >= 2, got {max_grid_times!r}.')
+  if not isinstance(max_kernel_pairs, int) or isinstance(max_kernel_pairs, bool) or max_kernel_pairs < 1:
+    raise ValueError(f'`max_kernel_pairs` must be an int >= 1, got {max_kernel_pairs!r}.')
   if not isinstance(progress, bool):
     raise TypeError(f'`progress` must be a bool, got {progress!r}.')
   return LangevinPredictor(
@@ -482,5 +528,6 @@ def langevin_mse_ensemble(
     cov_grid,
     memory_limit,
     max_grid_times,
+    max_kernel_pairs,
     progress,
   )

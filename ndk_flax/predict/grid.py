@@ -97,24 +97,39 @@ def trapezoid_row(grid: jax.Array, k: jax.Array, t_star: jax.Array) -> tuple[jax
   """Product-trapezoid weights of ∫_0^{t*} g(s) ds on the nodes t_0 … t_k (t_k < t* ≤ t_{k+1}) and t* itself.
 
   Returns (w, w_star): w has the grid's length and is zero beyond k (all of it when k = −1, i.e. t* = 0).
-  On grid nodes (t* = t_{k+1}) these are the usual composite trapezoid weights; off the grid the last interval is
-  [t_k, t*] (Nyström interpolation, consistent with the second-order scheme).
+  On grid nodes (t* = t_{k+1}) these are the usual composite trapezoid weights. Off the grid the last interval
+  [t_k, t*] (δ = t* − t_k, inside a step h = t_{k+1} − t_k) gets the trapezoid rule plus (δ/12)(h² − δ²) g'', with g''
+  the divided difference on t_{k−1}, t_k, t*: the error of the row is then (1/12) ∫_0^{t*} h(s)² g''(s) ds + O(h⁴),
+  smooth in t* like the error on the grid, so Nyström rows between grid nodes do not zig-zag and the Richardson
+  extrapolation of two grids cancels it (plain partial trapezoid leaves a term ∝ δ(h² − δ²) of period h).
 
   Examples:
     >>> import jax.numpy as jnp
     >>> from ndk_flax.predict.grid import trapezoid_row
-    >>> w, w_star = trapezoid_row(jnp.array([0.0, 1.0, 3.0]), jnp.array(1), jnp.array(2.0))
-    >>> w.tolist(), float(w_star)  # ∫_0^2 g ≈ 0.5 g(0) + 1.0 g(1) + 0.5 g(2)
-    ([0.5, 1.0, 0.0], 0.5)
+    >>> grid = jnp.array([0.0, 1.0, 3.0])
+    >>> w, w_star = trapezoid_row(grid, jnp.array(1), jnp.array(2.0))
+    >>> w.tolist(), float(w_star)  # exact for g = 1 and g = s: sums 2.0 and 0.75·2 + 0.5·1 = 2.0
+    ([0.75, 0.5, 0.0], 0.75)
+    >>> w, w_star = trapezoid_row(grid, jnp.array(1), jnp.array(3.0))  # on a node: composite trapezoid
+    >>> w.tolist(), float(w_star)
+    ([0.5, 1.5, 0.0], 1.0)
   """
-  j = jnp.arange(grid.shape[0])
+  n = grid.shape[0]
+  j = jnp.arange(n)
   interior = interior_weights(grid)
   kc = jnp.maximum(k, 0)
   t_k = grid[kc]
-  half_last = 0.5 * (t_star - t_k)
-  w_k = 0.5 * (t_k - grid[jnp.maximum(kc - 1, 0)]) + half_last
-  w = jnp.where(j < k, interior, jnp.where(j == k, w_k, 0.0))
-  return w, jnp.where(k >= 0, half_last, 0.0)
+  delta = t_star - t_k
+  h1 = t_k - grid[jnp.maximum(kc - 1, 0)]
+  h = jnp.maximum(grid[jnp.minimum(kc + 1, n - 1)] - t_k, delta)  # the step holding t* (δ beyond the last node)
+  # Smooth end: + (δ/12)(h² − δ²) F'' with F'' the divided difference on t_{k−1}, t_k, t*, so that the error of
+  # the row, (1/12) ∫_0^{t*} h(s)² F''(s) ds + O(h⁴), is smooth in t* (zero on grid nodes, δ ∈ {0, h}).
+  curved = k >= 1
+  c_star = jnp.where(curved, (h**2 - delta**2) / (6 * (delta + jnp.where(curved, h1, 1.0))), 0.0)
+  c_prev = c_star * delta / jnp.where(curved, h1, 1.0)
+  w_k = 0.5 * h1 + 0.5 * delta - c_star - c_prev
+  w = jnp.where(j < k - 1, interior, jnp.where(j == k - 1, interior + c_prev, jnp.where(j == k, w_k, 0.0)))
+  return w, jnp.where(k >= 0, 0.5 * delta + c_star, 0.0)
 
 
 def pad(grid: jax.Array, chunk: int) -> jax.Array:

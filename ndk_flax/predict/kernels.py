@@ -124,6 +124,38 @@ class KernelAccess:
     shape = (grid.shape[0], x1.shape[0], x2.shape[0])
     return nngp.reshape(shape), ndk.reshape(shape)
 
+  def peak_diagonal_ratio(self, lam_max: float) -> float:
+    """max_t ‖R(t, t, x, x)‖ / ‖R(0, 0, x, x)‖ (≥ 1) on (up to 16 of) the training points over t = 10^k/λ_max,
+    k = −2 … 12: how much faster than Θ0 = R(0, 0) the dynamics can get later (R grows when σ0 < σ).
+
+    Examples:
+      One raw Dense layer: R(t, t) = r_W(t, t) x xᵀ/d = Θ0 at every t, so the ratio is 1:
+
+      >>> import numpy as np
+      >>> from ndk_flax import stax
+      >>> x, y = np.eye(3, dtype=np.float32), np.ones((3, 1), np.float32)
+      >>> access = KernelAccess(stax.Dense(1, W_std=0.1, W_prior_std=1.0).ndk_fn, x, y, 0.1, 2**20)
+      >>> access.peak_diagonal_ratio(1 / 3)
+      1.0
+
+      Two layers initialised at σ0 = 0.1 below their prior σ = 1: the second layer's weights grow 10×, so R(t, t)
+      ends about 10² times above Θ0:
+
+      >>> dense = lambda n: stax.Dense(n, W_std=0.1, W_prior_std=1.0)
+      >>> net = stax.serial(dense(8), stax.Relu(), dense(1))
+      >>> access = KernelAccess(net.ndk_fn, x, y, 0.1, 2**20)
+      >>> 50 < access.peak_diagonal_ratio(1 / 3) < 200
+      True
+    """
+    xs = self.x[:16]
+    times = self.times(np.logspace(-2, 12, 15) / lam_max)
+    r = np.asarray(self(xs, xs, times, times)[1], np.float64)
+    norms = np.linalg.norm(r[np.arange(len(times)), np.arange(len(times))], axis=(1, 2))
+    zero = self.times(0.0)
+    base = float(np.linalg.norm(np.asarray(self(xs, xs, zero, zero)[1][0, 0], np.float64)))
+    finite = norms[np.isfinite(norms)]
+    return max(1.0, float(finite.max()) / base) if finite.size and base > 0 else 1.0
+
   def drift_time(self, lam_max: float, growth: float) -> float:
     """Largest lag τ (on a log scale, 4 per decade) with ‖K(τ, 0) − K(0, 0)‖ ≤ growth · ‖K(0, 0)‖ for K = C and R
     on (up to 16 of) the training points: the grid's step cap, since the kernels drift on that scale in t − s

@@ -31,6 +31,12 @@ FAR_FROM = 4
 interpolation (:func:`far_stencils`): from there on every node of a far stencil is causal."""
 
 
+KINK_MARGIN = 12
+"""The lattice interpolates R within rtol / KINK_MARGIN: the slope of a cubic interpolant jumps at lattice nodes (by
+≈ its error / h), and these kinks must stay invisible on curves at the default accuracy (relative second difference
+of the test MSE < 1e-4; at error rtol/5 they reached 1.3e-4, at rtol/80 4e-5)."""
+
+
 class Lattice(NamedTuple):
   """Kernel lattice: R(a·h, b·h, ·, X) for 0 ≤ b ≤ a < size; stationary when R(t, s) depends on t − s only.
 
@@ -110,10 +116,12 @@ def far_stencils(t, s, h, t_window=None, s_window=None):
 
 def choose_lattice(access: KernelAccess, theta0: jax.Array, t_max: float, max_step: float, rtol: float) -> Lattice:
   """Lattice spacing: 8 × the kernel drift time ``max_step`` (≈ growth/λ), halved until the interpolated R on (up to
-  8 of) the training points matches ``ndk_fn`` within rtol · max|R(0, 0)| at probe pairs (edges s = 0, s = t and
+  8 of) the training points matches ``ndk_fn`` within rtol / KINK_MARGIN · max|R| (over Θ0 and the probes) at probe
+  pairs (edges s = 0, s = t and
   random ones; the far-field stencils of :func:`far_stencils` too, where the solver reads a pair through them,
   including their least central position). The lattice is marked stationary when R(t, s) = R(t − s, 0) within
-  that tolerance at every probe (all groups start at their prior, σ0 = σ): its rows are then shifts of one row.
+  rtol, interpolation error included, at every probe (all groups start at their prior, σ0 = σ): its rows are then
+  shifts of one row.
 
   Examples:
     >>> import numpy as np
@@ -145,6 +153,7 @@ def choose_lattice(access: KernelAccess, theta0: jax.Array, t_max: float, max_st
     return out
 
   exact = [ndk(ti, si)[0, 0] for ti, si in zip(t, s)]
+  scale = max(scale, max(float(np.abs(ex).max()) for ex in exact))  # R may grow far beyond Θ0 (small σ0)
   drift = max(np.abs(ex - ndk(ti - si, 0.0)[0, 0]).max() for ti, si, ex in zip(t, s, exact)) / scale
   h = min(8 * max_step, t_max / 4)
   q = np.arange(4)
@@ -164,12 +173,13 @@ def choose_lattice(access: KernelAccess, theta0: jax.Array, t_max: float, max_st
       if a0 + 1 >= FAR_FROM and np.floor(si / h) <= a0 - 1:  # the pair is read through the far-field stencils
         interp = np.einsum('p,q,pqmn->mn', la, lb, ndk(h * (a0 + q), h * (b0 + q)))
         err = max(err, np.abs(interp - ex).max() / scale)
-    if err <= rtol:
+    if err <= rtol / KINK_MARGIN:
       break
     h /= 2
   else:
     warnings.warn(
-      f'The kernel lattice did not reach interpolation error rtol = {rtol:.2g} (got {err:.2g} at spacing {h:.3g}).',
+      f'The kernel lattice did not reach interpolation error rtol / KINK_MARGIN = {rtol / KINK_MARGIN:.2g} '
+      f'(got {err:.2g} at spacing {h:.3g}).',
       RuntimeWarning,
       stacklevel=4,
     )

@@ -93,6 +93,7 @@ class MeanSolver:
     rtol: accuracy target relative to max|Y|.
     max_refinements: bisections allowed beyond the first step doubling.
     max_grid_times: largest accepted estimated number of solver grid times (a cap on the cost of late times).
+    max_kernel_pairs: largest accepted number of kernel time pairs of one pass over the lattice.
     memory_limit: bytes the solver may use (None: what is free).
     progress: show a progress bar over each sweep's kernel pairs and solver rows (only when stderr is a terminal).
 
@@ -119,6 +120,7 @@ class MeanSolver:
   rtol: float
   max_refinements: int
   max_grid_times: int
+  max_kernel_pairs: int
   memory_limit: Optional[float]
   progress: bool = False
 
@@ -143,38 +145,76 @@ class MeanSolver:
     """The coarse grid of the first solve up to t_max."""
     return time_grid(t_max, first_step=self.first_step, growth=self.growth, max_step=self.max_step)
 
-  def check_cost(self, t_max: float) -> None:
-    """Refuse, before any work, a solve whose first fine grid alone exceeds ``max_grid_times``."""
-    n = 2 * len(self.base_grid(t_max)) - 1
+  def plan(self, t_max: float, n_test: int = 0) -> L.Lattice:
+    """The kernel lattice of a solve up to t_max with ``n_test`` test points, after refusing, before any solving, a
+    solve whose first fine grid alone exceeds ``max_grid_times`` solver times, whose lattice needs more than
+    ``max_kernel_pairs`` kernel time pairs per pass (n(n + 1)/2 for n general lattice rows, n if stationary), or
+    whose ring of lattice rows does not fit in memory. Choosing the lattice costs ~40 ``ndk_fn`` calls on ≤ 8 points.
+
+    Examples:
+      >>> import numpy as np
+      >>> from ndk_flax import predict, stax
+      >>> net = stax.serial(stax.Dense(8, W_std=1.0, W_prior_std=0.8), stax.Erf(), stax.Dense(1, W_prior_std=0.8))
+      >>> x, y = np.eye(3, dtype=np.float32), np.ones((3, 1), np.float32)
+      >>> solver = predict.langevin_mse_ensemble(net, x, y, temperature=0.1, max_kernel_pairs=10).mean_solver
+      >>> n = solver.lattice(20.0).size
+      >>> try:
+      ...   solver.plan(20.0)
+      ... except ValueError as e:
+      ...   message = str(e)
+      >>> f'needs about {n * (n + 1) // 2:.3g} kernel time pairs per pass ({n} general lattice rows)' in message
+      True
+    """
+    access = self.access
     resources.require_work(
       f'The mean up to t = {t_max:g}',
-      n,
+      2 * len(self.base_grid(t_max)) - 1,
       unit='solver grid times (at least)',
       cap=self.max_grid_times,
       cap_name='max_grid_times',
     )
+    lat = self.lattice(t_max)
+    kind = 'stationary' if lat.stationary else 'general'
+    resources.require_work(
+      f'The mean up to t = {t_max:g}',
+      lat.size if lat.stationary else lat.size * (lat.size + 1) // 2,
+      unit=f'kernel time pairs per pass ({lat.size} {kind} lattice rows)',
+      cap=self.max_kernel_pairs,
+      cap_name='max_kernel_pairs',
+    )
+    n1, rows = access.p + n_test, L.RING + 2 * lat.stationary  # the ring, and the doubled master row if stationary
+    resources.require_memory(
+      f'The mean solver ({L.RING} kernel lattice rows of {lat.size} times × {n1} × {access.p} points)',
+      rows * lat.size * n1 * access.p * access.dtype.itemsize,
+      remedy='request fewer test points at once, an earlier last time (t = inf gives equilibrium in closed form), '
+      'or a larger `rtol`',
+      limit=self.memory_limit,
+    )
+    return lat
 
   def lattice(self, t_max: float) -> L.Lattice:
+    """The kernel lattice for t_max (:func:`~ndk_flax.predict.lattice.choose_lattice`), unchecked."""
     return L.choose_lattice(self.access, self.theta0, t_max, self.max_step, self.rtol)
 
   def solve_on_grid(self, t_max: float, grid: np.ndarray) -> GridSolution:
     """The raw trapezoid solution on ``grid`` (ending at or before t_max), on the lattice chosen for t_max."""
-    lat = self.lattice(t_max)
+    lat = self.plan(t_max)
     solutions = [self._solution(lat, grid)]
     self._sweep(self.access.x, lat, solutions, [self._solve_job(lat, solutions, 0)], [0])
     return GridSolution(grid, solutions[0]['g'][: len(grid)])
 
-  def mean(self, times: np.ndarray, x_test) -> tuple[jax.Array, MeanStats, np.ndarray]:
+  def mean(
+    self, times: np.ndarray, x_test, lattice: Optional[L.Lattice] = None
+  ) -> tuple[jax.Array, MeanStats, np.ndarray]:
     """Mean at finite times > 0 (n_t, n, out), the stats and the final fine grid: the Richardson extrapolation
     f_fine + (f_fine − f_coarse)/3 of the solutions on a grid and its bisection, bisecting until the step-doubling
     estimate max|g_fine − g_coarse|/3 of the fine solution's error is ≤ rtol · max|Y|. Grid rows and requested
-    rows share one sweep (x1 = X ∪ x_test)."""
+    rows share one sweep (x1 = X ∪ x_test). ``lattice``: the result of :meth:`plan` for these times, if made."""
     access = self.access
     t_max = float(times[-1])
-    self.check_cost(t_max)
-    x1 = access.x if x_test is None else jnp.concatenate([access.x, x_test])
     test = x_test is not None
-    lat = self.lattice(t_max)
+    lat = self.plan(t_max, x_test.shape[0] if test else 0) if lattice is None else lattice
+    x1 = access.x if x_test is None else jnp.concatenate([access.x, x_test])
     pairs = [0]
     solutions = [self._solution(lat, self.base_grid(t_max))]
     solving = [0]
@@ -323,15 +363,18 @@ class MeanSolver:
       history = self._far(far_v, far_dv, w, times, h)
       history += self._window(ring, h, grid, g, win, w, lo, span, times, weights[:, lo + jnp.arange(span)])
       history += self._near(ring, h, grid, g, win, w, lo1, lo2, span, times, weights)
-      k_far = jnp.maximum(lo1 - 1, 0)
+      # The far field holds the two nodes before window w − 1 with their interior weights (times φ in window
+      # w − 2); a row whose last interval starts at one of them weights both differently (trapezoid_row).
       four = jnp.arange(4)
-      a0, la, c0, lb = L.far_stencils(times, grid[k_far], h, t_window=w, s_window=win[k_far])
-      corner = ring[:, ((a0 + four) % L.RING)[:, None], (c0 + four)[None, :]]  # (n1, 4, 4, P)
-      u = jnp.einsum('mkqp,q,po->kmo', corner, lb, g[k_far])
-      # The far field holds k_far with its interior weight (times φ when it is in window w − 2).
-      phi = jnp.where(win[k_far] == w - 2, _hand_over(times / h - w), 1)
-      delta = phi * (weights[:, k_far] - interior_weights(grid)[k_far])
-      history = history + delta[:, None, None] * jnp.einsum('rk,kmo->rmo', la, u)
+      interior = interior_weights(grid)
+      for back in (1, 2):
+        k_far = jnp.maximum(lo1 - back, 0)
+        a0, la, c0, lb = L.far_stencils(times, grid[k_far], h, t_window=w, s_window=win[k_far])
+        corner = ring[:, ((a0 + four) % L.RING)[:, None], (c0 + four)[None, :]]  # (n1, 4, 4, P)
+        u = jnp.einsum('mkqp,q,po->kmo', corner, lb, g[k_far])
+        phi = jnp.where(win[k_far] == w - 2, _hand_over(times / h - w), 1) * (lo1 >= back)
+        delta = phi * (weights[:, k_far] - interior[k_far])
+        history = history + delta[:, None, None] * jnp.einsum('rk,kmo->rmo', la, u)
     l_s = L.lagrange4(times / h - b0)
     r_star = None if eig is not None else jnp.einsum('rq,mqk->rmk', l_s, nodes[:p, 0])
     g_star = self._implicit_solve(eig, w_star, r_star, y - history[:, :p])
@@ -409,14 +452,6 @@ class MeanSolver:
     whose times t have ⌊t/h⌋ = w. A job is (sorted times, run(ring, far, w, lo, hi)) with [lo, hi) the indices of
     its times in window w. ``pairs[0]`` counts the kernel time pairs evaluated."""
     access = self.access
-    rows = L.RING + 2 * lat.stationary  # the ring, and the doubled master row of a stationary lattice
-    resources.require_memory(
-      f'The mean solver ({L.RING} kernel lattice rows of {lat.size} times × {x1.shape[0]} × {access.p} points)',
-      rows * lat.size * x1.shape[0] * access.p * access.dtype.itemsize,
-      remedy='request fewer test points at once, an earlier last time (t = inf gives equilibrium in closed form), '
-      'or a larger `rtol`',
-      limit=self.memory_limit,
-    )
     ring = jnp.zeros((x1.shape[0], L.RING, lat.size, access.p), access.dtype)
     h = jnp.asarray(lat.h, access.dtype)
     windows = [np.floor(times / lat.h).astype(np.int64) for times, _ in jobs]
