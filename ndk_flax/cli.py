@@ -184,10 +184,9 @@ def parse(argv: Sequence[str]) -> Settings:
 
 def estimated_bytes(cfg: RunConfig, command: str) -> dict[str, float]:
   """Rough peak memory of each part of ``command`` (bytes), from the sizes alone; the refusal of
-  :func:`memory_problem` compares their sum with the available memory.
+  :func:`memory_problem` compares their sum with the available memory. The theory is not here: its own estimates
+  (``LangevinPredictor.check_request``) refuse it in ``validate`` before anything is written.
 
-  * theory: the two-time kernels of the P + n* points on the dense grid of n_d = n_times + 160 times (float64,
-    several live copies) and the test covariance (n_d, n*, n*);
   * ensemble: ``ndk_flax.resources.ensemble_bytes`` (the estimate ``train_ensemble`` checks) in float32, with
     record segments + n_times record times;
   * kernels: ``ndk_flax.resources.ndk_grid_bytes`` of the (n_t, n_t, P, P) grid in float64 (the estimate
@@ -196,17 +195,32 @@ def estimated_bytes(cfg: RunConfig, command: str) -> dict[str, float]:
   Examples:
     >>> sizes = estimated_bytes(RunConfig(), 'validate')
     >>> sorted(sizes), sizes['ensemble'] < 1e9
-    (['ensemble', 'theory'], True)
+    (['ensemble'], True)
   """
   p, n_test, n_t = cfg.n_train, cfg.n_test, cfg.n_times
   if command == 'kernels':  # ndk_fn(x, None, times, times): the causal triangle, float64 (its own estimate)
     _, batch = resources.ndk_grid_batch(n_t * (n_t + 1) // 2, p * p)
     return {'kernels': resources.ndk_grid_bytes(p, p, n_t, n_t, itemsize=8, batch_elements=batch)}
-  n_pts, n_d = p + n_test, n_t + 160
-  theory = 8.0 * (4 * n_d**2 * (p**2 + p * n_test) + 2 * n_d * n_test**2)
-  n_params = 3 * cfg.width + (cfg.depth - 1) * cfg.width**2 + cfg.width + (cfg.depth * cfg.width + 1) * cfg.bias
-  ensemble = resources.ensemble_bytes(cfg.n_members, n_params, n_pts, cfg.depth * cfg.width, MAX_SEGMENTS + n_t)
-  return {'theory': theory, 'ensemble': ensemble.total}
+  ensemble = resources.ensemble_bytes(
+    cfg.n_members, parameter_count(cfg), p + n_test, cfg.depth * cfg.width, MAX_SEGMENTS + n_t
+  )
+  return {'ensemble': ensemble.total}
+
+
+def parameter_count(cfg: RunConfig) -> int:
+  """Parameters of one member of :func:`build_network`: d·N + (depth − 1)·N² + N weights (d = the data's input
+  dimension, N = width) and, with ``bias``, depth·N + 1 biases.
+
+  Examples:
+    >>> parameter_count(RunConfig(width=8, depth=2, bias=False))  # 3·8 + 8² + 8
+    96
+    >>> parameter_count(RunConfig(width=8, depth=2, bias=True))  # + 2·8 + 1
+    113
+  """
+  from ndk_flax import data
+
+  w = cfg.width
+  return data.INPUT_DIM * w + (cfg.depth - 1) * w**2 + w + cfg.bias * (cfg.depth * w + 1)
 
 
 def memory_problem(cfg: RunConfig, command: str, available: int | None = None) -> str | None:
@@ -215,8 +229,8 @@ def memory_problem(cfg: RunConfig, command: str, available: int | None = None) -
   Examples:
     >>> memory_problem(RunConfig(), 'validate', available=2**34) is None
     True
-    >>> memory_problem(RunConfig(n_test=30000), 'validate', available=2**34).split(' (')[0]
-    'needs about 2.9e+12 bytes'
+    >>> memory_problem(RunConfig(n_test=30000), 'validate', available=2**34).split(' (')[0]  # the activations
+    'needs about 2.5e+11 bytes'
   """
   sizes = estimated_bytes(cfg, command)
   need = sum(sizes.values())
@@ -226,8 +240,7 @@ def memory_problem(cfg: RunConfig, command: str, available: int | None = None) -
   parts = ', '.join(f'{k} {v:.2g}' for k, v in sizes.items())
   hint = {
     'kernels': 'lower n_times or n_train',
-    'theory': 'lower n_test, n_train or n_times',
-    'ensemble': 'lower width, n_members or depth',
+    'ensemble': 'lower width, n_members, depth, n_train or n_test',
   }[max(sizes, key=sizes.get)]
   return f'needs about {need:.2g} bytes ({parts}) but {available:.2g} bytes are available; {hint}'
 
@@ -622,7 +635,8 @@ class _Theory(NamedTuple):
 
 
 def _solve_theory(cfg: RunConfig) -> _Theory:
-  """The theory of ``cfg`` (float64); ConfigError if η is unstable for it (the library's rule, before writing)."""
+  """The theory of ``cfg`` (float64); ConfigError, before anything is written, if η is unstable for it (the
+  library's rule) or if the predictor refuses the request up front (memory, work)."""
   import numpy as np
 
   from ndk_flax import data, predict
@@ -639,6 +653,11 @@ def _solve_theory(cfg: RunConfig) -> _Theory:
     raise ConfigError(str(err)) from None
   times = time_grid(cfg)
   dense = _dense_grid(times)
+  for points in (None, ds.x_test):  # the predictor's own memory and work estimates, before any solving
+    try:
+      predictor.check_request(dense, points, compute_cov=True)
+    except (MemoryError, ValueError) as err:
+      raise ConfigError(f'the theory: {err} In the CLI: lower n_test, n_train, n_times or t_max.') from None
   theory = _Tabulated(dense, predictor(dense, None, compute_cov=True), predictor(dense, ds.x_test, compute_cov=True))
   recorded = np.searchsorted(dense, times)
   mean = np.concatenate([theory.train.mean[recorded, :, 0], theory.test.mean[recorded, :, 0]], axis=1)
@@ -737,7 +756,7 @@ def accelerator_problem(cfg: RunConfig, backend: str | None = None) -> str | Non
     backend = jax.default_backend()
   if backend != 'cpu':
     return None
-  n_params = (cfg.depth - 1) * cfg.width**2 + 5 * cfg.width
+  n_params = parameter_count(cfg)
   steps = round(cfg.t_max / cfg.learning_rate)
   work = cfg.n_members * n_params * (10.0 + 2 * (cfg.n_train + cfg.n_test)) * steps
   return (
@@ -888,11 +907,10 @@ def segment_steps(cfg: RunConfig) -> int:
 
   Examples:
     >>> from ndk_flax.config import RunConfig
-    >>> segment_steps(RunConfig())  # 1.5e9 / (256 · 5120 · 30)
-    38
+    >>> segment_steps(RunConfig())  # 1.5e9 / (256 · 4096 · 30), 4096 = parameter_count
+    47
   """
-  n_params = (cfg.depth - 1) * cfg.width**2 + 5 * cfg.width
-  per_step = cfg.n_members * n_params * (10.0 + 2 * (cfg.n_train + cfg.n_test))
+  per_step = cfg.n_members * parameter_count(cfg) * (10.0 + 2 * (cfg.n_train + cfg.n_test))
   total = int(round(cfg.t_max / cfg.learning_rate))
   return max(1, int(SEGMENT_WORK // per_step), math.ceil(total / MAX_SEGMENTS))
 

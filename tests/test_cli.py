@@ -209,6 +209,9 @@ class FakeTheory:
 
     self.time_scales = predict.TimeScales(gradient=0.2, diffusive=20.0)
 
+  def check_request(self, t, x_test=None, compute_cov=False):
+    pass  # always fits
+
   def __call__(self, t, x_test=None, compute_cov=False):
     from ndk_flax._nt import Gaussian
 
@@ -281,8 +284,8 @@ def test_report_states_what_ran_from_the_data(tmp_path, fake_run):
 def test_training_runs_in_short_segments(tmp_path, fake_run):
   """Ctrl-C is answered between compiled segments: the CLI asks train_ensemble for records at most
   segment_steps apart, and keeps only the requested record times."""
-  assert cli.main(FAKE_ARGS + ['--out', str(tmp_path)]) == cli.EXIT_PASS
-  cfg = config.resolve(quick=True, explicit={'n_train': 4, 'n_test': 2})
+  assert cli.main(FAKE_ARGS + ['--width', '1024', '--out', str(tmp_path)]) == cli.EXIT_PASS
+  cfg = config.resolve(quick=True, explicit={'n_train': 4, 'n_test': 2, 'width': 1024})
   steps = np.round(fake_run['calls'][0]['record_times'] / cfg.learning_rate)
   assert steps[0] == 0 and steps[-1] == round(cfg.t_max / cfg.learning_rate)
   assert np.max(np.diff(steps)) <= cli.segment_steps(cfg) < round(cfg.t_max / cfg.learning_rate) / 2
@@ -380,7 +383,7 @@ BAD = [
 
 # Requests that cannot fit in memory: refused before any allocation (the process stays small).
 HUGE = [
-  (['validate', '--config', 'n_test_30000.json'], 'lower n_test'),
+  (['validate', '--config', 'n_test_30000.json'], 'n_test'),  # the ensemble's activations of 30 006 points
   (['kernels', '--n_times', '10000', '--t_max', '1000'], 'lower n_times'),
   (['kernels', '--n_train', '10000'], 'lower n_times or n_train'),
   (['validate', '--width', '1000000000'], 'lower width'),
@@ -448,6 +451,33 @@ def test_huge_request_is_refused_up_front(bad_inputs_dir, args, reason):
   assert len(message) == 1 and 'bytes' in message[0] and reason in message[0], proc.stderr
   assert rss_kib < 400 * 1024, rss_kib
   assert not (bad_inputs_dir / 'new_out').exists()
+
+
+def test_theory_too_big_is_refused_by_the_predictors_own_estimate(tmp_path):
+  """The theory's memory is the predictor's own estimate (LangevinPredictor.check_request), not a CLI formula: a
+  small ensemble with 20 000 test points is refused by the covariance estimate before anything is solved or written
+  (exit 2, one line naming the theory, the bytes and what to lower), in a process that stays small."""
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  probe = (
+    'import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); '
+    'sys.stderr.write(p.stderr); print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)'
+  )
+  args = ['validate', '--n_test', '20000', '--n_members', '2', '--width', '4', '--noprogress', '--out', 'new_out']
+  proc = subprocess.run(
+    [sys.executable, '-c', probe, sys.executable, '-m', 'ndk_flax.cli', *args],
+    cwd=str(tmp_path),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  status, rss_kib = map(int, proc.stdout.split())
+  assert status == cli.EXIT_USAGE, proc.stderr
+  message = [line for line in proc.stderr.splitlines() if line.startswith('ndk-flax: error:')]
+  assert len(message) == 1, proc.stderr
+  assert 'the theory: The covariance' in message[0] and 'GiB' in message[0] and 'lower n_test' in message[0]
+  assert rss_kib < 1024 * 1024, rss_kib
+  assert not (tmp_path / 'new_out').exists()
 
 
 def test_help_lists_the_commands_and_helpfull_every_setting():
@@ -705,3 +735,19 @@ def test_gpu_preset_is_refused_on_cpu_with_its_size(tmp_path, capsys):
     assert status == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert 'sized for an accelerator' in err and 'bytes' in err and not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('depth, bias', [(1, False), (3, True)])
+def test_parameter_count_is_the_models(depth, bias):
+  """The one parameter count of the CLI's estimates (memory, segment length, accelerator work) equals the number of
+  parameters of the Flax model train_ensemble builds (two of the three earlier formulas assumed a 4-dimensional input
+  and no biases)."""
+  import jax
+  from flax import nnx
+
+  from ndk_flax import nn
+
+  cfg = config.RunConfig(width=16, depth=depth, bias=bias)
+  model = nn.from_stax(cli.build_network(cfg), cfg.width, input_shape=(2, data.INPUT_DIM), rngs=nnx.Rngs(0))
+  real = sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert cli.parameter_count(cfg) == real
