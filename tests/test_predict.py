@@ -489,3 +489,35 @@ def test_small_initialisation_meets_accuracy_without_a_stiff_lattice():
   reference = predict.langevin_mse_ensemble(net, x, y, temperature=0.05, rtol=1e-4, first_step=1e-2).predict(times)
   assert np.abs(out.mean - reference.mean).max() <= predict.DEFAULT_RTOL * np.abs(y).max()
   assert out.stats.mean.lattice_times <= reference.stats.mean.lattice_times < 2000
+
+
+def test_banded_lattice_rows_match_full_rows():
+  """A general lattice long enough for a band (issue 12): each row is evaluated on the band a − band ≤ b ≤ a and on
+  every COARSE-th column, the rest interpolated. Rows and the mean agree with the fully evaluated lattice within the
+  lattice tolerance (rtol/KINK_MARGIN of max|R|, resp. rtol), with fewer kernel time pairs."""
+  rng = np.random.default_rng(3)
+  x, y = rng.normal(size=(8, 4)), rng.normal(size=(8, 1))
+  dense = lambda n: stax.Dense(n, W_std=1.0, W_prior_std=0.8)
+  net = stax.serial(dense(16), stax.Erf(), dense(1))
+  predictor = predict.langevin_mse_ensemble(net, x, y, temperature=0.05)
+  solver = predictor.mean_solver
+  lat = solver.lattice(60.0)
+  assert lat.band > 0 and not lat.stationary
+  access = solver.access
+  h = jnp.asarray(lat.h)
+  tol = predict.DEFAULT_RTOL / predict.lattice.KINK_MARGIN * float(np.abs(solver.theta0).max())
+  for a in (lat.band + 12, lat.size // 2, lat.size - 1):
+    banded = predict.lattice.lattice_row(access, access.x, jnp.asarray(a), h, lat.size, lat.band)
+    full = predict.lattice.lattice_row(access, access.x, jnp.asarray(a), h, lat.size)
+    assert 0 < np.abs(banded - full).max() <= tol
+    np.testing.assert_array_equal(banded[:, a - lat.band :], full[:, a - lat.band :])  # the band itself is exact
+  times = np.linspace(1.0, 60.0, 12)
+  out = predictor.predict(times)
+  choose = predict.lattice.choose_lattice
+  try:
+    predict.lattice.choose_lattice = lambda *args: choose(*args)._replace(band=0)
+    reference = predictor.predict(times)
+  finally:
+    predict.lattice.choose_lattice = choose
+  assert np.abs(out.mean - reference.mean).max() <= 0.1 * predict.DEFAULT_RTOL * np.abs(y).max()
+  assert out.stats.mean.kernel_time_pairs < 0.8 * reference.stats.mean.kernel_time_pairs

@@ -20,7 +20,17 @@ from jax import lax
 
 from ndk_flax.predict.kernels import KernelAccess
 
-__all__ = ['FAR_FROM', 'RING', 'Lattice', 'choose_lattice', 'cubic_stencil', 'far_stencils', 'lagrange4']
+__all__ = [
+  'COARSE',
+  'FAR_FROM',
+  'RING',
+  'Lattice',
+  'choose_lattice',
+  'cubic_stencil',
+  'far_stencils',
+  'lagrange4',
+  'lattice_row_pairs',
+]
 
 RING = 12
 """Lattice rows a solver row at time t can touch: [⌊t/h⌋ − 4, ⌊t/h⌋ + 7] (cubic stencils, ±1 rounding)."""
@@ -37,19 +47,28 @@ KINK_MARGIN = 12
 of the test MSE < 1e-4; at error rtol/5 they reached 1.3e-4, at rtol/80 4e-5)."""
 
 
+COARSE = 4
+"""Far from the diagonal a general lattice row is evaluated on every COARSE-th column only (:func:`lattice_row`)."""
+
+
 class Lattice(NamedTuple):
   """Kernel lattice: R(a·h, b·h, ·, X) for 0 ≤ b ≤ a < size; stationary when R(t, s) depends on t − s only.
+
+  ``band`` > 0 (general lattices): row a evaluates ``ndk_fn`` on the columns a − band ≤ b ≤ a and on every
+  :data:`COARSE`-th column, and fills the columns b < a − band by cubic interpolation along b, where R is smooth on
+  a scale of many h; 0: every column evaluated.
 
   Examples:
     >>> from ndk_flax.predict.lattice import Lattice
     >>> lat = Lattice(h=0.5, size=29, stationary=True)
-    >>> lat.size * lat.h > 10.0  # a lattice for t_max = 10 has ⌊t_max/h⌋ + 9 rows (stencil margin)
-    True
+    >>> lat.size * lat.h > 10.0, lat.band  # a lattice for t_max = 10 has ⌊t_max/h⌋ + 9 rows (stencil margin)
+    (True, 0)
   """
 
   h: float
   size: int
   stationary: bool
+  band: int = 0
 
 
 def lagrange4(r):
@@ -183,28 +202,99 @@ def choose_lattice(access: KernelAccess, theta0: jax.Array, t_max: float, max_st
       RuntimeWarning,
       stacklevel=4,
     )
-  return Lattice(h, math.floor(t_max / h) + 9, drift + err <= rtol)
+  size = math.floor(t_max / h) + 9
+  stationary = drift + err <= rtol
+  return Lattice(h, size, stationary, 0 if stationary else _coarse_band(ndk, h, size, scale, rtol / KINK_MARGIN))
 
 
-def lattice_row(access: KernelAccess, x1, a, h, size):
-  """Lattice row a: R(a·h, b·h, x1, X) for b ≤ a (zero beyond), shape (n1, size, P), ``chunk`` columns a call."""
+def _coarse_band(ndk, h: float, size: int, scale: float, tol: float) -> int:
+  """Smallest band (16, 32, 64, … columns) beyond which the columns b ≥ COARSE of a lattice row, interpolated from
+  every COARSE-th column, match ``ndk_fn`` within tol · scale at probe nodes (six columns each of four rows from the
+  first banded one to the last); 0 when no band saves work."""
+  q = np.arange(4)
+  band = 16
+  while band + 4 * COARSE < size // 2:
+    err = 0.0
+    for a in (band + 4 * COARSE + 2, size // 3, (2 * size) // 3, size - 1):
+      for b in range(a - band - 1, COARSE - 1, -max((a - band - COARSE) // 5, 1))[:6]:
+        c0 = max(b // COARSE - 1, 0)
+        nodes = ndk(a * h, (c0 + q) * COARSE * h)[0]
+        interp = np.einsum('q,qmn->mn', lagrange4(b / COARSE - c0), nodes)
+        err = max(err, np.abs(interp - ndk(a * h, b * h)[0, 0]).max() / scale)
+    if err <= tol:
+      return band
+    band *= 2
+  return 0
+
+
+def _steps(band: int, chunk: int, size: int) -> tuple[int, int]:
+  """Columns per ``ndk_fn`` call of a row's band and of its coarse columns (static: at most what each needs)."""
+  return min(chunk, band + 1), min(chunk, -(-size // COARSE) + 3)
+
+
+def _coarse_count(lo):
+  """Coarse columns 0, COARSE, … that the interpolation of the columns b < lo reads (up to ⌊(lo − 1)/COARSE⌋ + 2)."""
+  return (lo - 1) // COARSE + 3
+
+
+def lattice_row_pairs(a: int, band: int, chunk: int, size: int) -> int:
+  """Kernel time pairs :func:`lattice_row` evaluates for row a (whole calls of up to ``chunk`` columns).
+
+  Examples:
+    >>> from ndk_flax.predict.lattice import lattice_row_pairs
+    >>> lattice_row_pairs(100, 0, 10, 120)  # columns 0 … 100 in calls of 10
+    110
+    >>> lattice_row_pairs(100, 16, 10, 120)  # columns 84 … 100 (2 calls of 10), 0, 4, … 92 (3 calls) and 0 … 3
+    54
+  """
+  lo = max(a - band, 0) if band else 0
+  if not lo:
+    return -(-(a + 1) // chunk) * chunk
+  fine, coarse = _steps(band, chunk, size)
+  return -(-(a - lo + 1) // fine) * fine + -(-_coarse_count(lo) // coarse) * coarse + COARSE
+
+
+def lattice_row(access: KernelAccess, x1, a, h, size, band: int = 0):
+  """Lattice row a: R(a·h, b·h, x1, X) for b ≤ a (zero beyond), shape (n1, size, P), ``chunk`` columns a call; with
+  ``band`` > 0 the columns b < a − band are cubic interpolants of every COARSE-th column (:class:`Lattice`)."""
   chunk = access.chunk(x1.shape[0], size)
-  width = -(-size // chunk) * chunk
+  shape = (x1.shape[0], access.p)
 
-  def add(c, row):
-    ts = (c * chunk + jnp.arange(chunk)) * h
-    return lax.dynamic_update_slice_in_dim(row, access(x1, access.x, (a * h)[None], ts)[1][0], c * chunk, 0)
+  def evaluate(first, stride, count, most, step):
+    """Columns first + stride·k, k < count (≤ most), ``step`` a call: (⌈most/step⌉·step, n1, P)."""
 
-  row = lax.fori_loop(0, a // chunk + 1, add, jnp.zeros((width, x1.shape[0], access.p), access.dtype))
-  return jnp.swapaxes(row[:size], 0, 1)
+    def body(c, out):
+      ts = (first + (c * step + jnp.arange(step)) * stride) * h
+      return lax.dynamic_update_slice_in_dim(out, access(x1, access.x, (a * h)[None], ts)[1][0], c * step, 0)
+
+    out = jnp.zeros((-(-most // step) * step,) + shape, access.dtype)
+    return lax.fori_loop(0, (count + step - 1) // step, body, out)
+
+  if not band:
+    return jnp.swapaxes(evaluate(0, 1, a + 1, size, chunk)[:size], 0, 1)
+  fine_step, coarse_step = _steps(band, chunk, size)
+  lo = jnp.maximum(a - band, 0)
+  fine = evaluate(lo, 1, a - lo + 1, band + 1, fine_step)
+  row = lax.dynamic_update_slice_in_dim(jnp.zeros((size + fine.shape[0],) + shape, access.dtype), fine, lo, 0)[:size]
+  n_coarse = -(-size // COARSE) + 3
+  coarse = evaluate(0, COARSE, jnp.where(lo > 0, _coarse_count(lo), 0), n_coarse, coarse_step)
+  # Column b = COARSE·c + r (c ≥ 1) from coarse columns c − 1 … c + 2: shifted slices, no gathered copies. The
+  # first COARSE columns (s near 0, where a one-sided stencil would be least accurate) are evaluated.
+  n_c = -(-size // COARSE)
+  head = evaluate(0, 1, jnp.where(lo > 0, COARSE, 0), COARSE, COARSE)
+  w = jnp.asarray(lagrange4(1 + np.arange(COARSE) / COARSE), access.dtype)
+  body = sum(w[None, :, k, None, None] * coarse[k : k + n_c - 1, None] for k in range(4))
+  interp = jnp.concatenate([head, body.reshape((-1,) + shape)])[:size]
+  return jnp.swapaxes(jnp.where((jnp.arange(size) < lo)[:, None, None], interp, row), 0, 1)
 
 
-def ring_row(access: KernelAccess, x1, ring, a, h, master):
-  """Store lattice row a in ring slot a mod RING: from ``ndk_fn``, or for a stationary lattice as a shift of
-  ``master`` = [row size − 1, zeros] (R(a·h, b·h) = R((size − 1)h, (size − 1 − a + b)h))."""
+def ring_row(access: KernelAccess, x1, ring, a, h, master, band: int = 0):
+  """Store lattice row a in ring slot a mod RING: from ``ndk_fn`` (``band``: see :class:`Lattice`), or for a
+  stationary lattice as a shift of ``master`` = [row size − 1, zeros] (R(a·h, b·h) = R((size − 1)h, (size − 1 − a +
+  b)h))."""
   size = ring.shape[2]
   if master is None:
-    row = lattice_row(access, x1, a, h, size)
+    row = lattice_row(access, x1, a, h, size, band)
   else:
     row = lax.dynamic_slice_in_dim(master, size - 1 - a, size, axis=1)
   return ring.at[:, a % RING].set(row)

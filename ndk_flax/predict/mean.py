@@ -125,13 +125,13 @@ class MeanSolver:
   progress: bool = False
 
   def __post_init__(self):
-    def ring_row(x, x1, ring, a, h, master):
-      return L.ring_row(self.access.with_inputs(x), x1, ring, a, h, master)
+    def ring_row(x, x1, ring, a, h, master, band):
+      return L.ring_row(self.access.with_inputs(x), x1, ring, a, h, master, band)
 
     def lattice_row(x, x1, a, h, size):
       return L.lattice_row(self.access.with_inputs(x), x1, a, h, size)
 
-    object.__setattr__(self, '_ring_row', jax.jit(ring_row, donate_argnums=2))
+    object.__setattr__(self, '_ring_row', jax.jit(ring_row, donate_argnums=2, static_argnums=6))
     object.__setattr__(self, '_lattice_row', jax.jit(lattice_row, static_argnums=4))
     object.__setattr__(
       self, '_solve_block', jax.jit(self._solve_block_impl, static_argnums=(13, 14, 15), donate_argnums=5)
@@ -148,7 +148,8 @@ class MeanSolver:
   def plan(self, t_max: float, n_test: int = 0) -> L.Lattice:
     """The kernel lattice of a solve up to t_max with ``n_test`` test points, after refusing, before any solving, a
     solve whose first fine grid alone exceeds ``max_grid_times`` solver times, whose lattice needs more than
-    ``max_kernel_pairs`` kernel time pairs per pass (n(n + 1)/2 for n general lattice rows, n if stationary), or
+    ``max_kernel_pairs`` kernel time pairs per pass (n(n + 1)/2 for n general lattice rows, fewer with a band; n
+    if stationary), or
     whose ring of lattice rows does not fit in memory. Choosing the lattice costs ~40 ``ndk_fn`` calls on ≤ 8 points.
 
     Examples:
@@ -177,7 +178,7 @@ class MeanSolver:
     kind = 'stationary' if lat.stationary else 'general'
     resources.require_work(
       f'The mean up to t = {t_max:g}',
-      lat.size if lat.stationary else lat.size * (lat.size + 1) // 2,
+      lat.size if lat.stationary else sum(L.lattice_row_pairs(a, lat.band, 1, lat.size) for a in range(lat.size)),
       unit=f'kernel time pairs per pass ({lat.size} {kind} lattice rows)',
       cap=self.max_kernel_pairs,
       cap_name='max_kernel_pairs',
@@ -464,9 +465,9 @@ class MeanSolver:
       pairs[0] += lat.size
 
     def add_row(ring, a):
-      ring = self._ring_row(access.x, x1, ring, a, h, master)
+      ring = self._ring_row(access.x, x1, ring, a, h, master, lat.band)
       if master is None:
-        pairs[0] += -(-(a + 1) // access.chunk(x1.shape[0], lat.size)) * access.chunk(x1.shape[0], lat.size)
+        pairs[0] += L.lattice_row_pairs(a, lat.band, access.chunk(x1.shape[0], lat.size), lat.size)
         require_finite('R(t, s, x, X)', ring[:, a % L.RING], f'at t = {a * lat.h:g} (kernel lattice row {a})')
       return ring
 
