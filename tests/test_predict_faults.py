@@ -61,6 +61,35 @@ def test_late_times_are_refused_with_a_cost_estimate(data):
     predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T, max_grid_times=1)
 
 
+def test_a_lattice_over_the_kernel_pair_cap_is_refused_before_solving(data):
+  """The kernel work of a general lattice (n(n + 1)/2 pairs per pass, fewer with a band) is checked against
+  ``max_kernel_pairs`` before any solving, by predict and by check_request alone; NumPy integers are valid caps."""
+  x, y, _ = data
+  calls = []
+
+  def counted(x1, x2, t1, t2, *, temperature):
+    calls.append(len(t1) * len(t2))
+    return MODEL.ndk_fn(x1, x2, t1, t2, temperature=temperature)
+
+  general = predict.langevin_mse_ensemble(counted, x, y, temperature=T, max_kernel_pairs=np.int64(50))
+  choose = predict.lattice.choose_lattice
+  try:
+    predict.lattice.choose_lattice = lambda *args: choose(*args)._replace(stationary=False)
+    start = len(calls)
+    with pytest.raises(ValueError, match=r'kernel time pairs per pass \(\d+ general lattice rows\).*max_kernel_pairs'):
+      general.check_request(np.array([1.0, 30.0]))
+    checking = len(calls) - start
+    with pytest.raises(ValueError, match='max_kernel_pairs'):
+      general(np.array([1.0, 30.0]))
+    refusing = len(calls) - start - checking
+  finally:
+    predict.lattice.choose_lattice = choose
+  assert refusing == checking  # predict refuses where check_request does: the lattice probes, no solving
+  for bad in (0, True, 2.5):
+    with pytest.raises((TypeError, ValueError), match='max_kernel_pairs'):
+      predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T, max_kernel_pairs=bad)
+
+
 _REFUSAL = """
 import json, sys
 import numpy as np

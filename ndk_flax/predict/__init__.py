@@ -431,7 +431,8 @@ def langevin_mse_ensemble(
   solves from scratch (no hidden cache). A request whose solver grid would exceed ``max_grid_times`` (very late times
   at small T) or whose kernel lattice would need more than ``max_kernel_pairs`` time pairs per pass is refused up
   front with its estimated size (:meth:`LangevinPredictor.check_request` makes these checks alone). Kernel work:
-  n_lattice²/2 time pairs (n_lattice for a stationary kernel) instead of n_t²/2. Non-smooth activations (ReLU) make
+  at most n_lattice²/2 time pairs (fewer with a band, see :class:`~ndk_flax.predict.lattice.Lattice`; n_lattice for a
+  stationary kernel) instead of n_t²/2. Non-smooth activations (ReLU) make
   R(t, s) non-smooth at s = t (√(t − s) terms), which lowers the order of both the quadrature and the interpolation
   there; the step-doubling estimate then refines the grid more. The covariance needs two dense (n_c·P)² matrices
   (n_c covariance grid times) and O(n_c² P² (P + n_test)) work per requested time: its memory is checked up front
@@ -510,12 +511,11 @@ def langevin_mse_ensemble(
       raise ValueError('`cov_grid` must hold finite times.')
   if memory_limit is not None:
     memory_limit = V.positive('memory_limit', memory_limit)
-  if not isinstance(max_kernel_elements, int) or max_kernel_elements < 1:
-    raise ValueError(f'`max_kernel_elements` must be an int >= 1, got {max_kernel_elements!r}.')
-  if not isinstance(max_grid_times, int) or isinstance(max_grid_times, bool) or max_grid_times < 2:
+  max_kernel_elements = V.positive_int('max_kernel_elements', max_kernel_elements)
+  max_grid_times = V.positive_int('max_grid_times', max_grid_times)
+  if max_grid_times < 2:
     raise ValueError(f'`max_grid_times` must be an int >= 2, got {max_grid_times!r}.')
-  if not isinstance(max_kernel_pairs, int) or isinstance(max_kernel_pairs, bool) or max_kernel_pairs < 1:
-    raise ValueError(f'`max_kernel_pairs` must be an int >= 1, got {max_kernel_pairs!r}.')
+  max_kernel_pairs = V.positive_int('max_kernel_pairs', max_kernel_pairs)
   if not isinstance(progress, bool):
     raise TypeError(f'`progress` must be a bool, got {progress!r}.')
   return LangevinPredictor(

@@ -23,6 +23,7 @@ from ndk_flax.predict.kernels import KernelAccess
 __all__ = [
   'COARSE',
   'FAR_FROM',
+  'KINK_MARGIN',
   'RING',
   'Lattice',
   'choose_lattice',
@@ -136,11 +137,11 @@ def far_stencils(t, s, h, t_window=None, s_window=None):
 def choose_lattice(access: KernelAccess, theta0: jax.Array, t_max: float, max_step: float, rtol: float) -> Lattice:
   """Lattice spacing: 8 × the kernel drift time ``max_step`` (≈ growth/λ), halved until the interpolated R on (up to
   8 of) the training points matches ``ndk_fn`` within rtol / KINK_MARGIN · max|R| (over Θ0 and the probes) at probe
-  pairs (edges s = 0, s = t and
-  random ones; the far-field stencils of :func:`far_stencils` too, where the solver reads a pair through them,
-  including their least central position). The lattice is marked stationary when R(t, s) = R(t − s, 0) within
-  rtol, interpolation error included, at every probe (all groups start at their prior, σ0 = σ): its rows are then
-  shifts of one row.
+  pairs (edges s = 0, s = t and random ones; the far-field stencils of :func:`far_stencils` too, where the solver
+  reads a pair through them, including their least central position). The lattice is marked stationary when
+  R(t, s) = R(t − s, 0) within rtol, interpolation error included, at every probe (all groups start at their prior,
+  σ0 = σ): its rows are then shifts of one row. A general lattice gets the smallest band (:class:`Lattice`) that
+  meets the same tolerance.
 
   Examples:
     >>> import numpy as np
