@@ -428,10 +428,9 @@ def test_unstable_learning_rate_is_rejected_before_writing(tmp_path, capsys):
   assert 'learning_rate' in capsys.readouterr().err and not (tmp_path / 'run').exists()
 
 
-@pytest.mark.parametrize('args, reason', HUGE, ids=[' '.join(a) for a, _ in HUGE])
-def test_huge_request_is_refused_up_front(bad_inputs_dir, args, reason):
-  """Exit 2 with the bytes needed and available, nothing written, and a peak RSS of the refusing process far
-  below what the request would need (the estimate comes before any allocation)."""
+def _refusal_with_peak_rss(args, cwd, timeout):
+  """Run ``ndk-flax *args --out new_out`` in ``cwd`` from a small probe process: (exit status, the refusal lines,
+  the CLI process's peak RSS in KiB, stderr)."""
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
   probe = (
     'import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); '
@@ -439,16 +438,24 @@ def test_huge_request_is_refused_up_front(bad_inputs_dir, args, reason):
   )
   proc = subprocess.run(
     [sys.executable, '-c', probe, sys.executable, '-m', 'ndk_flax.cli', *args, '--out', 'new_out'],
-    cwd=str(bad_inputs_dir),
+    cwd=str(cwd),
     env=env,
     capture_output=True,
     text=True,
-    timeout=60,
+    timeout=timeout,
   )
   status, rss_kib = map(int, proc.stdout.split())
-  assert status == cli.EXIT_USAGE, proc.stderr
   message = [line for line in proc.stderr.splitlines() if line.startswith('ndk-flax: error:')]
-  assert len(message) == 1 and 'bytes' in message[0] and reason in message[0], proc.stderr
+  return status, message, rss_kib, proc.stderr
+
+
+@pytest.mark.parametrize('args, reason', HUGE, ids=[' '.join(a) for a, _ in HUGE])
+def test_huge_request_is_refused_up_front(bad_inputs_dir, args, reason):
+  """Exit 2 with the bytes needed and available, nothing written, and a peak RSS of the refusing process far
+  below what the request would need (the estimate comes before any allocation)."""
+  status, message, rss_kib, stderr = _refusal_with_peak_rss(args, bad_inputs_dir, timeout=60)
+  assert status == cli.EXIT_USAGE, stderr
+  assert len(message) == 1 and 'bytes' in message[0] and reason in message[0], stderr
   assert rss_kib < 400 * 1024, rss_kib
   assert not (bad_inputs_dir / 'new_out').exists()
 
@@ -457,24 +464,10 @@ def test_theory_too_big_is_refused_by_the_predictors_own_estimate(tmp_path):
   """The theory's memory is the predictor's own estimate (LangevinPredictor.check_request), not a CLI formula: a
   small ensemble with 20 000 test points is refused by the covariance estimate before anything is solved or written
   (exit 2, one line naming the theory, the bytes and what to lower), in a process that stays small."""
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  probe = (
-    'import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); '
-    'sys.stderr.write(p.stderr); print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)'
-  )
-  args = ['validate', '--n_test', '20000', '--n_members', '2', '--width', '4', '--noprogress', '--out', 'new_out']
-  proc = subprocess.run(
-    [sys.executable, '-c', probe, sys.executable, '-m', 'ndk_flax.cli', *args],
-    cwd=str(tmp_path),
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-  status, rss_kib = map(int, proc.stdout.split())
-  assert status == cli.EXIT_USAGE, proc.stderr
-  message = [line for line in proc.stderr.splitlines() if line.startswith('ndk-flax: error:')]
-  assert len(message) == 1, proc.stderr
+  args = ['validate', '--n_test', '20000', '--n_members', '2', '--width', '4', '--noprogress']
+  status, message, rss_kib, stderr = _refusal_with_peak_rss(args, tmp_path, timeout=120)
+  assert status == cli.EXIT_USAGE, stderr
+  assert len(message) == 1, stderr
   assert 'the theory: The covariance' in message[0] and 'GiB' in message[0] and 'lower n_test' in message[0]
   assert rss_kib < 1024 * 1024, rss_kib
   assert not (tmp_path / 'new_out').exists()
