@@ -158,6 +158,64 @@ def test_stationarity_detection_and_both_lattices(data, linear_predictor, monkey
     assert predictor.mean_solver.lattice(10.0).stationary == stationary
 
 
+def test_stationary_row_equals_the_general_ring(data, monkeypatch):
+  """A stationary lattice keeps only its row: nodes R(a·h, b·h) are read from it, window stencils are cubic in t − s
+  alone (Σ_q ℓ_q(s) = 1 over nodes that do not depend on s) and far-field corners use their 7 distinct nodes. On a
+  stationary kernel this is the same discretisation as the general ring of ``ndk_fn`` rows: equal to rounding."""
+  x, y, x_test = data
+  times = np.geomspace(0.05, 30.0, 25)
+  fast = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T).predict(times, x_test)
+  assert fast.stats.mean.stationary
+  choose = predict.lattice.choose_lattice
+  monkeypatch.setattr(predict.lattice, 'choose_lattice', lambda *args: choose(*args)._replace(stationary=False))
+  ring = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T).predict(times, x_test)
+  assert not ring.stats.mean.stationary
+  assert fast.stats.mean.grid_times == ring.stats.mean.grid_times
+  assert fast.stats.mean.kernel_time_pairs < ring.stats.mean.kernel_time_pairs
+  np.testing.assert_allclose(fast.mean, ring.mean, rtol=0, atol=1e-10 * np.abs(y).max())
+
+
+def test_stationary_row_reads_like_a_ring():
+  """Every lattice read of the solver gives the same from a stationary lattice's one row as from a ring of its rows
+  R(a·h, b·h) = R((a − b)h) (zero for b > a): nodes, row slices and products, window stencils (cubic in t − s alone),
+  tensor-stencil products and the early windows' history."""
+  lattice = predict.lattice
+  rng = np.random.default_rng(5)
+  size, n1, p, h = 40, 3, 2, 0.5
+  r_u = rng.normal(size=(n1, size, p))  # R(u·h) for u = 0 … size − 1
+  row = lattice.StationaryRow.of(r_u[:, ::-1])  # the last row: R((size − 1)h, b·h) = R((size − 1 − b)h)
+
+  def ring_of(rows):
+    ring = np.zeros((n1, lattice.RING, size, p))
+    for a in rows:
+      ring[:, a % lattice.RING, : a + 1] = r_u[:, a::-1]
+    return jnp.asarray(ring)
+
+  late, early = ring_of(range(20, 32)), ring_of(range(lattice.RING))
+  a, b = np.array([[24], [27]]), np.array([[20, 25, 28]])
+  np.testing.assert_array_equal(lattice.node(row, a, b), lattice.node(late, a, b))
+  np.testing.assert_array_equal(lattice.row_columns(row, 27, 19, 6), lattice.row_columns(late, 27, 19, 6))
+  weights = jnp.asarray(rng.normal(size=(size, p, 2)))
+  np.testing.assert_allclose(lattice.row_product(row, 26, weights), lattice.row_product(late, 26, weights), 1e-13)
+  g = jnp.asarray(rng.normal(size=(4, p, 2)))  # g at 4 solver nodes
+  lb = jnp.asarray(lattice.lagrange4(np.float64(1.3)))
+  np.testing.assert_allclose(
+    lattice.stencil_apply(row, 27, 22, lb, g[0]), lattice.stencil_apply(late, 27, 22, lb, g[0]), 1e-13
+  )
+  grid = jnp.asarray(np.sort(rng.uniform(24 * h, 25 * h, 4)))
+  t_rows = grid[-1] + jnp.asarray([0.1, 0.3]) * h
+  w_rows = jnp.asarray(rng.uniform(size=(2, 4)))
+  histories = []
+  for store in (row, late):
+    b0, nodes = lattice.window_nodes(store, 24)
+    assert nodes.shape[2] == (1 if store is row else 4)
+    histories.append(lattice.window_history(nodes, b0, jnp.asarray(h), grid, g, t_rows, w_rows))
+  np.testing.assert_allclose(*histories, rtol=1e-13)
+  grid, t_rows = jnp.asarray(np.sort(rng.uniform(0, 3 * h, 4))), jnp.asarray([3.2 * h, 3.9 * h])
+  histories = [lattice.old_history(s, jnp.asarray(h), grid, g, t_rows, w_rows, lattice.RING - 4) for s in (row, early)]
+  np.testing.assert_allclose(*histories, rtol=1e-13)
+
+
 @pytest.mark.parametrize('stationary', [True, False])
 def test_lattice_finer_than_the_solver_grid_keeps_the_accuracy(data, monkeypatch, stationary):
   """A lattice 4× finer than chosen (spacing below the solver's late steps): a Nyström row whose last interval starts

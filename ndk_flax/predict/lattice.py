@@ -4,7 +4,9 @@ The dynamics need a fine time grid (stiff NTK eigenvalues early, the diffusive s
 drift on the weights' time scale ~1/λ. So R is evaluated on a uniform lattice R(a·h, b·h) (b ≤ a) resolving that
 drift and interpolated (cubic Lagrange in u = t − s and s, whose stencils stay in the causal region s ≤ t) at the
 grid pairs: O((t_max/h)² P²) kernel work instead of O(n_t² P²). A solver row at time t only touches lattice rows
-a ∈ [⌊t/h⌋ − 4, ⌊t/h⌋ + 7], kept in a ring buffer while sweeping t upwards: O(t_max/h · P²) memory.
+a ∈ [⌊t/h⌋ − 4, ⌊t/h⌋ + 7], kept in a ring buffer while sweeping t upwards: O(t_max/h · P²) memory. A stationary
+lattice (R(t, s) = R(t − s)) keeps only its one row (:class:`StationaryRow`), and its stencils are cubic in t − s
+only (4 nodes a window instead of 16).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ __all__ = [
   'KINK_MARGIN',
   'RING',
   'Lattice',
+  'StationaryRow',
   'choose_lattice',
   'cubic_stencil',
   'far_stencils',
   'lagrange4',
   'lattice_row_pairs',
+  'node',
 ]
 
 RING = 12
@@ -289,36 +293,128 @@ def lattice_row(access: KernelAccess, x1, a, h, size, band: int = 0):
   return jnp.swapaxes(jnp.where((jnp.arange(size) < lo)[:, None, None], interp, row), 0, 1)
 
 
-def ring_row(access: KernelAccess, x1, ring, a, h, master, band: int = 0):
-  """Store lattice row a in ring slot a mod RING: from ``ndk_fn`` (``band``: see :class:`Lattice`), or for a
-  stationary lattice as a shift of ``master`` = [row size − 1, zeros] (R(a·h, b·h) = R((size − 1)h, (size − 1 − a +
-  b)h))."""
-  size = ring.shape[2]
-  if master is None:
-    row = lattice_row(access, x1, a, h, size, band)
-  else:
-    row = lax.dynamic_slice_in_dim(master, size - 1 - a, size, axis=1)
-  return ring.at[:, a % RING].set(row)
+def ring_row(access: KernelAccess, x1, ring, a, h, band: int = 0):
+  """Store lattice row a (from ``ndk_fn``, ``band``: see :class:`Lattice`) in ring slot a mod RING."""
+  return ring.at[:, a % RING].set(lattice_row(access, x1, a, h, ring.shape[2], band))
 
 
-def window_nodes(ring, w):
-  """The 16 lattice nodes N[:, p, q] = R((β0 + p + q)h, (β0 + q)h) of the cubic stencils of pairs (t, s) with
-  ⌊s/h⌋ = w and 0 ≤ t − s < h (β0 = max(w − 1, 0)); returns (β0, N of shape (n1, 4, 4, P))."""
+class StationaryRow(NamedTuple):
+  """The values of a stationary lattice, R(a·h, b·h) = R((a − b)h) (zero for b > a), in place of a ring of rows.
+
+  Attributes:
+    row: its last row R((size − 1)h, b·h, x1, X), (n1, size, P): R(a·h, b·h) = row[:, size − 1 − a + b].
+    near: R(α·h, 0, x1, X) for α < RING − 4, (n1, RING − 4, P): the nodes of every window's stencils and of the
+      early windows' history, read once instead of sliced from ``row`` by every solver block.
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax.predict.lattice import StationaryRow
+    >>> store = StationaryRow.of(np.arange(10.0).reshape(1, 10, 1))  # R(u) = 9 − u/h on a lattice of 10 times
+    >>> store.near[0, :3, 0].tolist()  # R(0), R(h), R(2h)
+    [9.0, 8.0, 7.0]
+  """
+
+  row: jax.Array
+  near: jax.Array
+
+  @classmethod
+  def of(cls, row) -> StationaryRow:
+    """The store of the lattice whose last row is ``row``."""
+    row = jnp.asarray(row)
+    return cls(row, jnp.flip(row[:, row.shape[1] - (RING - 4) :], 1))
+
+
+def node(store, a, b):
+  """R(a·h, b·h, x1, X) from a ``store`` of lattice values: a ring of general lattice rows (n1, RING, size, P; row a
+  in slot a mod RING) or a :class:`StationaryRow`. a and b broadcast; (n1, *shape, P).
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax.predict.lattice import StationaryRow, node
+    >>> store = StationaryRow.of(np.arange(3.0).reshape(1, 3, 1))  # R(u) = 2 − u/h on a lattice of 3 times
+    >>> node(store, np.array([2, 1, 0]), np.array([0, 0, 1]))[0, :, 0].tolist()  # R(2h), R(h), and 0 for b > a
+    [0.0, 1.0, 0.0]
+  """
+  if isinstance(store, StationaryRow):
+    size = store.row.shape[1]
+    a, b = (jnp.asarray(v) for v in jnp.broadcast_arrays(a, b))
+    values = store.row[:, jnp.clip(size - 1 - a + b, 0, size - 1)]
+    return jnp.where((b <= a)[None, ..., None], values, 0)
+  return store[:, a % RING, b]
+
+
+def row_columns(store, a, start, count: int):
+  """Columns start … start + count − 1 ≤ a of lattice row a, (n1, count, P), from a ring or a
+  :class:`StationaryRow`."""
+  if isinstance(store, StationaryRow):
+    return lax.dynamic_slice_in_dim(store.row, store.row.shape[1] - 1 - a + start, count, axis=1)
+  return lax.dynamic_slice(store, (0, a % RING, start, 0), (store.shape[0], 1, count, store.shape[3]))[:, 0]
+
+
+def row_product(store, a, weights):
+  """Σ_{b ≤ a} R(a·h, b·h, x1, X) weights[b] over lattice row a, (n1, out) for weights (size, P, out). A
+  :class:`StationaryRow` is read whole against the weights shifted to row a's offset (a sliced row would be copied
+  first: 3× slower on CPU at P = 1000)."""
+  size, out = weights.shape[0], weights.shape[-1]
+  if isinstance(store, StationaryRow):
+    shifted = jnp.zeros((2 * size,) + weights.shape[1:], weights.dtype)
+    shifted = lax.dynamic_update_slice_in_dim(shifted, weights, size - 1 - a, 0)[:size]
+    return store.row.reshape(store.row.shape[0], -1) @ shifted.reshape(-1, out)
+  return row_columns(store, a, 0, size).reshape(store.shape[0], -1) @ weights.reshape(-1, out)
+
+
+def stencil_apply(store, a0, b0, weights, g):
+  """Σ_q weights[q] R((a0 + k)h, (b0 + q)h, x1, X) g for k = 0 … 3, (4, n1, out), b0 + 3 ≤ a0 (a causal far-field
+  stencil): its 16 nodes from a ring; from a :class:`StationaryRow` its 7 distinct nodes R((a0 − b0 + k − q)h),
+  one slice of the row and one product."""
+  four = jnp.arange(4)
+  if isinstance(store, StationaryRow):
+    cols = row_columns(store, a0 + 3, b0, 7)  # column i: k − q = 3 − i
+    z = (cols.reshape(-1, cols.shape[-1]) @ g).reshape(cols.shape[0], 7, g.shape[-1])
+    return jnp.einsum('q,mkqo->kmo', weights, z[:, 3 - four[:, None] + four[None, :]])
+  return jnp.einsum('mkqp,q,po->kmo', node(store, (a0 + four)[:, None], (b0 + four)[None, :]), weights, g)
+
+
+def window_nodes(store, w):
+  """The lattice nodes N[:, p, q] = R((β0 + p + q)h, (β0 + q)h) of the cubic stencils of pairs (t, s) with
+  ⌊s/h⌋ = w and 0 ≤ t − s < h (β0 = max(w − 1, 0)); returns (β0, N of shape (n1, 4, Q, P)). Q = 4 for a ring; for a
+  :class:`StationaryRow` N does not depend on q, R(p·h, 0), and Q = 1 (:func:`s_weights`)."""
   four = jnp.arange(4)
   b0 = jnp.maximum(w - 1, 0)
+  if isinstance(store, StationaryRow):
+    return b0, store.near[:, :4, None]
   cols = b0 + four[None, :]
-  return b0, ring[:, (cols + four[:, None]) % RING, cols]
+  return b0, store[:, (cols + four[:, None]) % RING, cols]
+
+
+def s_weights(nodes, s, b0, h):
+  """Weights of the Q nodes along s of :func:`window_nodes` at times s (…, Q): cubic Lagrange at s/h − β0, or 1
+  for a stationary lattice (Q = 1), whose nodes do not depend on s."""
+  if nodes.shape[2] == 1:
+    return jnp.ones(s.shape + (1,), s.dtype)
+  return lagrange4(s / h - b0)
 
 
 def old_history(ring, h, grid, g, t_rows, w_rows, cols):
   """Σ_j w_rows[r, j] R̃(t_rows[r], t_j, x1, X) g_j for a block of rows, R̃ the interpolated kernel: the weighted
   g_j are scattered onto the lattice nodes of their cubic stencils (a = α + β, b = β, held by ring slot
   a mod RING; all in the ring's window) and contracted with the first ``cols`` columns of the ring once for the
-  whole block (every t_j with a nonzero weight must have its stencil there). (B, n1, out)."""
+  whole block (every t_j with a nonzero weight must have its stencil there). (B, n1, out). For a
+  :class:`StationaryRow` the nodes R(α·h) do not depend on β: the weights are scattered onto α < cols alone."""
+  n_rows, out = t_rows.shape[0], g.shape[-1]
+  a0, la = cubic_stencil(jnp.maximum(t_rows[:, None] - grid[None, :], 0), h)
+  if isinstance(ring, StationaryRow):
+    alpha = a0[:, :, None] + jnp.arange(4)
+    rows, nodes = jnp.arange(n_rows)[:, None, None], jnp.arange(grid.shape[0])[None, :, None]
+    weights = (
+      jnp.zeros((n_rows, cols, grid.shape[0]), g.dtype).at[rows, alpha, nodes].add(w_rows[:, :, None] * la, mode='drop')
+    )
+    flat = jnp.einsum('buj,jpo->upbo', weights, g).reshape(-1, n_rows * out)
+    ring = ring.near[:, :cols]
+    return jnp.moveaxis((ring.reshape(ring.shape[0], -1) @ flat).reshape(ring.shape[0], n_rows, out), 0, 1)
   four = jnp.arange(4)
   ring = ring[:, :, :cols]
   size = cols
-  a0, la = cubic_stencil(jnp.maximum(t_rows[:, None] - grid[None, :], 0), h)
   b0, lb = cubic_stencil(grid, h)
   coef = w_rows[:, :, None, None] * la[:, :, :, None] * lb[None, :, None, :]
   beta = b0[None, :, None, None] + four
@@ -331,17 +427,16 @@ def old_history(ring, h, grid, g, t_rows, w_rows, cols):
   )
   scattered = jnp.einsum('bscj,jpo->bscpo', weights, g)
   # A plain matrix product (XLA:CPU lowers the equivalent 4-index einsum ~30× slower).
-  n_rows, out = scattered.shape[0], scattered.shape[-1]
   flat = jnp.moveaxis(scattered.reshape(n_rows, -1, out), 0, 1).reshape(-1, n_rows * out)
   return jnp.moveaxis((ring.reshape(ring.shape[0], -1) @ flat).reshape(ring.shape[0], n_rows, out), 0, 1)
 
 
 def window_history(nodes, b0, h, grid, g, t_rows, w_rows):
   """Σ_j w_rows[r, j] R̃(t_rows[r], t_j, x1, X) g_j for nodes t_j of lattice window w (⌊t_j/h⌋ = w, t_j ≤ t_r <
-  t_j + h) from the window's 16 stencil nodes ``nodes`` = :func:`window_nodes` (β0 = ``b0``): one matrix product
-  for the block. (B, n1, out)."""
+  t_j + h) from the window's 16 stencil nodes ``nodes`` = :func:`window_nodes` (β0 = ``b0``; 4 nodes for a
+  stationary lattice): one matrix product for the block. (B, n1, out)."""
   l_u = lagrange4(jnp.maximum(t_rows[:, None] - grid[None, :], 0) / h)
-  l_s = lagrange4(grid / h - b0)
+  l_s = s_weights(nodes, grid, b0, h)
   c = jnp.einsum('rj,rjp,jq,jko->pqkro', w_rows, l_u, l_s, g)
   n_rows, out = t_rows.shape[0], g.shape[-1]
   flat = nodes.reshape(nodes.shape[0], -1) @ c.reshape(-1, n_rows * out)

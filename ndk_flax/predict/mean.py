@@ -125,13 +125,13 @@ class MeanSolver:
   progress: bool = False
 
   def __post_init__(self):
-    def ring_row(x, x1, ring, a, h, master, band):
-      return L.ring_row(self.access.with_inputs(x), x1, ring, a, h, master, band)
+    def ring_row(x, x1, ring, a, h, band):
+      return L.ring_row(self.access.with_inputs(x), x1, ring, a, h, band)
 
     def lattice_row(x, x1, a, h, size):
       return L.lattice_row(self.access.with_inputs(x), x1, a, h, size)
 
-    object.__setattr__(self, '_ring_row', jax.jit(ring_row, donate_argnums=2, static_argnums=6))
+    object.__setattr__(self, '_ring_row', jax.jit(ring_row, donate_argnums=2, static_argnums=5))
     object.__setattr__(self, '_lattice_row', jax.jit(lattice_row, static_argnums=4))
     object.__setattr__(
       self, '_solve_block', jax.jit(self._solve_block_impl, static_argnums=(13, 14, 15), donate_argnums=5)
@@ -183,10 +183,12 @@ class MeanSolver:
       cap=self.max_kernel_pairs,
       cap_name='max_kernel_pairs',
     )
-    n1, rows = access.p + n_test, L.RING + 2 * lat.stationary  # the ring, and the doubled master row if stationary
+    n1 = access.p + n_test
+    columns = lat.size if lat.stationary else L.RING * lat.size  # one row, or a ring of RING rows
+    held = 'its one kernel lattice row' if lat.stationary else f'{L.RING} kernel lattice rows'
     resources.require_memory(
-      f'The mean solver ({L.RING} kernel lattice rows of {lat.size} times × {n1} × {access.p} points)',
-      rows * lat.size * n1 * access.p * access.dtype.itemsize,
+      f'The mean solver ({held} of {lat.size} times × {n1} × {access.p} points)',
+      columns * n1 * access.p * access.dtype.itemsize,
       remedy='request fewer test points at once, an earlier last time (t = inf gives equilibrium in closed form), '
       'or a larger `rtol`',
       limit=self.memory_limit,
@@ -219,6 +221,8 @@ class MeanSolver:
     pairs = [0]
     solutions = [self._solution(lat, self.base_grid(t_max))]
     solving = [0]
+    outs = [[]]  # requested rows on each solution; a solution carried into the next pass keeps its rows
+    row = self._stationary_row(x1, lat, pairs) if lat.stationary else None  # read by every pass
     level0 = 0  # bisections of the base grid in solutions[0]
     y = access.y
     target = self.rtol * max(float(jnp.max(jnp.abs(y))), np.finfo(access.dtype).tiny)
@@ -239,10 +243,12 @@ class MeanSolver:
         )
         solutions.append(self._solution(lat, fine_grid))
         solving.append(len(solutions) - 1)
-      outs = [[] for _ in solutions]
-      jobs = [self._solve_job(lat, solutions, i) for i in solving]
-      jobs += [self._request_job(lat, solutions, i, times, test, o) for i, o in enumerate(outs)]
-      self._sweep(x1, lat, solutions, jobs, pairs)
+        outs.append([])
+      first = 1 if outs[0] else 0  # the sweep skips a carried solution: it is solved and its rows are known
+      active = solutions[first:]
+      jobs = [self._solve_job(lat, active, i - first) for i in solving]
+      jobs += [self._request_job(lat, active, i - first, times, test, outs[i]) for i in range(first, len(outs))]
+      self._sweep(x1, lat, active, jobs, pairs, row)
       gs = [s['g'][: len(s['grid'])] for s in solutions]
       for i in range(len(solutions) - 1):
         err = float(jnp.max(jnp.abs(gs[i + 1][::2] - gs[i]))) / 3
@@ -256,7 +262,7 @@ class MeanSolver:
           chosen = len(solutions) - 2
         else:
           level0 += len(solutions) - 1
-          solutions, solving = [solutions[-1]], []
+          solutions, solving, outs = [solutions[-1]], [], [outs[-1]]
     refinement = level0 + chosen
     if err > target:
       warnings.warn(
@@ -325,14 +331,15 @@ class MeanSolver:
     b0, nodes = L.window_nodes(ring, w)
     weights = jnp.broadcast_to(jnp.where(jnp.arange(grid.shape[0]) < r0, interior, 0), (block, grid.shape[0]))
     if early:
-      old = L.old_history(ring[:p], h, grid, g, t_rows, weights, L.RING - 4)  # rows beyond P: test points
+      lead = slice(0, span)  # the nodes of windows ≤ w; rows beyond P: test points
+      old = L.old_history(ring, h, grid[lead], g[lead], t_rows, weights[:, lead], L.RING - 4)[:, :p]
     else:
       lo, lo1, lo2 = los
       old = self._far(far_v, far_dv, w, t_rows, h)[:, :p]
       old += self._window(ring, h, grid, g, win, w, lo, span, t_rows, weights[:, lo + jnp.arange(span)], p)
       old += self._near(ring, h, grid, g, win, w, lo1, lo2, span, t_rows, weights, p)
     nodes = nodes[:p]
-    l_s = L.lagrange4(t_rows / h - b0)
+    l_s = L.s_weights(nodes, t_rows, b0, h)
     w_new = interior[rows]
 
     def step(r, g_block):
@@ -358,7 +365,8 @@ class MeanSolver:
     weights, w_star = jax.vmap(trapezoid_row, (None, 0, 0))(grid, k, times)
     b0, nodes = L.window_nodes(ring, w)
     if early:
-      history = L.old_history(ring, h, grid, g, times, weights, L.RING - 4)
+      lead = slice(0, span)
+      history = L.old_history(ring, h, grid[lead], g[lead], times, weights[:, lead], L.RING - 4)
     else:
       lo, lo1, lo2 = los
       history = self._far(far_v, far_dv, w, times, h)
@@ -366,17 +374,15 @@ class MeanSolver:
       history += self._near(ring, h, grid, g, win, w, lo1, lo2, span, times, weights)
       # The far field holds the two nodes before window w − 1 with their interior weights (times φ in window
       # w − 2); a row whose last interval starts at one of them weights both differently (trapezoid_row).
-      four = jnp.arange(4)
       interior = interior_weights(grid)
       for back in (1, 2):
         k_far = jnp.maximum(lo1 - back, 0)
         a0, la, c0, lb = L.far_stencils(times, grid[k_far], h, t_window=w, s_window=win[k_far])
-        corner = ring[:, ((a0 + four) % L.RING)[:, None], (c0 + four)[None, :]]  # (n1, 4, 4, P)
-        u = jnp.einsum('mkqp,q,po->kmo', corner, lb, g[k_far])
+        u = L.stencil_apply(ring, a0, c0, lb, g[k_far])
         phi = jnp.where(win[k_far] == w - 2, _hand_over(times / h - w), 1) * (lo1 >= back)
         delta = phi * (weights[:, k_far] - interior[k_far])
         history = history + delta[:, None, None] * jnp.einsum('rk,kmo->rmo', la, u)
-    l_s = L.lagrange4(times / h - b0)
+    l_s = L.s_weights(nodes, times, b0, h)
     r_star = None if eig is not None else jnp.einsum('rq,mqk->rmk', l_s, nodes[:p, 0])
     g_star = self._implicit_solve(eig, w_star, r_star, y - history[:, :p])
     # w_* R̃(t*, t*, x, X) g(t*) for the rows beyond P, without forming R̃(t*, t*) per row.
@@ -390,32 +396,29 @@ class MeanSolver:
     At w = FAR_FROM from scratch; later V = V + dV of the previous window for the rows it had, row w + 2
     contracted whole, and dV from window w − 2's nodes alone (columns w − 4 … w − 1)."""
     start = w == L.FAR_FROM
-    size = far_g.shape[0]
-    four = jnp.arange(4)
 
-    def scatter(select):
+    def moments(select, first):
+      """G on columns first … first + 3 from the selected nodes, whose shifted s-stencils all start at column
+      ``first`` (windows < 2 at the start, window w − 2 later): one product, no scatter."""
       parts = []
       for grid, win, g in zip(grids, wins, gs):
-        _, _, b0, lb = L.far_stencils(grid, grid, h, t_window=w, s_window=win)
-        coef = (interior_weights(grid) * select(win))[:, None] * lb
-        zeros = jnp.zeros((size,) + g.shape[1:], g.dtype)
-        parts.append(zeros.at[b0[:, None] + four].add(coef[..., None, None] * g[:, None]))
-      return jnp.concatenate(parts, axis=-1)
+        _, _, _, lb = L.far_stencils(grid, grid, h, t_window=w, s_window=win)
+        parts.append(jnp.einsum('jq,jpo->qpo', (interior_weights(grid) * select(win))[:, None] * lb, g))
+      four_columns = jnp.concatenate(parts, axis=-1)
+      return lax.dynamic_update_slice_in_dim(jnp.zeros_like(far_g), four_columns, first, 0)
 
-    older = jnp.where(start, 0, far_g) + scatter(lambda win: start & (win < w - 2))
-    newest = scatter(lambda win: win == w - 2)
-    n1, n = ring.shape[0], far_g.shape[-1]
+    older = jnp.where(start, 0, far_g) + moments(lambda win: start & (win < w - 2), 0)
+    newest = moments(lambda win: win == w - 2, w - 4)
 
     def full(a):
-      row = lax.dynamic_slice(ring, (0, a % L.RING, 0, 0), (n1, 1, size, ring.shape[3]))
-      return row.reshape(n1, -1) @ older.reshape(-1, n)
+      return L.row_product(ring, a, older)
 
     def carried(a):
       return far_v[a % L.RING] + far_dv[a % L.RING]
 
     def increment(a):
-      cols = lax.dynamic_slice(ring, (0, a % L.RING, w - 4, 0), (n1, 1, 4, ring.shape[3]))
-      return cols.reshape(n1, -1) @ lax.dynamic_slice_in_dim(newest, w - 4, 4).reshape(-1, n)
+      cols = L.row_columns(ring, a, w - 4, 4)
+      return cols.reshape(cols.shape[0], -1) @ lax.dynamic_slice_in_dim(newest, w - 4, 4).reshape(-1, newest.shape[-1])
 
     new_v, new_dv = far_v, far_dv
     for k in range(4):
@@ -447,45 +450,52 @@ class MeanSolver:
       g=g,
     )
 
-  def _sweep(self, x1: jax.Array, lat: L.Lattice, solutions: list, jobs: list, pairs: list) -> None:
-    """Sweep t upwards through the lattice windows, keeping the ring of lattice rows for x1 and the far-field sums
+  def _stationary_row(self, x1: jax.Array, lat: L.Lattice, pairs: list) -> L.StationaryRow:
+    """The values of a stationary lattice: its one row R((size − 1)h, b·h, x1, X)."""
+    h = jnp.asarray(lat.h, self.access.dtype)
+    row = self._lattice_row(self.access.x, x1, lat.size - 1, h, lat.size)
+    require_finite('R(t, s, x, X)', row, f'on the lattice row t = {(lat.size - 1) * lat.h:g}')
+    pairs[0] += lat.size
+    return L.StationaryRow.of(row)
+
+  def _sweep(
+    self, x1: jax.Array, lat: L.Lattice, solutions: list, jobs: list, pairs: list, row: Optional[L.StationaryRow] = None
+  ) -> None:
+    """Sweep t upwards through the lattice windows, keeping the ring of lattice rows for x1 (a stationary lattice:
+    its row, :class:`~ndk_flax.predict.lattice.StationaryRow`) and the far-field sums
     of every solution in ``solutions``, and running, in each window w and in list order, the rows of every job
     whose times t have ⌊t/h⌋ = w. A job is (sorted times, run(ring, far, w, lo, hi)) with [lo, hi) the indices of
-    its times in window w. ``pairs[0]`` counts the kernel time pairs evaluated."""
+    its times in window w. ``pairs[0]`` counts the kernel time pairs evaluated. ``row``: a stationary lattice's row
+    for x1, if already evaluated."""
     access = self.access
-    ring = jnp.zeros((x1.shape[0], L.RING, lat.size, access.p), access.dtype)
     h = jnp.asarray(lat.h, access.dtype)
     windows = [np.floor(times / lat.h).astype(np.int64) for times, _ in jobs]
-    master = None
     if lat.stationary:
-      master = jnp.concatenate(
-        [self._lattice_row(access.x, x1, lat.size - 1, h, lat.size), jnp.zeros_like(ring[:, 0])], axis=1
-      )
-      require_finite('R(t, s, x, X)', master, f'on the lattice row t = {(lat.size - 1) * lat.h:g}')
-      pairs[0] += lat.size
+      ring = self._stationary_row(x1, lat, pairs) if row is None else row
+    else:
+      ring = jnp.zeros((x1.shape[0], L.RING, lat.size, access.p), access.dtype)
 
     def add_row(ring, a):
-      ring = self._ring_row(access.x, x1, ring, a, h, master, lat.band)
-      if master is None:
-        pairs[0] += L.lattice_row_pairs(a, lat.band, access.chunk(x1.shape[0], lat.size), lat.size)
-        require_finite('R(t, s, x, X)', ring[:, a % L.RING], f'at t = {a * lat.h:g} (kernel lattice row {a})')
+      ring = self._ring_row(access.x, x1, ring, a, h, lat.band)
+      pairs[0] += L.lattice_row_pairs(a, lat.band, access.chunk(x1.shape[0], lat.size), lat.size)
+      require_finite('R(t, s, x, X)', ring[:, a % L.RING], f'at t = {a * lat.h:g} (kernel lattice row {a})')
       return ring
 
     out = access.y.shape[1]
     far_g = jnp.zeros((lat.size, access.p, len(solutions) * out), access.dtype)
     far_v = jnp.zeros((L.RING, x1.shape[0], len(solutions) * out), access.dtype)
     far_dv = jnp.zeros_like(far_v)
-    for a in range(min(8, lat.size)):
+    for a in range(0 if lat.stationary else min(8, lat.size)):
       ring = add_row(ring, a)
     n_windows = int(max(ws[-1] for ws in windows)) + 1
     # Work per window for the progress bar: the kernel pairs of its new lattice row and its solver rows.
     rows = np.bincount(np.concatenate(windows), minlength=n_windows)
-    new_pairs = np.zeros(n_windows) if master is not None else np.minimum(np.arange(n_windows) + 8, lat.size)
+    new_pairs = np.zeros(n_windows) if lat.stationary else np.minimum(np.arange(n_windows) + 8, lat.size)
     work = rows + new_pairs
     bar = progress_bar(int(work.sum()), 'Langevin predictor (mean)', 'row', self.progress)
     for w in range(n_windows):
       bar.update(int(work[w]))
-      if w > 0 and w + 7 < lat.size:
+      if not lat.stationary and w > 0 and w + 7 < lat.size:
         ring = add_row(ring, w + 7)
       if w >= L.FAR_FROM:
         far_g, far_v, far_dv = self._far_update(
@@ -507,10 +517,11 @@ class MeanSolver:
 
   def _window_span(self, solution: dict, w: int) -> tuple[tuple[int, int, int], int]:
     """First nodes of windows w, w − 1 and w − 2 in ``solution`` and a static span (64 or PAD: few compiled shapes)
-    covering the nodes of each (span 1 in the early windows, which read the ring instead)."""
+    covering the nodes of each; in the early windows, which read all history through the lattice at once, a power
+    of 2 ≥ 64 covering the nodes of windows ≤ w."""
     lo2, lo1, lo, hi = (int(i) for i in np.searchsorted(solution['windows'], [w - 2, w - 1, w, w + 1]))
     if w < L.FAR_FROM:
-      return (lo, lo1, lo2), 1
+      return (lo, lo1, lo2), min(max(64, 1 << (hi - 1).bit_length()), len(solution['grid_j']))
     most = max(hi - lo, lo - lo1, lo1 - lo2)
     if most > PAD:
       raise RuntimeError(f'Lattice windows {w - 2} … {w} hold {most} solver nodes, more than the padding {PAD}.')
