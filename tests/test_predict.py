@@ -217,6 +217,32 @@ def test_stationary_row_reads_like_a_ring():
 
 
 @pytest.mark.parametrize('stationary', [True, False])
+def test_rejected_grids_stop_early_without_changing_the_mean(data, monkeypatch, stationary):
+  """A pass solves a grid and its bisections; a pair whose error estimate already exceeds the target on the windows
+  swept so far is rejected, and a grid no pair can use stops (its rows are not solved or requested further). The
+  accepted pair, and so the mean and its stats, are those of a sweep that runs every grid to the end."""
+  x, y, x_test = data
+  choose = predict.lattice.choose_lattice
+  monkeypatch.setattr(predict.lattice, 'choose_lattice', lambda *args: choose(*args)._replace(stationary=stationary))
+  solver_type = type(predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, temperature=T).mean_solver)
+  rejection, stopped = solver_type._rejection, []
+
+  def spy(self, *args, **kwargs):
+    dropped = rejection(self, *args, **kwargs)
+    return lambda w: stopped.append(dropped(w)) or stopped[-1]
+
+  times = np.geomspace(0.05, 30.0, 12)
+  kwargs = dict(temperature=T, rtol=1e-5, max_refinements=6)
+  monkeypatch.setattr(solver_type, '_rejection', spy)
+  pruned = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, **kwargs).predict(times, x_test)
+  assert pruned.stats.mean.refinements >= 2 and any(stopped)
+  monkeypatch.setattr(solver_type, '_rejection', lambda self, *args, **kwargs: lambda w: set())
+  full = predict.langevin_mse_ensemble(MODEL.ndk_fn, x, y, **kwargs).predict(times, x_test)
+  assert pruned.stats.mean == full.stats.mean
+  np.testing.assert_array_equal(pruned.mean, full.mean)
+
+
+@pytest.mark.parametrize('stationary', [True, False])
 def test_lattice_finer_than_the_solver_grid_keeps_the_accuracy(data, monkeypatch, stationary):
   """A lattice 4× finer than chosen (spacing below the solver's late steps): a Nyström row whose last interval starts
   two or more lattice windows back reads its last two nodes through the far field, which holds them with interior

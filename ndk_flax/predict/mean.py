@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -134,9 +134,10 @@ class MeanSolver:
     object.__setattr__(self, '_ring_row', jax.jit(ring_row, donate_argnums=2, static_argnums=5))
     object.__setattr__(self, '_lattice_row', jax.jit(lattice_row, static_argnums=4))
     object.__setattr__(
-      self, '_solve_block', jax.jit(self._solve_block_impl, static_argnums=(13, 14, 15), donate_argnums=5)
+      self, '_solve_block', jax.jit(self._solve_block_impl, static_argnums=(14, 15, 16), donate_argnums=6)
     )
-    object.__setattr__(self, '_request_block', jax.jit(self._request_block_impl, static_argnums=(12, 13)))
+    object.__setattr__(self, '_request_block', jax.jit(self._request_block_impl, static_argnums=(13, 14)))
+    object.__setattr__(self, '_window_nodes', jax.jit(L.window_nodes))
     object.__setattr__(self, '_far_update', jax.jit(self._far_update_impl, donate_argnums=(2, 3, 4)))
 
   # --- public ------------------------------------------------------------------------------------------------
@@ -248,7 +249,10 @@ class MeanSolver:
       active = solutions[first:]
       jobs = [self._solve_job(lat, active, i - first) for i in solving]
       jobs += [self._request_job(lat, active, i - first, times, test, outs[i]) for i in range(first, len(outs))]
-      self._sweep(x1, lat, active, jobs, pairs, row)
+      owners = [i - first for i in solving] + list(range(len(outs) - first))
+      final = level0 + len(solutions) - 2 == self.max_refinements  # then the finest pair is used in any case
+      dropped = self._rejection(solutions, first, target, keep=2 if final else 1)
+      self._sweep(x1, lat, active, jobs, pairs, row, owners, dropped)
       gs = [s['g'][: len(s['grid'])] for s in solutions]
       for i in range(len(solutions) - 1):
         err = float(jnp.max(jnp.abs(gs[i + 1][::2] - gs[i]))) / 3
@@ -292,20 +296,20 @@ class MeanSolver:
     far = far_v[slots][None] + phi[:, None, None, None] * far_dv[slots][None]
     return jnp.einsum('rk,rkmo->rmo', L.lagrange4(t_rows / h - (w - 1)), far)
 
-  def _window(self, ring, h, grid, g, win, v, lo, span, t_rows, weights, rows=None):
+  def _window(self, near_v, h, grid, g, win, v, lo, span, t_rows, weights, rows=None):
     """Σ_j weights[r, j] R̃(t_r, t_j) g_j over the nodes j of window v (from lo, ``span`` of them, others masked)
-    through that window's 16 stencil nodes, for the first ``rows`` points of x1 (all by default); ``weights``
-    (B, span)."""
+    through that window's 16 stencil nodes ``near_v`` (:func:`~ndk_flax.predict.lattice.window_nodes`), for the
+    first ``rows`` points of x1 (all by default); ``weights`` (B, span)."""
     j = lo + jnp.arange(span)
-    b0, nodes = L.window_nodes(ring, v)
+    b0, nodes = near_v
     return L.window_history(nodes[:rows], b0, h, grid[j], g[j], t_rows, jnp.where(win[j] == v, weights, 0))
 
-  def _near(self, ring, h, grid, g, win, w, lo1, lo2, span, t_rows, weights, rows=None):
+  def _near(self, near, h, grid, g, win, w, lo1, lo2, span, t_rows, weights, rows=None):
     """The history of windows w − 1 (whole) and w − 2 (its share 1 − φ, see :meth:`_far`); ``weights`` (B, n)."""
     keep = 1 - _hand_over(t_rows / h - w)[:, None]
     j1, j2 = lo1 + jnp.arange(span), lo2 + jnp.arange(span)
-    return self._window(ring, h, grid, g, win, w - 1, lo1, span, t_rows, weights[:, j1], rows) + self._window(
-      ring, h, grid, g, win, w - 2, lo2, span, t_rows, keep * weights[:, j2], rows
+    return self._window(near[1], h, grid, g, win, w - 1, lo1, span, t_rows, weights[:, j1], rows) + self._window(
+      near[2], h, grid, g, win, w - 2, lo2, span, t_rows, keep * weights[:, j2], rows
     )
 
   def _implicit_solve(self, eig, c, r_star, b):
@@ -316,7 +320,7 @@ class MeanSolver:
     evals, evecs = eig
     return jnp.einsum('pk,rk,rko->rpo', evecs, 1 / (1 + c[:, None] * evals), jnp.einsum('pk,rpo->rko', evecs, b))
 
-  def _solve_block_impl(self, y, ring, h, grid, win, g, far_v, far_dv, eig, w, los, r0, r1, block, span, early):
+  def _solve_block_impl(self, y, ring, near, h, grid, win, g, far_v, far_dv, eig, w, los, r0, r1, block, span, early):
     """Grid rows r0 … r1 − 1 (< r0 + block, all in lattice window w; ``los`` = first nodes of windows w, w − 1,
     w − 2) of the trapezoid scheme, (I + w_ii R̃(t_i, t_i)) g_i = Y − Σ_{j<i} w_j R̃(t_i, t_j) g_j, g = Y − f̄(X, ·).
     The history j < r0 for the whole block at once: nodes of windows < w − 1 through the far-field sums (``far_v``,
@@ -328,7 +332,7 @@ class MeanSolver:
     interior = interior_weights(grid)
     rows = r0 + jnp.arange(block)
     t_rows = grid[rows]
-    b0, nodes = L.window_nodes(ring, w)
+    b0, nodes = near[0]
     weights = jnp.broadcast_to(jnp.where(jnp.arange(grid.shape[0]) < r0, interior, 0), (block, grid.shape[0]))
     if early:
       lead = slice(0, span)  # the nodes of windows ≤ w; rows beyond P: test points
@@ -336,8 +340,8 @@ class MeanSolver:
     else:
       lo, lo1, lo2 = los
       old = self._far(far_v, far_dv, w, t_rows, h)[:, :p]
-      old += self._window(ring, h, grid, g, win, w, lo, span, t_rows, weights[:, lo + jnp.arange(span)], p)
-      old += self._near(ring, h, grid, g, win, w, lo1, lo2, span, t_rows, weights, p)
+      old += self._window(near[0], h, grid, g, win, w, lo, span, t_rows, weights[:, lo + jnp.arange(span)], p)
+      old += self._near(near, h, grid, g, win, w, lo1, lo2, span, t_rows, weights, p)
     nodes = nodes[:p]
     l_s = L.s_weights(nodes, t_rows, b0, h)
     w_new = interior[rows]
@@ -354,7 +358,7 @@ class MeanSolver:
     g_block = lax.fori_loop(0, r1 - r0, step, lax.dynamic_slice_in_dim(g, r0, block))
     return lax.dynamic_update_slice_in_dim(g, g_block, r0, 0)
 
-  def _request_block_impl(self, y, ring, h, grid, win, g, far_v, far_dv, eig, w, los, times, span, early):
+  def _request_block_impl(self, y, ring, near, h, grid, win, g, far_v, far_dv, eig, w, los, times, span, early):
     """Nyström rows at a block of requested times (all in lattice window w) on a solved grid:
     (I + w_* R̃(t*, t*, X, X)) g(t*) = Y − Σ_{t_j < t*} w_j R̃(t*, t_j, X, X) g_j and
     f̄(x, t*) = Σ_j w_j R̃(t*, t_j, x, X) g_j + w_* R̃(t*, t*, x, X) g(t*) for the rows x1[P:]. The history as in
@@ -363,15 +367,15 @@ class MeanSolver:
     p = self.access.p
     k = jnp.searchsorted(grid, times, side='left') - 1
     weights, w_star = jax.vmap(trapezoid_row, (None, 0, 0))(grid, k, times)
-    b0, nodes = L.window_nodes(ring, w)
+    b0, nodes = near[0]
     if early:
       lead = slice(0, span)
       history = L.old_history(ring, h, grid[lead], g[lead], times, weights[:, lead], L.RING - 4)
     else:
       lo, lo1, lo2 = los
       history = self._far(far_v, far_dv, w, times, h)
-      history += self._window(ring, h, grid, g, win, w, lo, span, times, weights[:, lo + jnp.arange(span)])
-      history += self._near(ring, h, grid, g, win, w, lo1, lo2, span, times, weights)
+      history += self._window(near[0], h, grid, g, win, w, lo, span, times, weights[:, lo + jnp.arange(span)])
+      history += self._near(near, h, grid, g, win, w, lo1, lo2, span, times, weights)
       # The far field holds the two nodes before window w − 1 with their interior weights (times φ in window
       # w − 2); a row whose last interval starts at one of them weights both differently (trapezoid_row).
       interior = interior_weights(grid)
@@ -450,6 +454,29 @@ class MeanSolver:
       g=g,
     )
 
+  def _rejection(self, solutions: list, first: int, target: float, keep: int) -> Callable[[int], set[int]]:
+    """After window w of a sweep: the solutions of ``solutions[first:]`` (by index there) that no pair can use. The
+    estimate of pair (i, i + 1) is a maximum over the grid, so once the nodes up to window w exceed ``target`` the
+    pair is rejected, and a solution whose pairs are all rejected is neither solved nor read further; the ``keep``
+    finest are always kept (the next pass refines the finest; the last pass uses the finest pair). The accepted pair
+    is the one the full estimate accepts, unchanged."""
+    last = len(solutions) - 1
+    seen, worst, rejected = [0] * last, [0.0] * last, set()
+
+    def dropped(w: int) -> set[int]:
+      for i in set(range(last)) - rejected:
+        n = int(np.searchsorted(solutions[i]['windows'], w, 'right'))
+        if n > seen[i]:
+          fine, coarse = solutions[i + 1]['g'][2 * seen[i] : 2 * n : 2], solutions[i]['g'][seen[i] : n]
+          worst[i] = max(worst[i], float(jnp.max(jnp.abs(fine - coarse))) / 3)
+          seen[i] = n
+          if worst[i] > target:
+            rejected.add(i)
+      unused = [k for k in range(first, last + 1 - keep) if k in rejected and (k == 0 or k - 1 in rejected)]
+      return {k - first for k in unused}
+
+    return dropped
+
   def _stationary_row(self, x1: jax.Array, lat: L.Lattice, pairs: list) -> L.StationaryRow:
     """The values of a stationary lattice: its one row R((size − 1)h, b·h, x1, X)."""
     h = jnp.asarray(lat.h, self.access.dtype)
@@ -459,14 +486,23 @@ class MeanSolver:
     return L.StationaryRow.of(row)
 
   def _sweep(
-    self, x1: jax.Array, lat: L.Lattice, solutions: list, jobs: list, pairs: list, row: Optional[L.StationaryRow] = None
+    self,
+    x1: jax.Array,
+    lat: L.Lattice,
+    solutions: list,
+    jobs: list,
+    pairs: list,
+    row: Optional[L.StationaryRow] = None,
+    owners: Sequence[int] = (),
+    dropped: Optional[Callable[[int], set[int]]] = None,
   ) -> None:
     """Sweep t upwards through the lattice windows, keeping the ring of lattice rows for x1 (a stationary lattice:
     its row, :class:`~ndk_flax.predict.lattice.StationaryRow`) and the far-field sums
     of every solution in ``solutions``, and running, in each window w and in list order, the rows of every job
-    whose times t have ⌊t/h⌋ = w. A job is (sorted times, run(ring, far, w, lo, hi)) with [lo, hi) the indices of
+    whose times t have ⌊t/h⌋ = w. A job is (sorted times, run(ring, near, far, w, lo, hi)) with [lo, hi) the indices of
     its times in window w. ``pairs[0]`` counts the kernel time pairs evaluated. ``row``: a stationary lattice's row
-    for x1, if already evaluated."""
+    for x1, if already evaluated. ``owners``: the solution of each job; after each window the jobs of the solutions
+    in ``dropped(w)`` stop."""
     access = self.access
     h = jnp.asarray(lat.h, access.dtype)
     windows = [np.floor(times / lat.h).astype(np.int64) for times, _ in jobs]
@@ -493,10 +529,14 @@ class MeanSolver:
     new_pairs = np.zeros(n_windows) if lat.stationary else np.minimum(np.arange(n_windows) + 8, lat.size)
     work = rows + new_pairs
     bar = progress_bar(int(work.sum()), 'Langevin predictor (mean)', 'row', self.progress)
+    near, stopped = (), set()
     for w in range(n_windows):
       bar.update(int(work[w]))
       if not lat.stationary and w > 0 and w + 7 < lat.size:
         ring = add_row(ring, w + 7)
+      # The stencil nodes of windows w, w − 1, w − 2, gathered once each (a ring keeps their rows until w + 3).
+      nodes = self._window_nodes(ring, w)
+      near = (nodes,) + (near[:2] or (nodes, nodes))
       if w >= L.FAR_FROM:
         far_g, far_v, far_dv = self._far_update(
           ring,
@@ -509,10 +549,12 @@ class MeanSolver:
           [s['win_j'] for s in solutions],
           [s['g'] for s in solutions],
         )
-      for (_, run), ws in zip(jobs, windows):
+      for k, ((_, run), ws) in enumerate(zip(jobs, windows)):
         lo, hi = np.searchsorted(ws, w, 'left'), np.searchsorted(ws, w, 'right')
-        if hi > lo:
-          run(ring, far_v, far_dv, h, w, int(lo), int(hi))
+        if hi > lo and not (owners and owners[k] in stopped):
+          run(ring, near, far_v, far_dv, h, w, int(lo), int(hi))
+      if dropped is not None:
+        stopped |= dropped(w)
     bar.close()
 
   def _window_span(self, solution: dict, w: int) -> tuple[tuple[int, int, int], int]:
@@ -527,23 +569,23 @@ class MeanSolver:
       raise RuntimeError(f'Lattice windows {w - 2} … {w} hold {most} solver nodes, more than the padding {PAD}.')
     return (lo, lo1, lo2), 64 if most <= 64 else PAD
 
-  def _block_arguments(self, ring, far_v, far_dv, h, w, sol: dict, index: int, eig) -> tuple:
+  def _block_arguments(self, ring, near, far_v, far_dv, h, w, sol: dict, index: int, eig) -> tuple:
     """The leading arguments of the solve and request blocks for solution ``index`` (of ``sol``) in window w."""
     out = self.access.y.shape[1]
     v, dv = (a[:, :, index * out : (index + 1) * out] for a in (far_v, far_dv))
-    return (self.access.y, ring, h, sol['grid_j'], sol['win_j'], sol['g'], v, dv, eig, w)
+    return (self.access.y, ring, near, h, sol['grid_j'], sol['win_j'], sol['g'], v, dv, eig, w)
 
   def _solve_job(self, lat: L.Lattice, solutions: list, index: int):
     """Sweep job solving the trapezoid scheme on solution ``index`` (g = Y − f̄(X, ·) on the nodes) in place."""
     eig = self.theta0_eigh if lat.stationary else None
     sol = solutions[index]
 
-    def run(ring, far_v, far_dv, h, w, lo, hi):
+    def run(ring, near, far_v, far_dv, h, w, lo, hi):
       lo = max(lo, 1)
       block = self._block_size(hi - lo) if hi > lo else 1
       los, span = self._window_span(sol, w)
       for r0 in range(lo, hi, block):
-        common = self._block_arguments(ring, far_v, far_dv, h, w, sol, index, eig)
+        common = self._block_arguments(ring, near, far_v, far_dv, h, w, sol, index, eig)
         sol['g'] = self._solve_block(*common, los, r0, min(r0 + block, hi), block, span, w < L.FAR_FROM)
 
     return sol['grid'], run
@@ -555,10 +597,10 @@ class MeanSolver:
     sol = solutions[index]
     padded = jnp.asarray(np.concatenate([times, np.full(64, times[-1])]), access.dtype)
 
-    def run(ring, far_v, far_dv, h, w, lo, hi):
+    def run(ring, near, far_v, far_dv, h, w, lo, hi):
       block = self._block_size(hi - lo) if eig is not None else 8  # an LU per row: little padding
       los, span = self._window_span(sol, w)
-      common = self._block_arguments(ring, far_v, far_dv, h, w, sol, index, eig)
+      common = self._block_arguments(ring, near, far_v, far_dv, h, w, sol, index, eig)
       for r0 in range(lo, hi, block):
         g, f = self._request_block(*common, los, padded[r0 : r0 + block], span, w < L.FAR_FROM)
         out.append((f if test else access.y[None] - g)[: min(block, hi - r0)])
