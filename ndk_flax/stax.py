@@ -437,7 +437,7 @@ def _take_first(tree, axis: int):
 def _check_finite(k: TwoTimeKernel) -> None:
   for name, value in zip(k._fields, k):
     for leaf in jax.tree.leaves(value):
-      if not V.is_traced(leaf) and not bool(jnp.all(jnp.isfinite(leaf))):
+      if not V.is_traced(leaf) and not V.all_finite(leaf):
         raise FloatingPointError(
           f'ndk_fn produced NaN or inf in `{name}`: the network or its stds overflow at these times or '
           'temperature (check W_std, the prior stds and T).'

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ndk_flax import _validation as V
+
 __all__ = ['KernelAccess', 'NDKFn', 'require_finite']
 
 NDKFn = Callable[..., Any]
@@ -31,7 +33,7 @@ def require_finite(name: str, value: jax.Array, where: str) -> None:
     ...   print(e)
     R is not finite at t = 2 (NaN or inf): check the kernel function and its parameters there.
   """
-  if not bool(jnp.all(jnp.isfinite(value))):
+  if not V.all_finite(value):
     raise FloatingPointError(
       f'{name} is not finite {where} (NaN or inf): check the kernel function and its parameters there.'
     )

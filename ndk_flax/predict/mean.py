@@ -33,6 +33,22 @@ def _hand_over(x):
   return x * x * (3 - 2 * x)
 
 
+def _rows(blocks: list[tuple[jax.Array, int]]) -> jax.Array:
+  """The leading ``count`` rows of each (block, count) of request rows, in order, as one array (one gather)."""
+  offsets = np.cumsum([0] + [block.shape[0] for block, _ in blocks])
+  keep = np.concatenate([offset + np.arange(count) for offset, (_, count) in zip(offsets, blocks)])
+  return jnp.concatenate([block for block, _ in blocks])[keep]
+
+
+def _step_difference(g_fine: jax.Array, g_coarse: jax.Array, lo, hi) -> jax.Array:
+  """max_{lo ≤ j < hi} |g_fine[2j] − g_coarse[j]| of a padded solution and its padded bisection (NaN if any is
+  NaN): the step-doubling difference on the coarse nodes lo … hi − 1, with traced bounds (one compiled function
+  for every range; static slices compile once per range)."""
+  n = min(g_coarse.shape[0], (g_fine.shape[0] + 1) // 2)
+  j = jnp.arange(n).reshape((n,) + (1,) * (g_coarse.ndim - 1))
+  return jnp.max(jnp.where((j >= lo) & (j < hi), jnp.abs(g_fine[: 2 * n : 2] - g_coarse[:n]), 0))
+
+
 class GridSolution(NamedTuple):
   """The trapezoid solution g = Y − f̄(X, ·) on the nodes of ``grid`` (no extrapolation).
 
@@ -136,9 +152,10 @@ class MeanSolver:
     object.__setattr__(
       self, '_solve_block', jax.jit(self._solve_block_impl, static_argnums=(14, 15, 16), donate_argnums=6)
     )
-    object.__setattr__(self, '_request_block', jax.jit(self._request_block_impl, static_argnums=(13, 14)))
+    object.__setattr__(self, '_request_block', jax.jit(self._request_block_impl, static_argnums=(14, 15, 16)))
     object.__setattr__(self, '_window_nodes', jax.jit(L.window_nodes))
     object.__setattr__(self, '_far_update', jax.jit(self._far_update_impl, donate_argnums=(2, 3, 4)))
+    object.__setattr__(self, '_step_difference', jax.jit(_step_difference))
 
   # --- public ------------------------------------------------------------------------------------------------
 
@@ -253,11 +270,11 @@ class MeanSolver:
       final = level0 + len(solutions) - 2 == self.max_refinements  # then the finest pair is used in any case
       dropped = self._rejection(solutions, first, target, keep=2 if final else 1)
       self._sweep(x1, lat, active, jobs, pairs, row, owners, dropped)
-      gs = [s['g'][: len(s['grid'])] for s in solutions]
       for i in range(len(solutions) - 1):
-        err = float(jnp.max(jnp.abs(gs[i + 1][::2] - gs[i]))) / 3
+        err = float(self._step_difference(solutions[i + 1]['g'], solutions[i]['g'], 0, len(solutions[i]['grid']))) / 3
         if not math.isfinite(err):
-          require_finite('The mean solution g = Y − f̄(X, t)', gs[i + 1], f'on the solver grid up to t = {t_max:g}')
+          g_fine = solutions[i + 1]['g'][: len(solutions[i + 1]['grid'])]
+          require_finite('The mean solution g = Y − f̄(X, t)', g_fine, f'on the solver grid up to t = {t_max:g}')
         if err <= target:
           chosen = i
           break
@@ -276,7 +293,7 @@ class MeanSolver:
         RuntimeWarning,
         stacklevel=4,
       )
-    coarse, fine = (jnp.concatenate(out) for out in outs[chosen : chosen + 2])
+    coarse, fine = (_rows(out) for out in outs[chosen : chosen + 2])
     mean = fine + (fine - coarse) / 3
     for i in np.flatnonzero(~np.asarray(jnp.all(jnp.isfinite(mean), axis=(1, 2))))[:1]:
       raise FloatingPointError(f'The mean f̄ is not finite at t = {times[i]:g}: check the kernel function up to there.')
@@ -358,13 +375,16 @@ class MeanSolver:
     g_block = lax.fori_loop(0, r1 - r0, step, lax.dynamic_slice_in_dim(g, r0, block))
     return lax.dynamic_update_slice_in_dim(g, g_block, r0, 0)
 
-  def _request_block_impl(self, y, ring, near, h, grid, win, g, far_v, far_dv, eig, w, los, times, span, early):
-    """Nyström rows at a block of requested times (all in lattice window w) on a solved grid:
+  def _request_block_impl(
+    self, y, ring, near, h, grid, win, g, far_v, far_dv, eig, w, los, padded, r0, block, span, early
+  ):
+    """Nyström rows at the requested times padded[r0 : r0 + block] (all in lattice window w) on a solved grid:
     (I + w_* R̃(t*, t*, X, X)) g(t*) = Y − Σ_{t_j < t*} w_j R̃(t*, t_j, X, X) g_j and
     f̄(x, t*) = Σ_j w_j R̃(t*, t_j, x, X) g_j + w_* R̃(t*, t*, x, X) g(t*) for the rows x1[P:]. The history as in
     :meth:`_solve_block_impl`; the far-field sums hold the interior weights, so the last node before window w − 1
     gets its own correction when the row's last interval starts there."""
     p = self.access.p
+    times = lax.dynamic_slice_in_dim(padded, r0, block)
     k = jnp.searchsorted(grid, times, side='left') - 1
     weights, w_star = jax.vmap(trapezoid_row, (None, 0, 0))(grid, k, times)
     b0, nodes = near[0]
@@ -467,8 +487,8 @@ class MeanSolver:
       for i in set(range(last)) - rejected:
         n = int(np.searchsorted(solutions[i]['windows'], w, 'right'))
         if n > seen[i]:
-          fine, coarse = solutions[i + 1]['g'][2 * seen[i] : 2 * n : 2], solutions[i]['g'][seen[i] : n]
-          worst[i] = max(worst[i], float(jnp.max(jnp.abs(fine - coarse))) / 3)
+          difference = self._step_difference(solutions[i + 1]['g'], solutions[i]['g'], seen[i], n)
+          worst[i] = max(worst[i], float(difference) / 3)
           seen[i] = n
           if worst[i] > target:
             rejected.add(i)
@@ -591,7 +611,8 @@ class MeanSolver:
     return sol['grid'], run
 
   def _request_job(self, lat: L.Lattice, solutions: list, index: int, times: np.ndarray, test: bool, out: list):
-    """Sweep job appending f̄ at ``times`` (Nyström rows on solution ``index``, train or test rows) to out."""
+    """Sweep job appending f̄ at ``times`` (Nyström rows on solution ``index``, train or test rows) to out, as
+    (block of rows, rows of it that are requested)."""
     access = self.access
     eig = self.theta0_eigh if lat.stationary else None
     sol = solutions[index]
@@ -602,7 +623,7 @@ class MeanSolver:
       los, span = self._window_span(sol, w)
       common = self._block_arguments(ring, near, far_v, far_dv, h, w, sol, index, eig)
       for r0 in range(lo, hi, block):
-        g, f = self._request_block(*common, los, padded[r0 : r0 + block], span, w < L.FAR_FROM)
-        out.append((f if test else access.y[None] - g)[: min(block, hi - r0)])
+        g, f = self._request_block(*common, los, padded, r0, block, span, w < L.FAR_FROM)
+        out.append((f if test else access.y[None] - g, min(block, hi - r0)))
 
     return times, run
