@@ -197,6 +197,17 @@ def test_stationary_row_reads_like_a_ring():
   np.testing.assert_array_equal(lattice.row_columns(row, 27, 19, 6), lattice.row_columns(late, 27, 19, 6))
   weights = jnp.asarray(rng.normal(size=(size, p, 2)))
   np.testing.assert_allclose(lattice.row_product(row, 26, weights), lattice.row_product(late, 26, weights), 1e-13)
+  # Far-field rows from Toeplitz sums of flushed columns plus the NEAR latest columns, against whole-row products.
+  sums = jnp.zeros((n1, size, 2))
+  for c0 in range(0, 2 * lattice.FLUSH, lattice.FLUSH):
+    sums = lattice.toeplitz_flush(row, sums, weights, c0)
+  flushed = 2 * lattice.FLUSH
+  for a in (lattice.NEAR - 1, flushed + 3, size - 1):
+    b = np.arange(size)[:, None, None]
+    recent = np.where((b < a - lattice.NEAR + 1) & (b >= flushed), 0, 1)  # no unflushed column out of reach
+    expected = lattice.row_product(row, a, weights * recent)  # equal to the ring's above
+    near = lattice.near_product(row, lattice.recent_columns(weights * recent, a, flushed))
+    np.testing.assert_allclose(sums[:, size - 1 - a] + near, expected, 1e-12)
   g = jnp.asarray(rng.normal(size=(4, p, 2)))  # g at 4 solver nodes
   lb = jnp.asarray(lattice.lagrange4(np.float64(1.3)))
   np.testing.assert_allclose(

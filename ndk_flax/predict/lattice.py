@@ -25,7 +25,9 @@ from ndk_flax.predict.kernels import KernelAccess
 __all__ = [
   'COARSE',
   'FAR_FROM',
+  'FLUSH',
   'KINK_MARGIN',
+  'NEAR',
   'RING',
   'Lattice',
   'StationaryRow',
@@ -50,6 +52,16 @@ KINK_MARGIN = 12
 """The lattice interpolates R within rtol / KINK_MARGIN: the slope of a cubic interpolant jumps at lattice nodes (by
 ≈ its error / h), and these kinks must stay invisible on curves at the default accuracy (relative second difference
 of the test MSE < 1e-4; at error rtol/5 they reached 1.3e-4, at rtol/80 4e-5)."""
+
+
+FLUSH = 8
+"""Weight columns a stationary lattice adds to its running far-field sums at once (:func:`toeplitz_flush`): its one
+row is read once every FLUSH windows instead of once a window."""
+
+
+NEAR = FLUSH + 6
+"""Nodes R(α·h) (α < NEAR) a :class:`StationaryRow` keeps apart: window stencils (4), early histories
+(``RING − 4``) and the far-field columns not yet flushed (fewer than FLUSH + 6)."""
 
 
 COARSE = 4
@@ -309,8 +321,9 @@ class StationaryRow(NamedTuple):
 
   Attributes:
     row: its last row R((size − 1)h, b·h, x1, X), (n1, size, P): R(a·h, b·h) = row[:, size − 1 − a + b].
-    near: R(α·h, 0, x1, X) for α < RING − 4, (n1, RING − 4, P): the nodes of every window's stencils and of the
-      early windows' history, read once instead of sliced from ``row`` by every solver block.
+    near: R(α·h, 0, x1, X) for α < NEAR, (n1, NEAR, P) (zero for α ≥ size): the nodes of every window's stencils,
+      of the early windows' history and of the unflushed far-field columns, read without slicing ``row`` (a
+      slice of it is copied first).
 
   Examples:
     >>> import numpy as np
@@ -327,7 +340,8 @@ class StationaryRow(NamedTuple):
   def of(cls, row) -> StationaryRow:
     """The store of the lattice whose last row is ``row``."""
     row = jnp.asarray(row)
-    return cls(row, jnp.flip(row[:, row.shape[1] - (RING - 4) :], 1))
+    near = jnp.flip(row[:, max(row.shape[1] - NEAR, 0) :], 1)
+    return cls(row, jnp.pad(near, ((0, 0), (0, NEAR - near.shape[1]), (0, 0))))
 
 
 def node(store, a, b):
@@ -368,6 +382,37 @@ def row_product(store, a, weights):
     shifted = lax.dynamic_update_slice_in_dim(shifted, weights, size - 1 - a, 0)[:size]
     return store.row.reshape(store.row.shape[0], -1) @ shifted.reshape(-1, out)
   return row_columns(store, a, 0, size).reshape(store.shape[0], -1) @ weights.reshape(-1, out)
+
+
+def toeplitz_flush(store: StationaryRow, sums, weights, c0):
+  """``sums`` plus the products of the FLUSH weight columns c0 … c0 + FLUSH − 1 with every row a of a stationary
+  lattice: sums[:, size − 1 − a] += Σ_k R((a − c0 − k)h, 0, x1, X) weights[c0 + k] (zero for a < c0 + k). One
+  product of the whole row with FLUSH columns (the row read once for FLUSH windows); ``sums`` (n1, size, out) are
+  ordered like the row, by lag size − 1 − a; ``weights`` (size, P, out)."""
+  n1, size, p = store.row.shape
+  out = weights.shape[-1]
+  block = jnp.moveaxis(lax.dynamic_slice_in_dim(weights, c0, FLUSH), 0, 1).reshape(p, FLUSH * out)
+  z = (store.row.reshape(n1 * size, p) @ block).reshape(n1, size, FLUSH, out)
+  # z[:, j, k] is R((size − 1 − j)h) w_{c0+k}: it reaches row a = size − 1 − j + c0 + k, sums index j − c0 − k.
+  z = jnp.pad(z, ((0, 0), (0, FLUSH), (0, 0), (0, 0)))
+  shifted = sum(z[:, k : k + size, k] for k in range(FLUSH))  # shifted[:, m] = Σ_k z[:, m + k, k]
+  shifted = jnp.pad(shifted, ((0, 0), (0, size), (0, 0)))
+  return sums + lax.dynamic_slice_in_dim(shifted, c0, size, 1)
+
+
+def recent_columns(weights, a, flushed):
+  """weights[a − α] for α < NEAR, zero where a − α < ``flushed`` (columns already in the Toeplitz sums,
+  :func:`toeplitz_flush`): the weights that :func:`near_product` contracts for row a ≥ NEAR − 1. (NEAR, P, out)."""
+  recent = jnp.flip(lax.dynamic_slice_in_dim(weights, a - NEAR + 1, NEAR), 0)
+  return jnp.where((a - jnp.arange(NEAR) >= flushed)[:, None, None], recent, 0)
+
+
+def near_product(store: StationaryRow, weights):
+  """Σ_{α < NEAR} R(α·h, 0, x1, X) weights[α] for weights (NEAR, P, m): (n1, m), one read of ``store.near``. Row a
+  of a stationary lattice is Σ_b R((a − b)h) w_b = sums[:, size − 1 − a] + near_product(store,
+  :func:`recent_columns`) when its columns ≥ ``flushed`` lie in a − NEAR < b ≤ a."""
+  n1, near, p = store.near.shape
+  return store.near.reshape(n1, near * p) @ weights.reshape(near * p, -1)
 
 
 def stencil_apply(store, a0, b0, weights, g):

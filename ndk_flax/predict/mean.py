@@ -49,6 +49,22 @@ def _step_difference(g_fine: jax.Array, g_coarse: jax.Array, lo, hi) -> jax.Arra
   return jnp.max(jnp.where((j >= lo) & (j < hi), jnp.abs(g_fine[: 2 * n : 2] - g_coarse[:n]), 0))
 
 
+class _Eigenbasis(NamedTuple):
+  """A stationary lattice's solver basis: Θ0 = V diag(λ) Vᵀ (R(t, t) = Θ0) and the window nodes R(α·h, 0, X, X),
+  α = 1, 2, 3, as Vᵀ R(α·h) V (P, 3, P); R(0) = Θ0 is diag(λ) there."""
+
+  evals: jax.Array
+  evecs: jax.Array
+  nodes: jax.Array
+
+
+def _eigenbasis(evals: jax.Array, evecs: jax.Array, near: jax.Array) -> _Eigenbasis:
+  """The basis of Θ0's eigenvectors for a stationary row's near nodes ``near`` (n1, ≥ 4, P)."""
+  p = evecs.shape[0]
+  nodes = jnp.einsum('am,aqk->mqk', evecs, near[:p, 1:4] @ evecs)
+  return _Eigenbasis(evals, evecs, nodes)
+
+
 class GridSolution(NamedTuple):
   """The trapezoid solution g = Y − f̄(X, ·) on the nodes of ``grid`` (no extrapolation).
 
@@ -154,8 +170,11 @@ class MeanSolver:
     )
     object.__setattr__(self, '_request_block', jax.jit(self._request_block_impl, static_argnums=(14, 15, 16)))
     object.__setattr__(self, '_window_nodes', jax.jit(L.window_nodes))
-    object.__setattr__(self, '_far_update', jax.jit(self._far_update_impl, donate_argnums=(2, 3, 4)))
+    object.__setattr__(
+      self, '_far_update', jax.jit(self._far_update_impl, donate_argnums=(2, 3, 4, 5), static_argnums=11)
+    )
     object.__setattr__(self, '_step_difference', jax.jit(_step_difference))
+    object.__setattr__(self, '_eigenbasis', jax.jit(_eigenbasis))
 
   # --- public ------------------------------------------------------------------------------------------------
 
@@ -202,7 +221,7 @@ class MeanSolver:
       cap_name='max_kernel_pairs',
     )
     n1 = access.p + n_test
-    columns = lat.size if lat.stationary else L.RING * lat.size  # one row, or a ring of RING rows
+    columns = lat.size + L.NEAR if lat.stationary else L.RING * lat.size  # one row and its near nodes, or a ring
     held = 'its one kernel lattice row' if lat.stationary else f'{L.RING} kernel lattice rows'
     resources.require_memory(
       f'The mean solver ({held} of {lat.size} times × {n1} × {access.p} points)',
@@ -220,8 +239,10 @@ class MeanSolver:
   def solve_on_grid(self, t_max: float, grid: np.ndarray) -> GridSolution:
     """The raw trapezoid solution on ``grid`` (ending at or before t_max), on the lattice chosen for t_max."""
     lat = self.plan(t_max)
+    pairs = [0]
+    row = self._stationary_row(self.access.x, lat, pairs) if lat.stationary else None
     solutions = [self._solution(lat, grid)]
-    self._sweep(self.access.x, lat, solutions, [self._solve_job(lat, solutions, 0)], [0])
+    self._sweep(self.access.x, lat, solutions, [self._solve_job(solutions, 0, self._basis(row))], pairs, row)
     return GridSolution(grid, solutions[0]['g'][: len(grid)])
 
   def mean(
@@ -241,6 +262,7 @@ class MeanSolver:
     solving = [0]
     outs = [[]]  # requested rows on each solution; a solution carried into the next pass keeps its rows
     row = self._stationary_row(x1, lat, pairs) if lat.stationary else None  # read by every pass
+    eig = self._basis(row)
     level0 = 0  # bisections of the base grid in solutions[0]
     y = access.y
     target = self.rtol * max(float(jnp.max(jnp.abs(y))), np.finfo(access.dtype).tiny)
@@ -264,8 +286,8 @@ class MeanSolver:
         outs.append([])
       first = 1 if outs[0] else 0  # the sweep skips a carried solution: it is solved and its rows are known
       active = solutions[first:]
-      jobs = [self._solve_job(lat, active, i - first) for i in solving]
-      jobs += [self._request_job(lat, active, i - first, times, test, outs[i]) for i in range(first, len(outs))]
+      jobs = [self._solve_job(active, i - first, eig) for i in solving]
+      jobs += [self._request_job(active, i - first, eig, times, test, outs[i]) for i in range(first, len(outs))]
       owners = [i - first for i in solving] + list(range(len(outs) - first))
       final = level0 + len(solutions) - 2 == self.max_refinements  # then the finest pair is used in any case
       dropped = self._rejection(solutions, first, target, keep=2 if final else 1)
@@ -313,29 +335,33 @@ class MeanSolver:
     far = far_v[slots][None] + phi[:, None, None, None] * far_dv[slots][None]
     return jnp.einsum('rk,rkmo->rmo', L.lagrange4(t_rows / h - (w - 1)), far)
 
-  def _window(self, near_v, h, grid, g, win, v, lo, span, t_rows, weights, rows=None):
-    """Σ_j weights[r, j] R̃(t_r, t_j) g_j over the nodes j of window v (from lo, ``span`` of them, others masked)
-    through that window's 16 stencil nodes ``near_v`` (:func:`~ndk_flax.predict.lattice.window_nodes`), for the
-    first ``rows`` points of x1 (all by default); ``weights`` (B, span)."""
-    j = lo + jnp.arange(span)
-    b0, nodes = near_v
-    return L.window_history(nodes[:rows], b0, h, grid[j], g[j], t_rows, jnp.where(win[j] == v, weights, 0))
-
-  def _near(self, near, h, grid, g, win, w, lo1, lo2, span, t_rows, weights, rows=None):
-    """The history of windows w − 1 (whole) and w − 2 (its share 1 − φ, see :meth:`_far`); ``weights`` (B, n)."""
+  def _recent(self, near, h, grid, g, win, w, los, span, t_rows, weights, rows=None):
+    """Σ_j weights[r, j] R̃(t_r, t_j) g_j over the nodes j of windows w and w − 1 and, with its share 1 − φ (see
+    :meth:`_far`), w − 2, through each window's stencil nodes ``near`` (:func:`~ndk_flax.predict.lattice.window_nodes`
+    of windows w, w − 1, w − 2), for the first ``rows`` points of x1 (all by default). ``los``: the windows' first
+    nodes, ``span`` of them read from each (others masked); ``weights`` (B, n). A stationary lattice's three windows
+    share their nodes R(0), …, R(3h), so their sums are one product."""
     keep = 1 - _hand_over(t_rows / h - w)[:, None]
-    j1, j2 = lo1 + jnp.arange(span), lo2 + jnp.arange(span)
-    return self._window(near[1], h, grid, g, win, w - 1, lo1, span, t_rows, weights[:, j1], rows) + self._window(
-      near[2], h, grid, g, win, w - 2, lo2, span, t_rows, keep * weights[:, j2], rows
-    )
+    parts = []
+    for v, lo, share in zip((w, w - 1, w - 2), los, (1, 1, keep)):
+      j = lo + jnp.arange(span)
+      parts.append((j, jnp.where(win[j] == v, share * weights[:, j], 0)))
+    if near[0][1].shape[2] == 1:  # stationary: Q = 1
+      parts = [tuple(jnp.concatenate(p, axis=-1) for p in zip(*parts))]
+      near = near[:1]
+    total = 0
+    for (b0, nodes), (j, w_rows) in zip(near, parts):
+      total += L.window_history(nodes[:rows], b0, h, grid[j], g[j], t_rows, w_rows)
+    return total
 
   def _implicit_solve(self, eig, c, r_star, b):
     """(I + c R̃(t, t)) g = b for the rows of a block: in Θ0's eigenbasis for a stationary lattice (``eig``), else
     by LU. c (B,), r_star (B, P, P) or None, b (B, P, out)."""
     if eig is None:
       return jnp.linalg.solve(jnp.eye(b.shape[1], dtype=b.dtype) + c[:, None, None] * r_star, b)
-    evals, evecs = eig
-    return jnp.einsum('pk,rk,rko->rpo', evecs, 1 / (1 + c[:, None] * evals), jnp.einsum('pk,rpo->rko', evecs, b))
+    return jnp.einsum(
+      'pk,rk,rko->rpo', eig.evecs, 1 / (1 + c[:, None] * eig.evals), jnp.einsum('pk,rpo->rko', eig.evecs, b)
+    )
 
   def _solve_block_impl(self, y, ring, near, h, grid, win, g, far_v, far_dv, eig, w, los, r0, r1, block, span, early):
     """Grid rows r0 … r1 − 1 (< r0 + block, all in lattice window w; ``los`` = first nodes of windows w, w − 1,
@@ -355,22 +381,37 @@ class MeanSolver:
       lead = slice(0, span)  # the nodes of windows ≤ w; rows beyond P: test points
       old = L.old_history(ring, h, grid[lead], g[lead], t_rows, weights[:, lead], L.RING - 4)[:, :p]
     else:
-      lo, lo1, lo2 = los
       old = self._far(far_v, far_dv, w, t_rows, h)[:, :p]
-      old += self._window(near[0], h, grid, g, win, w, lo, span, t_rows, weights[:, lo + jnp.arange(span)], p)
-      old += self._near(near, h, grid, g, win, w, lo1, lo2, span, t_rows, weights, p)
+      old += self._recent(near, h, grid, g, win, w, los, span, t_rows, weights, p)
+    w_new = interior[rows]
+    if eig is not None:
+      # Row by row in Θ0's eigenbasis, where R(0) is diagonal: the window's history reads R(h), R(2h), R(3h) once
+      # a row and the implicit solve is a division.
+      b = jnp.einsum('pk,rpo->rko', eig.evecs, y - old)
+      flat = eig.nodes.reshape(p, -1)
+
+      def eigen_step(r, g_block):
+        t_i = t_rows[r]
+        l_u = L.lagrange4((t_i - t_rows) / h)
+        c = jnp.einsum('j,jp,jko->pko', jnp.where(jnp.arange(block) < r, w_new, 0), l_u, g_block)
+        history = eig.evals[:, None] * c[0] + flat @ c[1:].reshape(-1, c.shape[-1])
+        c_i = 0.5 * (t_i - grid[r0 + r - 1])
+        return g_block.at[r].set((b[r] - history) / (1 + c_i * eig.evals)[:, None])
+
+      g_block = jnp.einsum('pk,rpo->rko', eig.evecs, lax.dynamic_slice_in_dim(g, r0, block))
+      g_block = jnp.einsum('pk,rko->rpo', eig.evecs, lax.fori_loop(0, r1 - r0, eigen_step, g_block))
+      return lax.dynamic_update_slice_in_dim(g, g_block, r0, 0)
     nodes = nodes[:p]
     l_s = L.s_weights(nodes, t_rows, b0, h)
-    w_new = interior[rows]
 
     def step(r, g_block):
       t_i = t_rows[r]
       l_u = L.lagrange4((t_i - t_rows) / h)
       c = jnp.einsum('j,jp,jq,jko->pqko', jnp.where(jnp.arange(block) < r, w_new, 0), l_u, l_s, g_block)
       history = old[r] + nodes.reshape(nodes.shape[0], -1) @ c.reshape(-1, c.shape[-1])
-      r_star = None if eig is not None else jnp.einsum('q,mqk->mk', l_s[r], nodes[:, 0])[None]
+      r_star = jnp.einsum('q,mqk->mk', l_s[r], nodes[:, 0])[None]
       c_i = 0.5 * (t_i - grid[r0 + r - 1])
-      return g_block.at[r].set(self._implicit_solve(eig, c_i[None], r_star, (y - history)[None])[0])
+      return g_block.at[r].set(self._implicit_solve(None, c_i[None], r_star, (y - history)[None])[0])
 
     g_block = lax.fori_loop(0, r1 - r0, step, lax.dynamic_slice_in_dim(g, r0, block))
     return lax.dynamic_update_slice_in_dim(g, g_block, r0, 0)
@@ -392,10 +433,9 @@ class MeanSolver:
       lead = slice(0, span)
       history = L.old_history(ring, h, grid[lead], g[lead], times, weights[:, lead], L.RING - 4)
     else:
-      lo, lo1, lo2 = los
+      lo1 = los[1]
       history = self._far(far_v, far_dv, w, times, h)
-      history += self._window(near[0], h, grid, g, win, w, lo, span, times, weights[:, lo + jnp.arange(span)])
-      history += self._near(near, h, grid, g, win, w, lo1, lo2, span, times, weights)
+      history += self._recent(near, h, grid, g, win, w, los, span, times, weights)
       # The far field holds the two nodes before window w − 1 with their interior weights (times φ in window
       # w − 2); a row whose last interval starts at one of them weights both differently (trapezoid_row).
       interior = interior_weights(grid)
@@ -413,43 +453,71 @@ class MeanSolver:
     diagonal = jnp.einsum('rq,mqk,rko->rmo', l_s, nodes[p:, 0], g_star)
     return g_star, history[:, p:] + w_star[:, None, None] * diagonal
 
-  def _far_update_impl(self, ring, h, far_g, far_v, far_dv, w, grids, wins, gs):
+  def _far_update_impl(self, ring, h, far_g, far_v, far_dv, far_sums, w, grids, wins, gs, starts, span):
     """Far-field sums for window w ≥ FAR_FROM of every solution (stacked along the last axis): G_b = Σ_j w_j ℓ_b(t_j)
     g_j scattered onto lattice columns with the shifted s-stencils, V_a = Σ_b R(ah, bh, x1, X) G_b over the nodes
     of windows < w − 2 and dV_a the same over window w − 2, for the rows a = w − 1 … w + 2 (ring slots a mod RING).
     At w = FAR_FROM from scratch; later V = V + dV of the previous window for the rows it had, row w + 2
-    contracted whole, and dV from window w − 2's nodes alone (columns w − 4 … w − 1)."""
+    contracted whole, and dV from window w − 2's nodes alone (columns w − 4 … w − 1; its nodes are the ``span``
+    from ``starts``, one start a solution). A stationary lattice contracts row w + 2 from ``far_sums``, the
+    Toeplitz sums of the final columns of G (columns < w − 4 hold only windows < w − 2) flushed in blocks of FLUSH
+    columns (:func:`~ndk_flax.predict.lattice.toeplitz_flush`), plus the columns not yet flushed
+    (:func:`~ndk_flax.predict.lattice.near_product`): its row is read whole once every FLUSH windows instead of
+    every window."""
     start = w == L.FAR_FROM
 
-    def moments(select, first):
+    def moments(select, first, window=None):
       """G on columns first … first + 3 from the selected nodes, whose shifted s-stencils all start at column
-      ``first`` (windows < 2 at the start, window w − 2 later): one product, no scatter."""
+      ``first`` (windows < 2 at the start, window w − 2 later): one product, no scatter. ``window``: read only
+      that many nodes from each solution's start."""
       parts = []
-      for grid, win, g in zip(grids, wins, gs):
+      for grid, win, g, lo in zip(grids, wins, gs, starts):
+        weights = interior_weights(grid)
+        if window is not None:
+          grid, win, g, weights = (lax.dynamic_slice_in_dim(v, lo, window) for v in (grid, win, g, weights))
         _, _, _, lb = L.far_stencils(grid, grid, h, t_window=w, s_window=win)
-        parts.append(jnp.einsum('jq,jpo->qpo', (interior_weights(grid) * select(win))[:, None] * lb, g))
+        parts.append(jnp.einsum('jq,jpo->qpo', (weights * select(win))[:, None] * lb, g))
       four_columns = jnp.concatenate(parts, axis=-1)
       return lax.dynamic_update_slice_in_dim(jnp.zeros_like(far_g), four_columns, first, 0)
 
-    older = jnp.where(start, 0, far_g) + moments(lambda win: start & (win < w - 2), 0)
-    newest = moments(lambda win: win == w - 2, w - 4)
+    older = lax.cond(start, lambda g: moments(lambda win: win < w - 2, 0), lambda g: g, far_g)
+    newest = moments(lambda win: win == w - 2, w - 4, span)
 
-    def full(a):
+    def whole(a):
       return L.row_product(ring, a, older)
 
     def carried(a):
       return far_v[a % L.RING] + far_dv[a % L.RING]
 
+    new_v, new_dv = far_v, far_dv
+    rows = [w - 1 + k for k in range(4)]
+    if isinstance(ring, L.StationaryRow) and ring.row.shape[1] >= L.NEAR:  # (a shorter row: whole rows)
+      final = w - 4
+      flushed = L.FLUSH * (final // L.FLUSH)
+      flush = (final == flushed) & (final >= L.FLUSH)
+      far_sums = lax.cond(flush, lambda s: L.toeplitz_flush(ring, s, older, final - L.FLUSH), lambda s: s, far_sums)
+      # One read of the near nodes for the unflushed columns of row w + 2 and the increments of all four rows:
+      # row w − 1 + k reads window w − 2's columns w − 4 … w − 1 at lags k … k + 3.
+      newest4 = jnp.flip(lax.dynamic_slice_in_dim(newest, w - 4, 4), 0)
+      increments = [jnp.pad(newest4, ((k, L.NEAR - 4 - k), (0, 0), (0, 0))) for k in range(4)]
+      weights = [L.recent_columns(older, jnp.maximum(rows[3], L.NEAR - 1), flushed)] + increments
+      z = L.near_product(ring, jnp.concatenate(weights, axis=-1)).reshape(-1, 5, newest.shape[-1])
+      size = ring.row.shape[1]
+      sums = lax.dynamic_index_in_dim(far_sums, size - 1 - rows[3], 1, keepdims=False)
+      top = lax.cond(rows[3] >= L.NEAR - 1, lambda a: sums + z[:, 0], whole, rows[3])
+      for k, a in enumerate(rows):
+        new_v = new_v.at[a % L.RING].set(top if k == 3 else lax.cond(start, whole, carried, a))
+        new_dv = new_dv.at[a % L.RING].set(z[:, 1 + k])
+      return older + newest, new_v, new_dv, far_sums
+
     def increment(a):
       cols = L.row_columns(ring, a, w - 4, 4)
       return cols.reshape(cols.shape[0], -1) @ lax.dynamic_slice_in_dim(newest, w - 4, 4).reshape(-1, newest.shape[-1])
 
-    new_v, new_dv = far_v, far_dv
-    for k in range(4):
-      a = w - 1 + k
-      new_v = new_v.at[a % L.RING].set(full(a) if k == 3 else lax.cond(start, full, carried, a))
+    for k, a in enumerate(rows):
+      new_v = new_v.at[a % L.RING].set(whole(a) if k == 3 else lax.cond(start, whole, carried, a))
       new_dv = new_dv.at[a % L.RING].set(increment(a))
-    return older + newest, new_v, new_dv
+    return older + newest, new_v, new_dv, far_sums
 
   def _block_size(self, rows: int) -> int:
     """Rows per block for ``rows`` rows of one window: 8 or 64 (few compiled shapes; the ring or the window's nodes
@@ -521,13 +589,13 @@ class MeanSolver:
     of every solution in ``solutions``, and running, in each window w and in list order, the rows of every job
     whose times t have ⌊t/h⌋ = w. A job is (sorted times, run(ring, near, far, w, lo, hi)) with [lo, hi) the indices of
     its times in window w. ``pairs[0]`` counts the kernel time pairs evaluated. ``row``: a stationary lattice's row
-    for x1, if already evaluated. ``owners``: the solution of each job; after each window the jobs of the solutions
+    for x1 (:meth:`_stationary_row`). ``owners``: the solution of each job; after each window the jobs of the solutions
     in ``dropped(w)`` stop."""
     access = self.access
     h = jnp.asarray(lat.h, access.dtype)
     windows = [np.floor(times / lat.h).astype(np.int64) for times, _ in jobs]
     if lat.stationary:
-      ring = self._stationary_row(x1, lat, pairs) if row is None else row
+      ring = row
     else:
       ring = jnp.zeros((x1.shape[0], L.RING, lat.size, access.p), access.dtype)
 
@@ -541,6 +609,7 @@ class MeanSolver:
     far_g = jnp.zeros((lat.size, access.p, len(solutions) * out), access.dtype)
     far_v = jnp.zeros((L.RING, x1.shape[0], len(solutions) * out), access.dtype)
     far_dv = jnp.zeros_like(far_v)
+    far_sums = jnp.zeros((x1.shape[0], lat.size if lat.stationary else 0, len(solutions) * out), access.dtype)
     for a in range(0 if lat.stationary else min(8, lat.size)):
       ring = add_row(ring, a)
     n_windows = int(max(ws[-1] for ws in windows)) + 1
@@ -558,16 +627,20 @@ class MeanSolver:
       nodes = self._window_nodes(ring, w)
       near = (nodes,) + (near[:2] or (nodes, nodes))
       if w >= L.FAR_FROM:
-        far_g, far_v, far_dv = self._far_update(
+        spans = [self._window_span(s, w) for s in solutions]  # window w − 2's nodes: from los[2]
+        far_g, far_v, far_dv, far_sums = self._far_update(
           ring,
           h,
           far_g,
           far_v,
           far_dv,
+          far_sums,
           w,
           [s['grid_j'] for s in solutions],
           [s['win_j'] for s in solutions],
           [s['g'] for s in solutions],
+          [los[2] for los, _ in spans],
+          max(span for _, span in spans),
         )
       for k, ((_, run), ws) in enumerate(zip(jobs, windows)):
         lo, hi = np.searchsorted(ws, w, 'left'), np.searchsorted(ws, w, 'right')
@@ -595,9 +668,13 @@ class MeanSolver:
     v, dv = (a[:, :, index * out : (index + 1) * out] for a in (far_v, far_dv))
     return (self.access.y, ring, near, h, sol['grid_j'], sol['win_j'], sol['g'], v, dv, eig, w)
 
-  def _solve_job(self, lat: L.Lattice, solutions: list, index: int):
-    """Sweep job solving the trapezoid scheme on solution ``index`` (g = Y − f̄(X, ·) on the nodes) in place."""
-    eig = self.theta0_eigh if lat.stationary else None
+  def _basis(self, row: Optional[L.StationaryRow]) -> Optional[_Eigenbasis]:
+    """The eigenbasis a stationary lattice with row ``row`` is solved in; None for a general lattice."""
+    return None if row is None else self._eigenbasis(*self.theta0_eigh, row.near)
+
+  def _solve_job(self, solutions: list, index: int, eig: Optional[_Eigenbasis]):
+    """Sweep job solving the trapezoid scheme on solution ``index`` (g = Y − f̄(X, ·) on the nodes) in place;
+    ``eig``: :meth:`_basis`."""
     sol = solutions[index]
 
     def run(ring, near, far_v, far_dv, h, w, lo, hi):
@@ -610,11 +687,12 @@ class MeanSolver:
 
     return sol['grid'], run
 
-  def _request_job(self, lat: L.Lattice, solutions: list, index: int, times: np.ndarray, test: bool, out: list):
+  def _request_job(
+    self, solutions: list, index: int, eig: Optional[_Eigenbasis], times: np.ndarray, test: bool, out: list
+  ):
     """Sweep job appending f̄ at ``times`` (Nyström rows on solution ``index``, train or test rows) to out, as
-    (block of rows, rows of it that are requested)."""
+    (block of rows, rows of it that are requested); ``eig``: :meth:`_basis`."""
     access = self.access
-    eig = self.theta0_eigh if lat.stationary else None
     sol = solutions[index]
     padded = jnp.asarray(np.concatenate([times, np.full(64, times[-1])]), access.dtype)
 
