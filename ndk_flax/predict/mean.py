@@ -120,7 +120,8 @@ class MeanSolver:
     access: the kernels of the problem.
     theta0: Θ0 = R(0, 0, X, X).
     theta0_eigh: (eigenvalues, eigenvectors) of Θ0: a stationary lattice has R(t, t) = Θ0, so its implicit
-      trapezoid rows (I + c Θ0) g = b are solved in that basis (two matrix-vector products instead of an LU).
+      trapezoid rows (I + c Θ0) g = b are solved in that basis: solver rows run in it (a division instead of an
+      LU), requested rows pass through it (two matrix-vector products).
     first_step, growth, max_step: the base :func:`~ndk_flax.predict.grid.time_grid`.
     rtol: accuracy target relative to max|Y|.
     max_refinements: bisections allowed beyond the first step doubling.
@@ -370,7 +371,8 @@ class MeanSolver:
     ``far_dv``, :func:`~ndk_flax.predict.lattice.far_stencils`; window w − 2 handed over gradually, see
     :meth:`_far`), nodes of windows w − 1 and w (before r0) through their 16 stencil nodes (in the first
     ``FAR_FROM`` windows, all of it through the ring, ``early``); then j ∈ [r0, i) row by row with the window's 16
-    stencil nodes (such pairs have ⌊t_j/h⌋ = w, 0 ≤ t_i − t_j < h)."""
+    stencil nodes (such pairs have ⌊t_j/h⌋ = w, 0 ≤ t_i − t_j < h), or for a stationary lattice (``eig``) in Θ0's
+    eigenbasis with its 4 nodes there."""
     p = self.access.p
     interior = interior_weights(grid)
     rows = r0 + jnp.arange(block)
