@@ -20,13 +20,22 @@ import predict as problem
 from ndk_flax import predict
 from ndk_flax.predict import mean
 
-CALLS = ('_ring_row', '_lattice_row', '_solve_block', '_request_block', '_far_update')
+CALLS = (
+  '_ring_row',
+  '_evaluated_row',
+  '_diagonal_row',
+  '_copy_row',
+  '_lattice_row',
+  '_solve_block',
+  '_request_block',
+  '_far_update',
+)
 
 
 def main() -> None:
   p, prior = int(sys.argv[1]), float(sys.argv[2])
   x, y, x_test = problem._data('mlp', p)
-  seconds, counts = collections.defaultdict(float), collections.Counter()
+  seconds = collections.defaultdict(list)
   post_init = mean.MeanSolver.__post_init__
 
   def timed_post_init(self):
@@ -37,8 +46,7 @@ def main() -> None:
       def wrapped(*args, _call=call, _name=name):
         start = time.perf_counter()
         result = jax.block_until_ready(_call(*args))
-        seconds[_name] += time.perf_counter() - start
-        counts[_name] += 1
+        seconds[_name].append(time.perf_counter() - start)
         return result
 
       object.__setattr__(self, name, wrapped)
@@ -51,8 +59,9 @@ def main() -> None:
   np.asarray(out.mean)
   print(f'construct {built - start:.1f} s, predict {time.perf_counter() - built:.1f} s, {out.stats.mean}')
   for name in CALLS:
-    if counts[name]:
-      print(f'{name}: {counts[name]} calls, {seconds[name]:.1f} s')
+    if seconds[name]:
+      calls = seconds[name]
+      print(f'{name}: {len(calls)} calls, {sum(calls):.1f} s (first {calls[0]:.2f} s, median {np.median(calls):.3f} s)')
 
 
 if __name__ == '__main__':

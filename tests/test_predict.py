@@ -616,3 +616,75 @@ def test_banded_lattice_rows_match_full_rows():
     predict.lattice.choose_lattice = choose
   assert np.abs(out.mean - reference.mean).max() <= 0.1 * predict.DEFAULT_RTOL * np.abs(y).max()
   assert out.stats.mean.kernel_time_pairs < 0.8 * reference.stats.mean.kernel_time_pairs
+
+
+def test_diagonal_lattice_rows_match_full_rows():
+  """A diagonal lattice (issue 12) evaluates every COARSE-th row; the rows between are cubic interpolants along
+  t − s = const of the evaluated ones (their first COARSE columns evaluated). Interpolated rows, early ones with
+  forward-shifted stencils included, match fully evaluated rows within the lattice tolerance; the mean matches the
+  lattice without row interpolation within rtol/10, with under 60 % of its kernel time pairs (the plan's count is
+  at most the sweep's). Interpolating from nodes one row off their diagonal fails the row check."""
+  rng = np.random.default_rng(3)
+  x, y = rng.normal(size=(8, 4)), rng.normal(size=(8, 1))
+  dense = lambda n: stax.Dense(n, W_std=1.0, W_prior_std=0.8)
+  net = stax.serial(dense(16), stax.Erf(), dense(1))
+  predictor = predict.langevin_mse_ensemble(net, x, y, temperature=0.05)
+  solver = predictor.mean_solver
+  lat = solver.lattice(60.0)
+  assert lat.diagonal and not lat.stationary
+  L = predict.lattice
+  access = solver.access
+  h = jnp.asarray(lat.h)
+  tol = predict.DEFAULT_RTOL / L.KINK_MARGIN * float(np.abs(solver.theta0).max())
+  ring = jnp.zeros((access.p, L.RING, lat.size, access.p))
+
+  def interpolated(a, shift=0):
+    store = jnp.zeros((access.p, L.EVALUATED, L.evaluated_columns(lat.size), access.p))
+    for e in L.evaluated_rows(a)[-L.EVALUATED :]:
+      store, finite = L.evaluated_row(access, access.x, store, jnp.asarray(e), h, lat.band)
+      assert finite
+    if shift:  # every evaluated row moved to the next slot: nodes one row (COARSE rows) off their diagonal
+      store = jnp.roll(store, shift, axis=1)
+    return L.diagonal_row(access, access.x, ring, store, jnp.asarray(a), h)[0][:, a % L.RING]
+
+  last = lat.size - 1 if (lat.size - 1) % L.COARSE else lat.size - 2
+  for a in (9, 10, 11, 4 * (lat.size // 8) + 1, last):
+    full = L.lattice_row(access, access.x, jnp.asarray(a), h, lat.size)
+    row = interpolated(a)
+    assert 0 < np.abs(row - full).max() <= tol, a
+    np.testing.assert_array_equal(row[:, : L.COARSE], full[:, : L.COARSE])  # the head is evaluated
+  a = 4 * (lat.size // 8) + 1
+  wrong = interpolated(a, shift=1)
+  assert np.abs(wrong - L.lattice_row(access, access.x, jnp.asarray(a), h, lat.size)).max() > 10 * tol
+  times = np.linspace(1.0, 60.0, 12)
+  out = predictor.predict(times)
+  choose = L.choose_lattice
+  try:
+    L.choose_lattice = lambda *args: choose(*args)._replace(diagonal=False)
+    reference = predictor.predict(times)
+  finally:
+    L.choose_lattice = choose
+  assert np.abs(out.mean - reference.mean).max() <= 0.1 * predict.DEFAULT_RTOL * np.abs(y).max()
+  assert out.stats.mean.kernel_time_pairs < 0.6 * reference.stats.mean.kernel_time_pairs
+  assert L.lattice_pairs(lat, 1) <= out.stats.mean.kernel_time_pairs
+
+
+def test_refined_implicit_solves_equal_lu_solves():
+  """A general lattice solves (I + c_r R̃_r) g = b by refinement preconditioned with one LU of the block (issue 12).
+  Against one LU a row (float64): equal to 1e-12 where the block's matrices differ by a slow drift, and where c
+  changes tenfold along the block (the rows fall back to their own LU), still equal; the block's LU alone is not."""
+  rng = np.random.default_rng(0)
+  p = 40
+  a = rng.normal(size=(p, p))
+  base = a @ a.T / p * 30
+  drift = rng.normal(size=(p, p)) * 0.01
+  r_star = jnp.stack([base + k * (drift + drift.T) for k in range(6)])
+  b = jnp.asarray(rng.normal(size=(6, p, 2)))
+  solver = predict.langevin_mse_ensemble(stax.Dense(1), np.ones((1, 1)), np.ones((1, 1)), temperature=0.5).mean_solver
+  for c in (jnp.full(6, 0.7), jnp.geomspace(0.1, 1.0, 6)):
+    lu = solver._block_factor(c[3], r_star[3])
+    refined = solver._refined_solve(lu, c, r_star, b)
+    exact = solver._exact_solve(c, r_star, b)
+    np.testing.assert_allclose(refined, exact, rtol=0, atol=1e-12 * float(jnp.abs(exact).max()))
+    preconditioned = jax.scipy.linalg.lu_solve(lu, b[5])  # the block's LU alone, without refinement
+    assert np.abs(preconditioned - exact[5]).max() > 1e-6 * float(jnp.abs(exact).max())

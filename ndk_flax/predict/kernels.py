@@ -14,7 +14,7 @@ from jax import lax
 
 from ndk_flax import _validation as V
 
-__all__ = ['KernelAccess', 'NDKFn', 'require_finite']
+__all__ = ['KernelAccess', 'NDKFn', 'not_finite', 'require_finite']
 
 NDKFn = Callable[..., Any]
 """``ndk_fn(x1, x2, t1, t2, *, temperature)`` returning an object with ``nngp`` and ``ndk`` fields."""
@@ -34,9 +34,20 @@ def require_finite(name: str, value: jax.Array, where: str) -> None:
     R is not finite at t = 2 (NaN or inf): check the kernel function and its parameters there.
   """
   if not V.all_finite(value):
-    raise FloatingPointError(
-      f'{name} is not finite {where} (NaN or inf): check the kernel function and its parameters there.'
-    )
+    raise not_finite(name, where)
+
+
+def not_finite(name: str, where: str) -> FloatingPointError:
+  """The error :func:`require_finite` raises, for a finiteness already checked on the device (a flag).
+
+  Examples:
+    >>> from ndk_flax.predict.kernels import not_finite
+    >>> str(not_finite('R', 'at t = 2')).split(':')[0]
+    'R is not finite at t = 2 (NaN or inf)'
+  """
+  return FloatingPointError(
+    f'{name} is not finite {where} (NaN or inf): check the kernel function and its parameters there.'
+  )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -24,6 +24,8 @@ from ndk_flax.predict.kernels import KernelAccess
 
 __all__ = [
   'COARSE',
+  'DIAGONAL_FROM',
+  'EVALUATED',
   'FAR_FROM',
   'FLUSH',
   'KINK_MARGIN',
@@ -33,8 +35,12 @@ __all__ = [
   'StationaryRow',
   'choose_lattice',
   'cubic_stencil',
+  'diagonal_stencil',
+  'evaluated_columns',
+  'evaluated_rows',
   'far_stencils',
   'lagrange4',
+  'lattice_pairs',
   'lattice_row_pairs',
   'node',
 ]
@@ -65,7 +71,40 @@ NEAR = FLUSH + 6
 
 
 COARSE = 4
-"""Far from the diagonal a general lattice row is evaluated on every COARSE-th column only (:func:`lattice_row`)."""
+"""Far from the diagonal a general lattice row is evaluated on every COARSE-th column only (:func:`lattice_row`); a
+diagonal lattice evaluates every COARSE-th row only (:func:`diagonal_row`)."""
+
+
+DIAGONAL_FROM = 2 * COARSE
+"""First row a diagonal lattice interpolates: the rows below are evaluated (their diagonals hold too few nodes)."""
+
+
+EVALUATED = 5
+"""Evaluated rows a diagonal lattice keeps (:func:`evaluated_row`): interpolated row a reads the rows COARSE·k,
+⌊a/COARSE⌋ − 1 ≤ k ≤ ⌊a/COARSE⌋ + 3 (:func:`diagonal_stencil`, centred or shifted forward)."""
+
+
+def evaluated_columns(size: int) -> int:
+  """Columns of the evaluated rows of a diagonal lattice of ``size`` rows: 3·COARSE beyond the lattice, so that
+  every row that :func:`evaluated_rows` names for its last row has all its columns b ≤ a.
+
+  Examples:
+    >>> from ndk_flax.predict.lattice import evaluated_columns, evaluated_rows
+    >>> evaluated_rows(39)[-1] < evaluated_columns(40)  # the last row a lattice of 40 rows reads fits
+    True
+  """
+  return size + 3 * COARSE
+
+
+def evaluated_rows(a: int) -> range:
+  """The evaluated rows COARSE, 2·COARSE, … that the interpolated rows ≤ a of a diagonal lattice read.
+
+  Examples:
+    >>> from ndk_flax.predict.lattice import evaluated_rows
+    >>> list(evaluated_rows(9))  # row 9 reads rows 4 … 16 (centred) and 20 (its forward-shifted columns)
+    [4, 8, 12, 16, 20]
+  """
+  return range(COARSE, COARSE * (a // COARSE + 4), COARSE)
 
 
 class Lattice(NamedTuple):
@@ -73,7 +112,10 @@ class Lattice(NamedTuple):
 
   ``band`` > 0 (general lattices): row a evaluates ``ndk_fn`` on the columns a − band ≤ b ≤ a and on every
   :data:`COARSE`-th column, and fills the columns b < a − band by cubic interpolation along b, where R is smooth on
-  a scale of many h; 0: every column evaluated.
+  a scale of many h; 0: every column evaluated. ``diagonal`` (general lattices): only every :data:`COARSE`-th row
+  (and those below :data:`DIAGONAL_FROM`) is evaluated; the others are cubic interpolants along the diagonals
+  t − s = const, on which R drifts slowly (it varies fast in t − s, slowly in s), except their first COARSE
+  columns (:func:`diagonal_row`).
 
   Examples:
     >>> from ndk_flax.predict.lattice import Lattice
@@ -86,6 +128,7 @@ class Lattice(NamedTuple):
   size: int
   stationary: bool
   band: int = 0
+  diagonal: bool = False
 
 
 def lagrange4(r):
@@ -221,7 +264,10 @@ def choose_lattice(access: KernelAccess, theta0: jax.Array, t_max: float, max_st
     )
   size = math.floor(t_max / h) + 9
   stationary = drift + err <= rtol
-  return Lattice(h, size, stationary, 0 if stationary else _coarse_band(ndk, h, size, scale, rtol / KINK_MARGIN))
+  if stationary:
+    return Lattice(h, size, True)
+  tol = rtol / KINK_MARGIN
+  return Lattice(h, size, False, _coarse_band(ndk, h, size, scale, tol), _diagonal_rows(ndk, h, size, scale, tol))
 
 
 def _coarse_band(ndk, h: float, size: int, scale: float, tol: float) -> int:
@@ -242,6 +288,45 @@ def _coarse_band(ndk, h: float, size: int, scale: float, tol: float) -> int:
       return band
     band *= 2
   return 0
+
+
+def _diagonal_rows(ndk, h: float, size: int, scale: float, tol: float) -> bool:
+  """Whether rows interpolated along their diagonals (:func:`diagonal_stencil`) match ``ndk_fn`` within tol · scale
+  at probe nodes (columns whose stencils are shifted forward in the first rows; near, mid and far columns of three
+  later rows); False for lattices too short to save work."""
+  if size < 4 * DIAGONAL_FROM:
+    return False
+  later = [a + (a % COARSE == 0) for a in (size // 3, (2 * size) // 3, size - 2)]
+  probes = [(9, 4), (10, 5), (11, 7), (13, 6)]
+  probes += [(a, b) for a in later for b in (COARSE + 1, 2 * COARSE, a // 3, (2 * a) // 3, a - 1)]
+  for a, b in probes:
+    rows, weights = diagonal_stencil(a, b)
+    nodes = ndk(rows * h, (b + rows - a) * h)[np.arange(4), np.arange(4)]
+    if np.abs(np.einsum('k,kmn->mn', weights, nodes) - ndk(a * h, b * h)[0, 0]).max() > tol * scale:
+      return False
+  return True
+
+
+def diagonal_stencil(a, b):
+  """Evaluated rows a_k = first + COARSE·k (k < 4) and cubic weights ℓ_k interpolating R(a·h, b·h) along its
+  diagonal: R(a·h, b·h) ≈ Σ_k ℓ_k R(a_k·h, (b + a_k − a)·h). Centred, first = COARSE(⌊a/COARSE⌋ − 1), or, where
+  that node would leave the lattice (b < a − first), shifted forward to the diagonal's first evaluated row
+  COARSE⌈(a − b)/COARSE⌉. Works on NumPy and JAX arrays.
+
+  Examples:
+    >>> import numpy as np
+    >>> from ndk_flax.predict.lattice import diagonal_stencil
+    >>> rows, w = diagonal_stencil(np.int64(10), np.int64(9))  # centred: rows 4, 8, 12, 16
+    >>> rows.tolist(), float(w @ rows ** 3)  # exact for cubics along the diagonal: 10³
+    ([4, 8, 12, 16], 1000.0)
+    >>> diagonal_stencil(np.int64(10), np.int64(5))[0].tolist()  # a − b = 5: the diagonal starts at row 8
+    [8, 12, 16, 20]
+  """
+  xp = jnp if any(isinstance(v, jax.Array) for v in (a, b)) else np
+  centred = COARSE * (a // COARSE - 1)
+  forward = -COARSE * ((b - a) // COARSE)
+  first = xp.where(b >= a - centred, centred, forward)
+  return first + COARSE * xp.arange(4), lagrange4((a - first) / COARSE)
 
 
 COARSE_CALL = 8
@@ -312,8 +397,78 @@ def lattice_row(access: KernelAccess, x1, a, h, size, band: int = 0):
 
 
 def ring_row(access: KernelAccess, x1, ring, a, h, band: int = 0):
-  """Store lattice row a (from ``ndk_fn``, ``band``: see :class:`Lattice`) in ring slot a mod RING."""
-  return ring.at[:, a % RING].set(lattice_row(access, x1, a, h, ring.shape[2], band))
+  """Store lattice row a (from ``ndk_fn``, ``band``: see :class:`Lattice`) in ring slot a mod RING; also returns
+  whether the row is finite."""
+  row = lattice_row(access, x1, a, h, ring.shape[2], band)
+  return ring.at[:, a % RING].set(row), jnp.all(jnp.isfinite(row))
+
+
+def evaluated_row(access: KernelAccess, x1, store, a, h, band: int = 0):
+  """Store the evaluated row a (a multiple of COARSE) of a diagonal lattice in slot (a/COARSE) mod EVALUATED of
+  ``store`` (n1, EVALUATED, :func:`evaluated_columns`, P): columns beyond the lattice, which the interpolation of
+  its last rows reads (:func:`diagonal_row`). Also returns whether the row is finite."""
+  row = lattice_row(access, x1, a, h, store.shape[2], band)
+  return store.at[:, (a // COARSE) % EVALUATED].set(row), jnp.all(jnp.isfinite(row))
+
+
+def copy_row(ring, store, a):
+  """Ring slot a mod RING ← the evaluated row a (a multiple of COARSE) of ``store`` (:func:`evaluated_row`)."""
+  row = lax.dynamic_index_in_dim(store, (a // COARSE) % EVALUATED, 1, keepdims=False)
+  return ring.at[:, a % RING].set(row[:, : ring.shape[2]])
+
+
+def diagonal_row(access: KernelAccess, x1, ring, store, a, h):
+  """Store row a ≥ DIAGONAL_FROM (a mod COARSE ≠ 0) of a diagonal lattice in ring slot a mod RING: column b is the
+  cubic interpolant :func:`diagonal_stencil` along its diagonal of the evaluated rows in ``store``
+  (:func:`evaluated_row`), the first COARSE columns are evaluated. The columns b ≥ 2·COARSE share one centred
+  stencil: four shifted slices of the evaluated rows. Also returns whether the row is finite."""
+  n1, _, _, p = store.shape
+  size = ring.shape[2]
+  edge = 2 * COARSE
+
+  def column(rows, b0, count):
+    """Columns b0 + i (i < count) of the evaluated rows ``rows``, shifted along the diagonal: (4, n1, count, P)."""
+    slices = [
+      lax.dynamic_slice(store, (0, (rows[k] // COARSE) % EVALUATED, b0 + rows[k] - a, 0), (n1, 1, count, p))
+      for k in range(4)
+    ]
+    return jnp.stack(slices)[:, :, 0]
+
+  rows, weights = diagonal_stencil(a, jnp.asarray(edge, a.dtype))
+  body = jnp.einsum('k,kmbp->mbp', weights, column(rows, edge, size - edge))
+  mid = []
+  for b in range(COARSE, edge):  # the stencils of these columns may be shifted forward
+    rows, weights = diagonal_stencil(a, jnp.asarray(b, a.dtype))
+    mid.append(jnp.einsum('k,kmbp->mbp', weights, column(rows, b, 1)))
+  head = jnp.swapaxes(access(x1, access.x, (a * h)[None], jnp.arange(COARSE, dtype=h.dtype) * h)[1][0], 0, 1)
+  row = jnp.concatenate([head, *mid, body], axis=1)
+  return ring.at[:, a % RING].set(row), jnp.all(jnp.isfinite(head))
+
+
+def lattice_pairs(lat: Lattice, chunk: int) -> int:
+  """Kernel time pairs of one pass over the lattice ``lat`` with ``chunk`` columns an ``ndk_fn`` call: its one row
+  if stationary; else its rows (:func:`lattice_row_pairs`), for a diagonal lattice the rows below DIAGONAL_FROM,
+  the evaluated rows (:func:`evaluated_rows`) and COARSE columns of every interpolated row.
+
+  Examples:
+    >>> from ndk_flax.predict.lattice import Lattice, lattice_pairs
+    >>> lattice_pairs(Lattice(1.0, 40, False), 1)  # every pair b ≤ a of 40 rows
+    820
+    >>> lattice_pairs(Lattice(1.0, 40, False, diagonal=True), 1)  # rows 0 … 7, 4, 8, … 48 and 4 × 24
+    456
+  """
+  if lat.stationary:
+    return lat.size
+  if not lat.diagonal:
+    return sum(lattice_row_pairs(a, lat.band, chunk, lat.size) for a in range(lat.size))
+  wide = evaluated_columns(lat.size)
+  evaluated = evaluated_rows(lat.size - 1)
+  interpolated = sum(1 for a in range(DIAGONAL_FROM, lat.size) if a % COARSE)
+  return (
+    sum(lattice_row_pairs(a, lat.band, chunk, lat.size) for a in range(min(DIAGONAL_FROM, lat.size)))
+    + sum(lattice_row_pairs(a, lat.band, chunk, wide) for a in evaluated)
+    + COARSE * interpolated
+  )
 
 
 class StationaryRow(NamedTuple):

@@ -18,9 +18,14 @@ from ndk_flax import resources
 from ndk_flax._progress import progress_bar
 from ndk_flax.predict import lattice as L
 from ndk_flax.predict.grid import bisect, interior_weights, time_grid, trapezoid_row
-from ndk_flax.predict.kernels import KernelAccess, require_finite
+from ndk_flax.predict.kernels import KernelAccess, not_finite, require_finite
 
 __all__ = ['GridSolution', 'MeanSolver', 'MeanStats']
+
+REFINE = 8
+"""Most refinement steps of a general lattice's implicit solves (:meth:`MeanSolver._refined_solve`) before a row
+falls back to its own LU."""
+
 
 PAD = 512
 """Repeated last nodes appended to every solver grid (blocks and window spans read past the last node)."""
@@ -164,7 +169,16 @@ class MeanSolver:
     def lattice_row(x, x1, a, h, size):
       return L.lattice_row(self.access.with_inputs(x), x1, a, h, size)
 
+    def evaluated_row(x, x1, store, a, h, band):
+      return L.evaluated_row(self.access.with_inputs(x), x1, store, a, h, band)
+
+    def diagonal_row(x, x1, ring, store, a, h):
+      return L.diagonal_row(self.access.with_inputs(x), x1, ring, store, a, h)
+
     object.__setattr__(self, '_ring_row', jax.jit(ring_row, donate_argnums=2, static_argnums=5))
+    object.__setattr__(self, '_evaluated_row', jax.jit(evaluated_row, donate_argnums=2, static_argnums=5))
+    object.__setattr__(self, '_diagonal_row', jax.jit(diagonal_row, donate_argnums=2))
+    object.__setattr__(self, '_copy_row', jax.jit(L.copy_row, donate_argnums=0))
     object.__setattr__(self, '_lattice_row', jax.jit(lattice_row, static_argnums=4))
     object.__setattr__(
       self, '_solve_block', jax.jit(self._solve_block_impl, static_argnums=(14, 15, 16), donate_argnums=6)
@@ -216,14 +230,18 @@ class MeanSolver:
     kind = 'stationary' if lat.stationary else 'general'
     resources.require_work(
       f'The mean up to t = {t_max:g}',
-      lat.size if lat.stationary else sum(L.lattice_row_pairs(a, lat.band, 1, lat.size) for a in range(lat.size)),
+      L.lattice_pairs(lat, 1),
       unit=f'kernel time pairs per pass ({lat.size} {kind} lattice rows)',
       cap=self.max_kernel_pairs,
       cap_name='max_kernel_pairs',
     )
     n1 = access.p + n_test
-    columns = lat.size + L.NEAR if lat.stationary else L.RING * lat.size  # one row and its near nodes, or a ring
+    # One row and its near nodes, or a ring (and the evaluated rows of a diagonal lattice).
+    columns = lat.size + L.NEAR if lat.stationary else L.RING * lat.size
     held = 'its one kernel lattice row' if lat.stationary else f'{L.RING} kernel lattice rows'
+    if lat.diagonal:
+      columns += L.EVALUATED * L.evaluated_columns(lat.size)
+      held += f' and {L.EVALUATED} evaluated ones'
     resources.require_memory(
       f'The mean solver ({held} of {lat.size} times × {n1} × {access.p} points)',
       columns * n1 * access.p * access.dtype.itemsize,
@@ -355,14 +373,47 @@ class MeanSolver:
       total += L.window_history(nodes[:rows], b0, h, grid[j], g[j], t_rows, w_rows)
     return total
 
-  def _implicit_solve(self, eig, c, r_star, b):
+  def _implicit_solve(self, eig, c, r_star, b, lu=None):
     """(I + c R̃(t, t)) g = b for the rows of a block: in Θ0's eigenbasis for a stationary lattice (``eig``), else
-    by LU. c (B,), r_star (B, P, P) or None, b (B, P, out)."""
+    by iterative refinement preconditioned with the block's LU factors ``lu`` (:meth:`_block_factor`), or by LU
+    (``lu`` None). c (B,), r_star (B, P, P) or None, b (B, P, out)."""
     if eig is None:
-      return jnp.linalg.solve(jnp.eye(b.shape[1], dtype=b.dtype) + c[:, None, None] * r_star, b)
+      return self._exact_solve(c, r_star, b) if lu is None else self._refined_solve(lu, c, r_star, b)
     return jnp.einsum(
       'pk,rk,rko->rpo', eig.evecs, 1 / (1 + c[:, None] * eig.evals), jnp.einsum('pk,rpo->rko', eig.evecs, b)
     )
+
+  def _exact_solve(self, c, r_star, b):
+    """(I + c R̃) g = b by one LU a row."""
+    return jnp.linalg.solve(jnp.eye(b.shape[1], dtype=b.dtype) + c[:, None, None] * r_star, b)
+
+  def _block_factor(self, c, r_star):
+    """LU factors of I + c R̃(t, t) at one row of a block: the preconditioner of :meth:`_refined_solve`."""
+    return jax.scipy.linalg.lu_factor(jnp.eye(r_star.shape[0], dtype=r_star.dtype) + c * r_star)
+
+  def _refined_solve(self, lu, c, r_star, b):
+    """(I + c_r R̃_r) g_r = b_r for the rows r of a block by iterative refinement, g ← g + M⁻¹(b − (I + c_r R̃_r) g),
+    with M = I + c R̃ factored at one row of the block (``lu``). R̃(t, t) drifts slowly across a lattice window, so
+    the error contracts by about the relative change of c R̃ over the block (an LU is O(P³), a refinement step
+    O(P²)). It stops once the corrections are at the rounding level of the residual (16 ε · max(|g| + |c R̃ g|));
+    when they are not after :data:`REFINE` steps (steps c that change along the block, early on), the rows are
+    solved by their own LU."""
+    eps = jnp.finfo(b.dtype).eps
+
+    def precondition(v):
+      return jax.vmap(lambda v: jax.scipy.linalg.lu_solve(lu, v))(v)
+
+    def step(state):
+      g, _, k = state
+      cr_g = c[:, None, None] * (r_star @ g)
+      d = precondition(b - g - cr_g)
+      level = 16 * eps * jnp.max(jnp.abs(g) + jnp.abs(cr_g))
+      return g + d, jnp.max(jnp.abs(d)) / level, k + 1
+
+    g, ratio, _ = lax.while_loop(
+      lambda state: (state[1] > 1) & (state[2] < REFINE), step, (precondition(b), jnp.inf, 0)
+    )
+    return lax.cond(ratio <= 1, lambda: g, lambda: self._exact_solve(c, r_star, b))
 
   def _solve_block_impl(self, y, ring, near, h, grid, win, g, far_v, far_dv, eig, w, los, r0, r1, block, span, early):
     """Grid rows r0 … r1 − 1 (< r0 + block, all in lattice window w; ``los`` = first nodes of windows w, w − 1,
@@ -406,14 +457,19 @@ class MeanSolver:
     nodes = nodes[:p]
     l_s = L.s_weights(nodes, t_rows, b0, h)
 
+    def diagonal(r):
+      """c_r and R̃(t_r, t_r, X, X) of block row r."""
+      return 0.5 * (t_rows[r] - grid[r0 + r - 1]), jnp.einsum('q,mqk->mk', l_s[r], nodes[:, 0])
+
+    lu = self._block_factor(*diagonal((r1 - r0 - 1) // 2))
+
     def step(r, g_block):
       t_i = t_rows[r]
       l_u = L.lagrange4((t_i - t_rows) / h)
       c = jnp.einsum('j,jp,jq,jko->pqko', jnp.where(jnp.arange(block) < r, w_new, 0), l_u, l_s, g_block)
       history = old[r] + nodes.reshape(nodes.shape[0], -1) @ c.reshape(-1, c.shape[-1])
-      r_star = jnp.einsum('q,mqk->mk', l_s[r], nodes[:, 0])[None]
-      c_i = 0.5 * (t_i - grid[r0 + r - 1])
-      return g_block.at[r].set(self._implicit_solve(None, c_i[None], r_star, (y - history)[None])[0])
+      c_i, r_star = diagonal(r)
+      return g_block.at[r].set(self._implicit_solve(None, c_i[None], r_star[None], (y - history)[None], lu)[0])
 
     g_block = lax.fori_loop(0, r1 - r0, step, lax.dynamic_slice_in_dim(g, r0, block))
     return lax.dynamic_update_slice_in_dim(g, g_block, r0, 0)
@@ -449,6 +505,7 @@ class MeanSolver:
         delta = phi * (weights[:, k_far] - interior[k_far])
         history = history + delta[:, None, None] * jnp.einsum('rk,kmo->rmo', la, u)
     l_s = L.s_weights(nodes, times, b0, h)
+    # Requested rows have their own partial last steps w_*: a shared LU would precondition them poorly.
     r_star = None if eig is not None else jnp.einsum('rq,mqk->rmk', l_s, nodes[:p, 0])
     g_star = self._implicit_solve(eig, w_star, r_star, y - history[:, :p])
     # w_* R̃(t*, t*, x, X) g(t*) for the rows beyond P, without forming R̃(t*, t*) per row.
@@ -601,10 +658,34 @@ class MeanSolver:
     else:
       ring = jnp.zeros((x1.shape[0], L.RING, lat.size, access.p), access.dtype)
 
+    store = None
+    if lat.diagonal:
+      wide = L.evaluated_columns(lat.size)
+      store = jnp.zeros((x1.shape[0], L.EVALUATED, wide, access.p), access.dtype)
+    evaluated = [0]  # the last evaluated row in ``store``
+
+    def checked(finite, a):
+      if not bool(finite):
+        raise not_finite('R(t, s, x, X)', f'at t = {a * lat.h:g} (kernel lattice row {a})')
+
     def add_row(ring, a):
-      ring = self._ring_row(access.x, x1, ring, a, h, lat.band)
-      pairs[0] += L.lattice_row_pairs(a, lat.band, access.chunk(x1.shape[0], lat.size), lat.size)
-      require_finite('R(t, s, x, X)', ring[:, a % L.RING], f'at t = {a * lat.h:g} (kernel lattice row {a})')
+      """Ring row a: evaluated, or for a diagonal lattice copied from or interpolated between evaluated rows."""
+      nonlocal store
+      if not lat.diagonal or a < L.DIAGONAL_FROM:
+        ring, finite = self._ring_row(access.x, x1, ring, a, h, lat.band)
+        pairs[0] += L.lattice_row_pairs(a, lat.band, access.chunk(x1.shape[0], lat.size), lat.size)
+        checked(finite, a)
+        return ring
+      for e in L.evaluated_rows(a)[evaluated[0] // L.COARSE :]:
+        store, finite = self._evaluated_row(access.x, x1, store, e, h, lat.band)
+        pairs[0] += L.lattice_row_pairs(e, lat.band, access.chunk(x1.shape[0], wide), wide)
+        checked(finite, e)
+        evaluated[0] = e
+      if a % L.COARSE == 0:
+        return self._copy_row(ring, store, a)
+      ring, finite = self._diagonal_row(access.x, x1, ring, store, a, h)
+      pairs[0] += L.COARSE
+      checked(finite, a)
       return ring
 
     out = access.y.shape[1]
