@@ -426,17 +426,18 @@ def langevin_mse_ensemble(
   coarser one for less memory and time.
 
   Cost. The mean holds O(n_t · P · out) state and a ring of 12 lattice rows, 12 · n_lattice · (P + n_test) · P values
-  (checked against the free memory up front): the train-train kernel is never stored whole. A solver row reads the
+  (5 more rows for a lattice that interpolates rows along t − s; one row if stationary; checked against the free
+  memory up front): the train-train kernel is never stored whole. A solver row reads the
   history of earlier lattice windows from far-field sums updated once per window (docs/theory.md §4.2). Every call
   solves from scratch (no hidden cache). A request whose solver grid would exceed ``max_grid_times`` (very late times
   at small T) or whose kernel lattice would need more than ``max_kernel_pairs`` time pairs per pass is refused up
   front with its estimated size (:meth:`LangevinPredictor.check_request` makes these checks alone). Kernel work:
-  at most n_lattice²/2 time pairs (fewer with a band, see :class:`~ndk_flax.predict.lattice.Lattice`; n_lattice for a
-  stationary kernel) instead of n_t²/2. Non-smooth activations (ReLU) make
-  R(t, s) non-smooth at s = t (√(t − s) terms), which lowers the order of both the quadrature and the interpolation
-  there; the step-doubling estimate then refines the grid more. The covariance needs two dense (n_c·P)² matrices
-  (n_c covariance grid times) and O(n_c² P² (P + n_test)) work per requested time: its memory is checked up front
-  and a request that does not fit raises MemoryError saying how much it needs.
+  at most n_lattice²/2 time pairs (fewer with a band and diagonal rows, see
+  :class:`~ndk_flax.predict.lattice.Lattice`; n_lattice for a stationary kernel) instead of n_t²/2. Non-smooth
+  activations (ReLU) make R(t, s) non-smooth at s = t (√(t − s) terms), which lowers the order of both the
+  quadrature and the interpolation there; the step-doubling estimate then refines the grid more. The covariance
+  needs two dense (n_c·P)² matrices (n_c covariance grid times) and O(n_c² P² (P + n_test)) work per requested time:
+  its memory is checked up front and a request that does not fit raises MemoryError saying how much it needs.
 
   Args:
     layer_or_ndk_fn: an :class:`ndk_flax.stax.NDKLayer`, or a callable ``ndk_fn(x1, x2, t1, t2, *,

@@ -424,25 +424,24 @@ def diagonal_row(access: KernelAccess, x1, ring, store, a, h):
   stencil: four shifted slices of the evaluated rows. Also returns whether the row is finite."""
   n1, _, _, p = store.shape
   size = ring.shape[2]
-  edge = 2 * COARSE
+  edge, slot = 2 * COARSE, a % RING
 
-  def column(rows, b0, count):
-    """Columns b0 + i (i < count) of the evaluated rows ``rows``, shifted along the diagonal: (4, n1, count, P)."""
-    slices = [
-      lax.dynamic_slice(store, (0, (rows[k] // COARSE) % EVALUATED, b0 + rows[k] - a, 0), (n1, 1, count, p))
+  def interpolant(b0, count):
+    """Columns b0 … b0 + count − 1 from one stencil (that of column b0): (n1, 1, count, P), one fused pass."""
+    rows, weights = diagonal_stencil(a, jnp.asarray(b0, a.dtype))
+    return sum(
+      weights[k]
+      * lax.dynamic_slice(store, (0, (rows[k] // COARSE) % EVALUATED, b0 + rows[k] - a, 0), (n1, 1, count, p))
       for k in range(4)
-    ]
-    return jnp.stack(slices)[:, :, 0]
+    )
 
-  rows, weights = diagonal_stencil(a, jnp.asarray(edge, a.dtype))
-  body = jnp.einsum('k,kmbp->mbp', weights, column(rows, edge, size - edge))
-  mid = []
+  # Written into the ring in place (no concatenated row): the columns ≥ 2·COARSE share one centred stencil.
+  ring = lax.dynamic_update_slice(ring, interpolant(edge, size - edge).astype(ring.dtype), (0, slot, edge, 0))
   for b in range(COARSE, edge):  # the stencils of these columns may be shifted forward
-    rows, weights = diagonal_stencil(a, jnp.asarray(b, a.dtype))
-    mid.append(jnp.einsum('k,kmbp->mbp', weights, column(rows, b, 1)))
-  head = jnp.swapaxes(access(x1, access.x, (a * h)[None], jnp.arange(COARSE, dtype=h.dtype) * h)[1][0], 0, 1)
-  row = jnp.concatenate([head, *mid, body], axis=1)
-  return ring.at[:, a % RING].set(row), jnp.all(jnp.isfinite(head))
+    ring = lax.dynamic_update_slice(ring, interpolant(b, 1).astype(ring.dtype), (0, slot, b, 0))
+  head = access(x1, access.x, (a * h)[None], jnp.arange(COARSE, dtype=h.dtype) * h)[1][0]
+  ring = lax.dynamic_update_slice(ring, jnp.swapaxes(head, 0, 1)[:, None].astype(ring.dtype), (0, slot, 0, 0))
+  return ring, jnp.all(jnp.isfinite(head))
 
 
 def lattice_pairs(lat: Lattice, chunk: int) -> int:
