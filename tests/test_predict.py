@@ -586,17 +586,22 @@ def test_small_initialisation_meets_accuracy_without_a_stiff_lattice():
   assert out.stats.mean.lattice_times <= reference.stats.mean.lattice_times < 2000
 
 
-def test_banded_lattice_rows_match_full_rows():
-  """A general lattice long enough for a band (issue 12): each row is evaluated on the band a − band ≤ b ≤ a and on
-  every COARSE-th column, the rest interpolated. Rows and the mean agree with the fully evaluated lattice within the
-  lattice tolerance (rtol/KINK_MARGIN of max|R|, resp. rtol), with fewer kernel time pairs."""
+def _general_lattice_problem():
+  """An erf net with σ = 0.8σ0 on 8 points up to t = 60: a general lattice long enough for a band and diagonal rows.
+  Returns (y, predictor, its mean solver, the lattice)."""
   rng = np.random.default_rng(3)
   x, y = rng.normal(size=(8, 4)), rng.normal(size=(8, 1))
   dense = lambda n: stax.Dense(n, W_std=1.0, W_prior_std=0.8)
   net = stax.serial(dense(16), stax.Erf(), dense(1))
   predictor = predict.langevin_mse_ensemble(net, x, y, temperature=0.05)
-  solver = predictor.mean_solver
-  lat = solver.lattice(60.0)
+  return y, predictor, predictor.mean_solver, predictor.mean_solver.lattice(60.0)
+
+
+def test_banded_lattice_rows_match_full_rows():
+  """A general lattice long enough for a band (issue 12): each row is evaluated on the band a − band ≤ b ≤ a and on
+  every COARSE-th column, the rest interpolated. Rows and the mean agree with the fully evaluated lattice within the
+  lattice tolerance (rtol/KINK_MARGIN of max|R|, resp. rtol), with fewer kernel time pairs."""
+  y, predictor, solver, lat = _general_lattice_problem()
   assert lat.band > 0 and not lat.stationary
   access = solver.access
   h = jnp.asarray(lat.h)
@@ -624,13 +629,7 @@ def test_diagonal_lattice_rows_match_full_rows():
   forward-shifted stencils included, match fully evaluated rows within the lattice tolerance; the mean matches the
   lattice without row interpolation within rtol/10, with under 60 % of its kernel time pairs (the plan's count is
   at most the sweep's). Interpolating from nodes one row off their diagonal fails the row check."""
-  rng = np.random.default_rng(3)
-  x, y = rng.normal(size=(8, 4)), rng.normal(size=(8, 1))
-  dense = lambda n: stax.Dense(n, W_std=1.0, W_prior_std=0.8)
-  net = stax.serial(dense(16), stax.Erf(), dense(1))
-  predictor = predict.langevin_mse_ensemble(net, x, y, temperature=0.05)
-  solver = predictor.mean_solver
-  lat = solver.lattice(60.0)
+  y, predictor, solver, lat = _general_lattice_problem()
   assert lat.diagonal and not lat.stationary
   L = predict.lattice
   access = solver.access
