@@ -362,53 +362,67 @@ def lattice_row_pairs(a: int, band: int, chunk: int, size: int) -> int:
   return -(-(a - lo + 1) // fine) * fine + -(-_coarse_count(lo) // coarse) * coarse + COARSE
 
 
-def lattice_row(access: KernelAccess, x1, a, h, size, band: int = 0):
-  """Lattice row a: R(a·h, b·h, x1, X) for b ≤ a (zero beyond), shape (n1, size, P), ``chunk`` columns a call; with
-  ``band`` > 0 the columns b < a − band are cubic interpolants of every COARSE-th column (:class:`Lattice`)."""
-  chunk = access.chunk(x1.shape[0], size)
-  shape = (x1.shape[0], access.p)
+def write_row(access: KernelAccess, x1, store, slot, a, h, band: int = 0):
+  """Write lattice row a, R(a·h, b·h, x1, X) for b ≤ a (zero beyond), into ``store[:, slot]`` (n1, ·, columns, P)
+  in place, ``chunk`` columns an ``ndk_fn`` call; with ``band`` > 0 the columns b < a − band are cubic
+  interpolants of every COARSE-th column (:class:`Lattice`). Also returns whether the evaluated kernel values are
+  finite (the interpolants are weighted sums of them)."""
+  n1, _, size, p = store.shape
+  chunk = access.chunk(n1, size)
 
   def evaluate(first, stride, count, most, step):
-    """Columns first + stride·k, k < count (≤ most), ``step`` a call: (⌈most/step⌉·step, n1, P)."""
+    """Columns first + stride·k, k < count (≤ most), ``step`` a call: (n1, ⌈most/step⌉·step, P)."""
 
     def body(c, out):
       ts = (first + (c * step + jnp.arange(step)) * stride) * h
-      return lax.dynamic_update_slice_in_dim(out, access(x1, access.x, (a * h)[None], ts)[1][0], c * step, 0)
+      values = jnp.swapaxes(access(x1, access.x, (a * h)[None], ts)[1][0], 0, 1)
+      return lax.dynamic_update_slice_in_dim(out, values, c * step, 1)
 
-    out = jnp.zeros((-(-most // step) * step,) + shape, access.dtype)
+    out = jnp.zeros((n1, -(-most // step) * step, p), access.dtype)
     return lax.fori_loop(0, (count + step - 1) // step, body, out)
 
+  def put(store, values, column):
+    return lax.dynamic_update_slice(store, values[:, None].astype(store.dtype), (0, slot, column, 0))
+
   if not band:
-    return jnp.swapaxes(evaluate(0, 1, a + 1, size, chunk)[:size], 0, 1)
+    values = evaluate(0, 1, a + 1, size, chunk)
+    return put(store, values[:, :size], 0), jnp.all(jnp.isfinite(values))
   fine_step, coarse_step = _steps(band, chunk, size)
   lo = jnp.maximum(a - band, 0)
-  fine = evaluate(lo, 1, a - lo + 1, band + 1, fine_step)
-  row = lax.dynamic_update_slice_in_dim(jnp.zeros((size + fine.shape[0],) + shape, access.dtype), fine, lo, 0)[:size]
-  n_coarse = -(-size // COARSE) + 3
-  coarse = evaluate(0, COARSE, jnp.where(lo > 0, _coarse_count(lo), 0), n_coarse, coarse_step)
-  # Column b = COARSE·c + r (c ≥ 1) from coarse columns c − 1 … c + 2: shifted slices, no gathered copies. The
-  # first COARSE columns (s near 0, where a one-sided stencil would be least accurate) are evaluated.
-  n_c = -(-size // COARSE)
+  fine = evaluate(lo, 1, a - lo + 1, band + 1, fine_step)[:, : min(band + 1, size)]
+  coarse = evaluate(0, COARSE, jnp.where(lo > 0, _coarse_count(lo), 0), -(-size // COARSE) + 3, coarse_step)
   head = evaluate(0, 1, jnp.where(lo > 0, COARSE, 0), COARSE, COARSE)
+  # Column b = COARSE·(c + 1) + r from coarse columns c … c + 3 (shifted slices, one fused pass), kept where b < lo
+  # and zero elsewhere; the first COARSE columns (s near 0, where a one-sided stencil would be least accurate) are
+  # evaluated; then columns lo … a from the band.
+  n_c = -(-size // COARSE)
   w = jnp.asarray(lagrange4(1 + np.arange(COARSE) / COARSE), access.dtype)
-  body = sum(w[None, :, k, None, None] * coarse[k : k + n_c - 1, None] for k in range(4))
-  interp = jnp.concatenate([head, body.reshape((-1,) + shape)])[:size]
-  return jnp.swapaxes(jnp.where((jnp.arange(size) < lo)[:, None, None], interp, row), 0, 1)
+  body = sum(w[None, None, :, k, None] * coarse[:, k : k + n_c - 1, None] for k in range(4))
+  body = body.reshape(n1, -1, p)[:, : size - COARSE]
+  columns = jnp.arange(size)
+  store = put(store, jnp.where((columns[COARSE:] < lo)[None, :, None], body, 0), COARSE)
+  store = put(store, jnp.where((columns[:COARSE] < lo)[None, :, None], head, 0), 0)
+  finite = jnp.all(jnp.isfinite(fine)) & jnp.all(jnp.isfinite(coarse)) & jnp.all(jnp.isfinite(head))
+  return put(store, fine, lo), finite
+
+
+def lattice_row(access: KernelAccess, x1, a, h, size, band: int = 0):
+  """Lattice row a (:func:`write_row`) as an array, (n1, size, P)."""
+  store = jnp.zeros((x1.shape[0], 1, size, access.p), access.dtype)
+  return write_row(access, x1, store, 0, a, h, band)[0][:, 0]
 
 
 def ring_row(access: KernelAccess, x1, ring, a, h, band: int = 0):
   """Store lattice row a (from ``ndk_fn``, ``band``: see :class:`Lattice`) in ring slot a mod RING; also returns
   whether the row is finite."""
-  row = lattice_row(access, x1, a, h, ring.shape[2], band)
-  return ring.at[:, a % RING].set(row), jnp.all(jnp.isfinite(row))
+  return write_row(access, x1, ring, a % RING, a, h, band)
 
 
 def evaluated_row(access: KernelAccess, x1, store, a, h, band: int = 0):
   """Store the evaluated row a (a multiple of COARSE) of a diagonal lattice in slot (a/COARSE) mod EVALUATED of
   ``store`` (n1, EVALUATED, :func:`evaluated_columns`, P): columns beyond the lattice, which the interpolation of
   its last rows reads (:func:`diagonal_row`). Also returns whether the row is finite."""
-  row = lattice_row(access, x1, a, h, store.shape[2], band)
-  return store.at[:, (a // COARSE) % EVALUATED].set(row), jnp.all(jnp.isfinite(row))
+  return write_row(access, x1, store, (a // COARSE) % EVALUATED, a, h, band)
 
 
 def copy_row(ring, store, a):
